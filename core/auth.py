@@ -1,0 +1,121 @@
+"""Roles, the one permission table, and password hashing (bcrypt through the passlib API).
+
+Login throttling (per account, stored in the database so every console and the CLI share it):
+
+* the first ``FREE_FAILURES`` failed attempts cost nothing but the bcrypt check;
+* after that each attempt must wait ``2 ** (failures - FREE_FAILURES + 1)`` seconds after
+  the previous failure (2, 4, 8 ... capped at ``MAX_DELAY``); an attempt inside the wait
+  is refused without checking the password, so guessing gets no faster by hammering;
+* at ``LOCK_AFTER`` consecutive failures the account is locked for ``LOCK_SECONDS``.
+  The lock always expires by itself, so someone guessing on purpose can delay an admin
+  for at most that long, never lock them out for good; an admin can lift it at once
+  with ``ggnet user enable NAME``. A successful login resets the count.
+"""
+
+from __future__ import annotations
+
+import enum
+import hmac
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from passlib.context import CryptContext
+
+from .models import Role
+
+FREE_FAILURES = 3
+MAX_DELAY = 60
+LOCK_AFTER = 10
+LOCK_SECONDS = 15 * 60
+
+BCRYPT_ROUNDS = 12
+_context = CryptContext(schemes=["bcrypt"], bcrypt__rounds=BCRYPT_ROUNDS)
+# Verified against when the user does not exist, so an unknown name costs the same time.
+# A literal (same cost factor) rather than hashed at import: that would slow every start.
+_DUMMY_HASH = "$2b$12$/bKDTr8DTX/DcMJJUgFyRecjNBZIu6/ArMJl3If0oDdUW7K7npyaq"
+
+
+def set_bcrypt_rounds(rounds: int) -> None:
+    """Tests lower the cost factor; production keeps 12."""
+    global _context, _DUMMY_HASH
+    _context = CryptContext(schemes=["bcrypt"], bcrypt__rounds=rounds)
+    _DUMMY_HASH = _context.hash("not-a-real-password-ggnet")
+
+
+def hash_password(password: str) -> str:
+    return _context.hash(password)
+
+
+def verify_password(password: str, password_hash: str | None) -> bool:
+    """Constant work whether or not the user exists."""
+    if password_hash is None:
+        _context.verify(password, _DUMMY_HASH)
+        return False
+    try:
+        return _context.verify(password, password_hash)
+    except (ValueError, TypeError):
+        return False
+
+
+def secrets_equal(a: str, b: str) -> bool:
+    return hmac.compare_digest(a.encode(), b.encode())
+
+
+def throttle_wait(failures: int, last_failed_at: datetime | None, now: datetime) -> int:
+    """Seconds the account must still wait before the next attempt (0 = may try now)."""
+    if failures < FREE_FAILURES or last_failed_at is None:
+        return 0
+    delay = min(2 ** (failures - FREE_FAILURES + 1), MAX_DELAY)
+    remaining = (last_failed_at + timedelta(seconds=delay) - now).total_seconds()
+    return max(0, int(remaining + 0.999))
+
+
+class Permission(str, enum.Enum):
+    READ = "read"  # everything but secrets
+    READ_SECRETS = "read_secrets"  # CHAP secrets
+    MANAGE_MACHINES = "manage_machines"
+    MANAGE_IMAGES = "manage_images"
+    MANAGE_SESSIONS = "manage_sessions"
+    MANAGE_TARGETS = "manage_targets"
+    WAKE_MACHINES = "wake_machines"
+    MANAGE_USERS = "manage_users"
+    MANAGE_SETTINGS = "manage_settings"
+
+
+_VIEWER = frozenset({Permission.READ})
+_OPERATOR = _VIEWER | {
+    Permission.READ_SECRETS,
+    Permission.MANAGE_MACHINES,
+    Permission.MANAGE_IMAGES,
+    Permission.MANAGE_SESSIONS,
+    Permission.MANAGE_TARGETS,
+    Permission.WAKE_MACHINES,
+}
+_ADMIN = _OPERATOR | {Permission.MANAGE_USERS, Permission.MANAGE_SETTINGS}
+
+PERMISSIONS: dict[Role, frozenset[Permission]] = {
+    Role.VIEWER: _VIEWER,
+    Role.OPERATOR: frozenset(_OPERATOR),
+    Role.ADMIN: frozenset(_ADMIN),
+}
+
+
+def allowed(role: str | Role, permission: Permission) -> bool:
+    return permission in PERMISSIONS[Role(role)]
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who is acting. Services re-read the role from the database on every call."""
+
+    user_id: int | None
+    username: str
+    role: Role
+    logged_in_at: datetime | None = None
+
+    def can(self, permission: Permission) -> bool:
+        return allowed(self.role, permission)
+
+
+# used by ggnet itself (reconcile at boot, init) where no person is acting
+SYSTEM = Actor(user_id=None, username="system", role=Role.ADMIN)

@@ -1,0 +1,123 @@
+"""Settings: GGNET_* environment variables, then an optional TOML file.
+
+Precedence (highest first): explicit arguments, environment, the TOML file named by
+``--config``/``GGNET_CONFIG``, defaults.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+
+def default_data_dir() -> Path:
+    if os.geteuid() == 0:
+        return Path("/var/lib/ggnet")
+    xdg = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(xdg) / "ggnet"
+
+
+def default_config_file() -> Path:
+    if os.geteuid() == 0:
+        return Path("/etc/ggnet/ggnet.toml")
+    xdg = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(xdg) / "ggnet" / "ggnet.toml"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="GGNET_", extra="ignore")
+
+    data_dir: Path = Field(default_factory=default_data_dir)
+    database_url: str = ""
+    log_file: Path | None = None
+    user: str | None = None
+    password: str | None = Field(default=None, repr=False)
+
+    # provisioning
+    tftp_root: Path | None = None
+    target_backend: Literal["auto", "lio", "tgt"] = "auto"
+    tgt_control_port: int = 0
+    portal: str = "0.0.0.0:3260"
+    boot_address: str | None = None
+    iqn_base: str = "iqn.2024-01.lan.ggnet"
+    writeback_driver: Literal["auto", "reflink", "copy"] = "auto"
+    wol_address: str = "255.255.255.255:9"
+
+    # console
+    idle_lock_minutes: float = 15
+    refresh_seconds: float = 2.0
+    keys: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _derive_defaults(self) -> "Settings":
+        self.data_dir = Path(self.data_dir).expanduser()
+        if not self.database_url:
+            self.database_url = f"sqlite+aiosqlite:///{self.data_dir / 'ggnet.db'}"
+        if self.log_file is None:
+            self.log_file = self.data_dir / "ggnet.log"
+        if self.tftp_root is None:
+            self.tftp_root = self.data_dir / "tftp"
+        return self
+
+    @property
+    def database_kind(self) -> str:
+        return "PostgreSQL" if self.database_url.startswith("postgresql") else "SQLite"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = _config_file_in_use()
+        if config_file is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))
+        return tuple(sources)
+
+
+_explicit_config_file: Path | None = None
+
+
+def _config_file_in_use() -> Path | None:
+    if _explicit_config_file is not None:
+        return _explicit_config_file
+    env = os.environ.get("GGNET_CONFIG")
+    if env:
+        return Path(env)
+    candidate = default_config_file()
+    return candidate if candidate.is_file() else None
+
+
+def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
+    """Read settings; ``config_file`` (from ``--config``) wins over ``GGNET_CONFIG``."""
+    from .errors import Invalid
+
+    global _explicit_config_file
+    _explicit_config_file = Path(config_file) if config_file else None
+    try:
+        path = _config_file_in_use()
+        if path is not None and not path.is_file():
+            raise Invalid("config", f"file {path} does not exist")
+        return Settings(**overrides)
+    except ValueError as exc:  # pydantic ValidationError and TOML errors
+        raise Invalid("config", _first_line(str(exc))) from None
+    finally:
+        _explicit_config_file = None
+
+
+def _first_line(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return " ".join(lines[:3])

@@ -1,0 +1,168 @@
+"""Async engine, sessions and schema migration (SQLite by default, PostgreSQL for larger sites)."""
+
+from __future__ import annotations
+
+import functools
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import AsyncIterator
+
+from sqlalchemy import event
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+
+from .errors import BackendUnavailable, SchemaTooNew
+
+SQLITE_BUSY_TIMEOUT_MS = 10_000
+
+
+def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
+    # SQLAlchemy, not the driver, issues BEGIN (see _sqlite_begin)
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+def _sqlite_begin(conn: Connection) -> None:
+    # Writers take the write lock up front (BEGIN IMMEDIATE) so that the busy timeout
+    # applies; a deferred transaction that later writes fails at once with "database is
+    # locked" when another console wrote in between.
+    immediate = conn.get_execution_options().get("sqlite_immediate", False)
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+def create_engine(url: str) -> AsyncEngine:
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_async_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        event.listen(engine.sync_engine, "begin", _sqlite_begin)
+        return engine
+    return create_async_engine(url, pool_pre_ping=True)
+
+
+class Database:
+    """One engine and its session factory."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine = create_engine(url)
+        self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    @property
+    def kind(self) -> str:
+        return "PostgreSQL" if self.dialect == "postgresql" else "SQLite"
+
+    @asynccontextmanager
+    async def session(self) -> AsyncIterator[AsyncSession]:
+        async with self.sessions() as session:
+            yield session
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncSession]:
+        """A session inside one transaction: committed on success, rolled back on error."""
+        async with self.sessions() as session:
+            async with session.begin():
+                await session.connection(execution_options={"sqlite_immediate": True})
+                yield session
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()
+
+    # --- schema -----------------------------------------------------------
+
+    async def current_revision(self) -> str | None:
+        async with self.engine.connect() as conn:
+            return await conn.run_sync(_current_revision)
+
+    async def upgrade(self) -> None:
+        """Bring the schema to the code's head; refuse a database newer than the code."""
+        try:
+            if await self.current_revision() == head_revision():
+                return
+            async with self.engine.begin() as conn:
+                await conn.run_sync(_upgrade)
+        except (SchemaTooNew, BackendUnavailable):
+            raise
+        except (OSError, DBAPIError) as exc:
+            raise BackendUnavailable(f"cannot open the database {self.safe_url}: {_reason(exc)}") from None
+
+    @property
+    def safe_url(self) -> str:
+        return make_url(self.url).render_as_string(hide_password=True)
+
+    async def ensure_current(self) -> None:
+        """Refuse to run against a database whose schema is older or newer than the code."""
+        async with self.engine.connect() as conn:
+            await conn.run_sync(_check_revision, False)
+
+
+def _reason(exc: BaseException) -> str:
+    orig = getattr(exc, "orig", None) or exc
+    return str(orig).splitlines()[0] if str(orig) else type(orig).__name__
+
+
+@functools.cache
+def head_revision() -> str:
+    return _script().get_current_head() or ""
+
+
+def _alembic_config(connection: Connection | None = None):  # type: ignore[no-untyped-def]
+    from alembic.config import Config
+
+    import migrations
+
+    config = Config()
+    config.set_main_option("script_location", str(Path(migrations.__file__).parent))
+    if connection is not None:
+        config.attributes["connection"] = connection
+    return config
+
+
+def _script():  # type: ignore[no-untyped-def]
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(_alembic_config())
+
+
+def _current_revision(connection: Connection) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
+    return MigrationContext.configure(connection).get_current_revision()
+
+
+def _check_revision(connection: Connection, allow_older: bool) -> None:
+    current = _current_revision(connection)
+    script = _script()
+    head = script.get_current_head()
+    if current == head:
+        return
+    known = {rev.revision for rev in script.walk_revisions()}
+    if current is not None and current not in known:
+        raise SchemaTooNew(
+            f"the database schema (revision {current}) is newer than this ggnet (head {head}); "
+            "upgrade ggnet before using this database"
+        )
+    if not allow_older:
+        raise SchemaTooNew(
+            f"the database schema (revision {current or 'none'}) is older than this ggnet (head {head}); "
+            "run 'ggnet init' or start the console to upgrade it"
+        )
+
+
+def _upgrade(connection: Connection) -> None:
+    from alembic import command
+
+    _check_revision(connection, True)
+    command.upgrade(_alembic_config(connection), "head")

@@ -1,0 +1,318 @@
+"""Machines: add, edit, remove, list, CSV import (all or nothing)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import secrets
+import string
+from typing import Any
+
+from sqlalchemy import Select, func, or_, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from ..auth import Actor, Permission
+from ..context import Core
+from ..errors import Conflict, Invalid, NotFound
+from ..models import LIVE_SESSION_STATES, BootMode, BootSession, Image, ImageVersion, Machine, utcnow
+from ..validation import IPv4Host, Iqn, MacAddress, MachineName, StrictInput, parse
+from .base import Operation, check_version, operation, reading, snapshot
+from .views import MachineView
+
+CSV_MAX_ROWS = 10_000
+CSV_COLUMNS = ("name", "mac", "ip", "boot_mode")
+_SECRET_ALPHABET = string.ascii_letters + string.digits
+
+
+class MachineInput(StrictInput):
+    name: MachineName
+    mac: MacAddress
+    ip: IPv4Host | None = None
+    boot_mode: BootMode = BootMode.BIOS
+    initiator_iqn: Iqn | None = None
+    notes: str = ""
+
+
+class MachineChanges(StrictInput):
+    name: MachineName | None = None
+    mac: MacAddress | None = None
+    ip: IPv4Host | None = None
+    boot_mode: BootMode | None = None
+    initiator_iqn: Iqn | None = None
+    keep_writeback: bool | None = None
+    notes: str | None = None
+
+
+def new_chap_secret() -> str:
+    # 16 characters: the most Windows' initiator accepts, and nothing iPXE needs to escape
+    return "".join(secrets.choice(_SECRET_ALPHABET) for _ in range(16))
+
+
+def default_initiator_iqn(iqn_base: str, name: str) -> str:
+    return f"{iqn_base}:client.{name}"
+
+
+def _machine_query() -> Select[Any]:
+    pinned = ImageVersion.__table__.alias("pinned")
+    return (
+        select(Machine, Image.name.label("image_name"), pinned.c.number.label("pinned_number"))
+        .outerjoin(Image, Image.id == Machine.image_id)
+        .outerjoin(pinned, pinned.c.id == Machine.pinned_version_id)
+    )
+
+
+def _view(machine: Machine, image_name: str | None, pinned: int | None, secrets_ok: bool) -> MachineView:
+    return MachineView(
+        id=machine.id,
+        name=machine.name,
+        mac=machine.mac,
+        ip=machine.ip,
+        boot_mode=machine.boot_mode,
+        initiator_iqn=machine.initiator_iqn,
+        chap_username=machine.chap_username,
+        chap_secret=machine.chap_secret if secrets_ok else None,
+        image=image_name,
+        image_id=machine.image_id,
+        pinned_version=pinned,
+        keep_writeback=machine.keep_writeback,
+        notes=machine.notes,
+        last_seen_at=machine.last_seen_at,
+        updated_at=machine.updated_at,
+        updated_by=machine.updated_by,
+        row_version=machine.row_version,
+    )
+
+
+async def get_row(session: AsyncSession, name: str) -> Machine:
+    key = str(name).strip().lower()
+    machine = (await session.execute(select(Machine).where(Machine.name == key))).scalar_one_or_none()
+    if machine is None:
+        raise NotFound(f"no machine named '{key}'")
+    return machine
+
+
+async def _clashes(session: AsyncSession, *, exclude_id: int | None = None, **values: str | None) -> dict[str, str]:
+    """Unique fields already taken by another machine, as field -> rule."""
+    errors: dict[str, str] = {}
+    conditions = [getattr(Machine, k) == v for k, v in values.items() if v is not None]
+    if not conditions:
+        return errors
+    query = select(Machine.name, Machine.mac, Machine.ip, Machine.initiator_iqn).where(or_(*conditions))
+    if exclude_id is not None:
+        query = query.where(Machine.id != exclude_id)
+    for row in (await session.execute(query)).all():
+        for key, value in values.items():
+            if value is not None and getattr(row, key) == value:
+                errors.setdefault(key, f"{value} is already used by machine '{row.name}'")
+    return errors
+
+
+def _new_machine(op: Operation, data: MachineInput, iqn_base: str) -> Machine:
+    now = utcnow()
+    return Machine(
+        name=data.name,
+        mac=data.mac,
+        ip=data.ip,
+        boot_mode=data.boot_mode.value,
+        initiator_iqn=data.initiator_iqn or default_initiator_iqn(iqn_base, data.name),
+        chap_username=data.name,
+        chap_secret=new_chap_secret(),
+        keep_writeback=False,
+        notes=data.notes,
+        created_at=now,
+        updated_at=now,
+        updated_by=op.actor.username,
+    )
+
+
+async def add_machine(core: Core, actor: Actor, **fields: Any) -> MachineView:
+    data = parse(MachineInput, fields)
+    async with operation(core, actor, Permission.MANAGE_MACHINES, "machine.create") as op:
+        machine = _new_machine(op, data, core.settings.iqn_base)
+        clashes = await _clashes(
+            op.session, name=machine.name, mac=machine.mac, ip=machine.ip, initiator_iqn=machine.initiator_iqn
+        )
+        if clashes:
+            raise Conflict("; ".join(f"{k}: {v}" for k, v in clashes.items()))
+        op.session.add(machine)
+        await op.flush(conflict=f"machine '{data.name}' or its MAC, IP or IQN was just added by another console")
+        op.audit("machine", machine.id, machine.name, None, snapshot(machine))
+        return _view(machine, None, None, actor.can(Permission.READ_SECRETS))
+
+
+async def update_machine(
+    core: Core, actor: Actor, name: str, expected_version: int | None = None, **fields: Any
+) -> MachineView:
+    """Change only the fields given; ``ip=None`` clears the IP."""
+    changes = parse(MachineChanges, fields)
+    given = changes.model_dump(exclude_unset=True)
+    async with operation(core, actor, Permission.MANAGE_MACHINES, "machine.update") as op:
+        machine = await get_row(op.session, name)
+        check_version(machine, expected_version, f"machine '{machine.name}'")
+        before = snapshot(machine)
+        unique = {k: given[k] for k in ("name", "mac", "ip", "initiator_iqn") if given.get(k) is not None}
+        clashes = await _clashes(op.session, exclude_id=machine.id, **unique)
+        if clashes:
+            raise Conflict("; ".join(f"{k}: {v}" for k, v in clashes.items()))
+        if "name" in given and given["name"] != machine.name:
+            if await _has_live_session(op.session, machine.id):
+                raise Conflict(f"machine '{machine.name}' has a running session; stop it before renaming")
+            if machine.initiator_iqn == default_initiator_iqn(core.settings.iqn_base, machine.name):
+                given.setdefault("initiator_iqn", default_initiator_iqn(core.settings.iqn_base, given["name"]))
+            machine.chap_username = given["name"]
+        for key, value in given.items():
+            if key == "boot_mode" and value is not None:
+                value = BootMode(value).value
+            if value is None and key not in ("ip",):
+                continue
+            setattr(machine, key, value)
+        op.stamp(machine)
+        await op.flush(conflict=f"machine '{machine.name}': that MAC, IP, IQN or name was just taken by another console")
+        op.audit("machine", machine.id, machine.name, before, snapshot(machine))
+    return await get_machine(core, actor, machine.name)
+
+
+async def _has_live_session(session: AsyncSession, machine_id: int) -> bool:
+    query = select(BootSession.id).where(
+        BootSession.machine_id == machine_id, BootSession.state.in_([s.value for s in LIVE_SESSION_STATES])
+    )
+    return (await session.execute(query)).first() is not None
+
+
+async def remove_machine(core: Core, actor: Actor, name: str) -> None:
+    async with operation(core, actor, Permission.MANAGE_MACHINES, "machine.delete") as op:
+        machine = await get_row(op.session, name)
+        if await _has_live_session(op.session, machine.id):
+            raise Conflict(f"machine '{machine.name}' has a running session; stop it first")
+        before = snapshot(machine)
+        await op.session.delete(machine)
+        op.audit("machine", machine.id, machine.name, before, None)
+
+
+async def get_machine(core: Core, actor: Actor, name: str) -> MachineView:
+    async with reading(core, actor) as session:
+        key = str(name).strip().lower()
+        row = (await session.execute(_machine_query().where(Machine.name == key))).first()
+        if row is None:
+            raise NotFound(f"no machine named '{key}'")
+        return _view(row[0], row.image_name, row.pinned_number, actor.can(Permission.READ_SECRETS))
+
+
+async def list_machines(core: Core, actor: Actor) -> list[MachineView]:
+    async with reading(core, actor) as session:
+        secrets_ok = actor.can(Permission.READ_SECRETS)
+        rows = (await session.execute(_machine_query().order_by(Machine.name))).all()
+        return [_view(r[0], r.image_name, r.pinned_number, secrets_ok) for r in rows]
+
+
+async def count_machines(core: Core, actor: Actor) -> int:
+    async with reading(core, actor) as session:
+        return int((await session.execute(select(func.count()).select_from(Machine))).scalar_one())
+
+
+# --- CSV import ------------------------------------------------------------
+
+
+class CsvRowError(Invalid):
+    """Bad rows of a CSV import; ``rows`` is a list of (line number, reason)."""
+
+    def __init__(self, source: str, rows: list[tuple[int, str]]) -> None:
+        self.rows = rows
+        self.source = source
+        super().__init__({f"{source} line {line}": reason for line, reason in rows})
+
+
+CsvRows = list[tuple[int, MachineInput]]
+
+
+def parse_csv(text: str) -> tuple[CsvRows, list[tuple[int, str]]]:
+    """Good rows and bad rows, each with its line number. A header line naming the columns is required."""
+    reader = csv.reader(io.StringIO(text))
+    rows: CsvRows = []
+    errors: list[tuple[int, str]] = []
+    header: list[str] | None = None
+    seen: dict[str, dict[str, int]] = {"name": {}, "mac": {}, "ip": {}}
+    try:
+        for record in reader:
+            line = reader.line_num
+            if not record or all(not cell.strip() for cell in record):
+                continue
+            if header is None:
+                header = [cell.strip().lower().replace("-", "_") for cell in record]
+                unknown = [h for h in header if h not in CSV_COLUMNS]
+                missing = [h for h in ("name", "mac") if h not in header]
+                if unknown or missing or len(set(header)) != len(header):
+                    errors.append((line, f"header must name the columns {', '.join(CSV_COLUMNS)} "
+                                   f"(name and mac required, each once); got {', '.join(record)}"))
+                    return rows, errors
+                continue
+            if len(rows) + len(errors) >= CSV_MAX_ROWS:
+                errors.append((line, f"too many rows: at most {CSV_MAX_ROWS} per import"))
+                break
+            if len(record) != len(header):
+                errors.append((line, f"has {len(record)} fields, the header has {len(header)}"))
+                continue
+            values = {k: v.strip() for k, v in zip(header, record)}
+            values = {k: v for k, v in values.items() if v != "" or k in ("name", "mac")}
+            try:
+                item = parse(MachineInput, values)
+            except Invalid as exc:
+                errors.append((line, exc.message))
+                continue
+            duplicate = False
+            for key in ("name", "mac", "ip"):
+                value = getattr(item, key)
+                if value is None:
+                    continue
+                if value in seen[key]:
+                    errors.append((line, f"{key}: {value} repeats line {seen[key][value]}"))
+                    duplicate = True
+                    break
+                seen[key][value] = line
+            if not duplicate:
+                rows.append((line, item))
+    except csv.Error as exc:
+        errors.append((reader.line_num, f"is not valid CSV: {exc}"))
+    if header is None:
+        errors.append((1, "the file is empty; it needs a header line such as name,mac,ip,boot_mode"))
+    return rows, errors
+
+
+async def _db_clashes(session: AsyncSession, rows: CsvRows) -> list[tuple[int, str]]:
+    errors: list[tuple[int, str]] = []
+    for key in ("name", "mac", "ip"):
+        lines = {getattr(r, key): line for line, r in rows if getattr(r, key) is not None}
+        values = list(lines)
+        for start in range(0, len(values), 500):
+            chunk = values[start : start + 500]
+            column = getattr(Machine, key)
+            found = await session.execute(select(column, Machine.name).where(column.in_(chunk)))
+            for value, owner in found.all():
+                errors.append((lines[value], f"{key}: {value} is already used by machine '{owner}'"))
+    return sorted(errors)
+
+
+async def check_csv(core: Core, actor: Actor, text: str, source: str = "CSV") -> list[MachineInput]:
+    """Validate a CSV import without writing: the rows, or CsvRowError listing every bad row."""
+    rows, errors = parse_csv(text)
+    async with reading(core, actor) as session:
+        errors += await _db_clashes(session, rows)
+    if errors:
+        raise CsvRowError(source, sorted(errors))
+    return [item for _line, item in rows]
+
+
+async def import_csv(core: Core, actor: Actor, text: str, source: str = "CSV") -> list[str]:
+    """Add every row or none. Returns the names added."""
+    rows, errors = parse_csv(text)
+    if errors:
+        raise CsvRowError(source, errors)
+    async with operation(core, actor, Permission.MANAGE_MACHINES, "machine.import") as op:
+        clashes = await _db_clashes(op.session, rows)
+        if clashes:
+            raise CsvRowError(source, clashes)
+        op.session.add_all([_new_machine(op, item, core.settings.iqn_base) for _line, item in rows])
+        await op.flush(conflict="another console added a machine with the same name, MAC or IP meanwhile; nothing imported")
+        names = [item.name for _line, item in rows]
+        op.audit("machine", None, f"{len(names)} machines from {source}", None, {"names": names})
+        return names

@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Install everything the tests need, then run the whole suite.
+#   as root: Debian packages (qemu, tgt, PostgreSQL, ...) through apt, and a PostgreSQL cluster started
+#   always:  a virtual environment in .venv with ggnet and its test dependencies
+# Arguments are passed to pytest (e.g. scripts/test.sh -k machines).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+
+APT_PACKAGES=(
+  python3-venv python3-pip git
+  postgresql
+  qemu-utils qemu-system-x86 ipxe-qemu qemu-block-extra tgt libiscsi-bin
+  busybox-static cpio kmod xfsprogs dnsmasq-base iputils-ping tmux
+)
+
+if [ "$(id -u)" = 0 ]; then
+  missing=()
+  for p in "${APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    echo "== apt-get install ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+fi
+
+if [ ! -x .venv/bin/python ]; then
+  echo "== creating .venv"
+  python3 -m venv .venv
+fi
+echo "== pip install -e .[test]"
+.venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip >/dev/null
+.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[test]"
+
+# a PostgreSQL server for the database tests (Debian's cluster, started if needed)
+if [ -z "${GGNET_TEST_PG_URL:-}" ] && command -v pg_lsclusters >/dev/null; then
+  if [ "$(id -u)" = 0 ]; then
+    read -r version cluster port _ < <(pg_lsclusters --no-header | head -1) || true
+    if [ -n "${version:-}" ]; then
+      pg_ctlcluster "$version" "$cluster" start 2>/dev/null || true
+      for _ in $(seq 50); do pg_isready -q -h 127.0.0.1 -p "$port" && break; sleep 0.2; done
+      su postgres -c "psql -q -v ON_ERROR_STOP=1" <<'SQL' >/dev/null
+DO $$ BEGIN
+  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'ggnet_test') THEN
+    CREATE ROLE ggnet_test LOGIN CREATEDB PASSWORD 'ggnet_test';
+  END IF;
+END $$;
+SQL
+      export GGNET_TEST_PG_URL="postgresql+asyncpg://ggnet_test:ggnet_test@127.0.0.1:${port}/postgres"
+    fi
+  fi
+fi
+
+echo "== pytest"
+exec .venv/bin/python -m pytest "$@"
