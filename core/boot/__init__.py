@@ -1,0 +1,1 @@
+"""Boot files: iPXE scripts and dnsmasq configuration."""

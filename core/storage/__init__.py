@@ -1,0 +1,1 @@
+"""Disk files: qemu-img (import and inspection) and writeback drivers."""

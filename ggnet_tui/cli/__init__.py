@@ -1,0 +1,34 @@
+"""The `ggnet` command line. It parses arguments, calls core services and prints results.
+
+Exit status: 0 success; 1 refused, invalid, not found or denied (``error: <sentence>``
+on stderr); 2 usage errors. One module per command group; each registers below.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from . import audit, machines, users
+from .base import State
+
+
+@click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", "config_file", metavar="FILE", help="TOML settings file (default: GGNET_CONFIG).")
+@click.option("--user", "-u", metavar="NAME", help="Act as this ggnet user (default: GGNET_USER).")
+@click.version_option(package_name="ggnet")
+@click.pass_context
+def main(ctx: click.Context, config_file: str | None, user: str | None) -> None:
+    """ggnet: the operator console of a diskless-boot server. Without a command, opens the console."""
+    ctx.obj = State(config_file, user)
+    if ctx.invoked_subcommand is None:
+        from ..app import run_console
+
+        sys.exit(run_console(ctx.obj))
+
+
+main.add_command(users.init)
+main.add_command(users.user)
+main.add_command(machines.machine)
+main.add_command(audit.audit)

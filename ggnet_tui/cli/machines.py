@@ -1,0 +1,120 @@
+"""`ggnet machine ...`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+
+from .base import State, details, emit_json, json_option, read_text, run, table
+
+# --- machines ---------------------------------------------------------------
+
+
+@click.group()
+def machine() -> None:
+    """Register and edit client PCs."""
+
+
+MACHINE_COLUMNS = ["name", "mac", "ip", "boot_mode", "image", "pinned_version"]
+BOOT_MODES = click.Choice(["bios", "uefi", "uefi-secure"])
+
+
+@machine.command("add")
+@click.argument("name")
+@click.option("--mac", required=True, help="MAC address in any common notation.")
+@click.option("--ip", default=None, help="IPv4 address (optional).")
+@click.option("--boot-mode", type=BOOT_MODES, default="bios", show_default=True)
+@click.option("--initiator-iqn", default=None, help="Initiator IQN (default: generated from the name).")
+@json_option
+@run
+async def machine_add(state: State, name: str, mac: str, ip: str | None, boot_mode: str,
+                      initiator_iqn: str | None, as_json: bool) -> None:
+    from core.services import machines
+
+    core, actor = await state.login()
+    fields: dict[str, Any] = {"name": name, "mac": mac, "boot_mode": boot_mode}
+    if ip is not None:
+        fields["ip"] = ip
+    if initiator_iqn is not None:
+        fields["initiator_iqn"] = initiator_iqn
+    created = await machines.add_machine(core, actor, **fields)
+    emit_json(created.to_json()) if as_json else click.echo(f"machine '{created.name}' added ({created.mac})")
+
+
+@machine.command("list")
+@json_option
+@run
+async def machine_list(state: State, as_json: bool) -> None:
+    from core.services import machines
+
+    core, actor = await state.login()
+    rows = [m.to_json() for m in await machines.list_machines(core, actor)]
+    emit_json(rows) if as_json else table(rows, MACHINE_COLUMNS)
+
+
+@machine.command("show")
+@click.argument("name")
+@json_option
+@run
+async def machine_show(state: State, name: str, as_json: bool) -> None:
+    from core.services import machines
+
+    core, actor = await state.login()
+    data = (await machines.get_machine(core, actor, name)).to_json()
+    emit_json(data) if as_json else details(data)
+
+
+@machine.command("set")
+@click.argument("name")
+@click.option("--name", "new_name", default=None, help="Rename the machine.")
+@click.option("--mac", default=None)
+@click.option("--ip", default=None, help="IPv4 address; an empty string clears it.")
+@click.option("--boot-mode", type=BOOT_MODES, default=None)
+@click.option("--initiator-iqn", default=None)
+@click.option("--keep-writeback/--discard-writeback", default=None,
+              help="Keep the machine's writeback across reboots, or discard it each time.")
+@json_option
+@run
+async def machine_set(state: State, name: str, new_name: str | None, mac: str | None, ip: str | None,
+                      boot_mode: str | None, initiator_iqn: str | None, keep_writeback: bool | None,
+                      as_json: bool) -> None:
+    """Change a machine; only the options given are changed."""
+    from core.services import machines
+
+    options = {"name": new_name, "mac": mac, "boot_mode": boot_mode, "initiator_iqn": initiator_iqn,
+               "keep_writeback": keep_writeback}
+    fields: dict[str, Any] = {k: v for k, v in options.items() if v is not None}
+    if ip is not None:
+        fields["ip"] = ip.strip() or None
+    if not fields:
+        raise click.UsageError("nothing to change: give at least one option")
+    core, actor = await state.login()
+    changed = await machines.update_machine(core, actor, name, **fields)
+    emit_json(changed.to_json()) if as_json else click.echo(f"machine '{changed.name}' changed")
+
+
+@machine.command("rm")
+@click.argument("name")
+@run
+async def machine_rm(state: State, name: str) -> None:
+    from core.services import machines
+
+    core, actor = await state.login()
+    await machines.remove_machine(core, actor, name)
+    click.echo(f"machine '{name.strip().lower()}' removed")
+
+
+@machine.command("import")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@run
+async def machine_import(state: State, file: Path) -> None:
+    """Add machines from a CSV file with a header (name,mac[,ip][,boot_mode]); all or nothing."""
+    from core.services import machines
+
+    text = read_text(file)
+    core, actor = await state.login()
+    names = await machines.import_csv(core, actor, text, source=file.name)
+    click.echo(f"imported {len(names)} machines from {file}")
