@@ -1,0 +1,1 @@
+"""End-to-end helpers and tests: real tgtd, real diskless QEMU/iPXE clients."""
