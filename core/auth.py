@@ -46,15 +46,23 @@ def hash_password(password: str) -> str:
     return _context.hash(password)
 
 
+def _bcrypt_accepts(password: str) -> bool:
+    return "\x00" not in password and len(password.encode("utf-8")) <= 72
+
+
 def verify_password(password: str, password_hash: str | None) -> bool:
-    """Constant work whether or not the user exists."""
-    if password_hash is None:
-        _context.verify(password, _DUMMY_HASH)
-        return False
+    """Constant work whether or not the user exists, and whatever the password is.
+
+    bcrypt refuses NUL bytes and more than 72 bytes at once; such a password can never
+    match, but it is still put through one bcrypt check so that it costs the same time.
+    """
+    acceptable = _bcrypt_accepts(password)
+    candidate = password if acceptable else "never-matches-anything"
     try:
-        return _context.verify(password, password_hash)
-    except (ValueError, TypeError):
+        ok = _context.verify(candidate, password_hash or _DUMMY_HASH)
+    except (ValueError, TypeError):  # a damaged hash in the database
         return False
+    return ok and acceptable and password_hash is not None
 
 
 def secrets_equal(a: str, b: str) -> bool:

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -107,17 +107,37 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
 
     global _explicit_config_file
     _explicit_config_file = Path(config_file) if config_file else None
+    path: Path | None = None
     try:
         path = _config_file_in_use()
-        if path is not None and not path.is_file():
-            raise Invalid("config", f"file {path} does not exist")
+        if path is not None:
+            if not path.is_file():
+                raise Invalid("config", f"file {path} does not exist")
+            _refuse_unknown_keys(path)
         return Settings(**overrides)
-    except ValueError as exc:  # pydantic ValidationError and TOML errors
-        raise Invalid("config", _first_line(str(exc))) from None
+    except ValidationError as exc:
+        from .validation import errors_by_field
+
+        where = f"in {path} or the environment" if path else "in the environment"
+        problems = "; ".join(v if k == "input" else f"{k}: {v}" for k, v in errors_by_field(exc).items())
+        raise Invalid("config", f"bad setting {where}: {problems}") from None
+    except OSError as exc:
+        raise Invalid("config", f"cannot read {path}: {exc.strerror}") from None
     finally:
         _explicit_config_file = None
 
 
-def _first_line(text: str) -> str:
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return " ".join(lines[:3])
+def _refuse_unknown_keys(path: Path) -> None:
+    """A misspelt setting in the file is an error, not silently ignored (unlike stray GGNET_* variables)."""
+    import tomllib
+
+    from .errors import Invalid
+
+    try:
+        with path.open("rb") as handle:
+            data = tomllib.load(handle)
+    except tomllib.TOMLDecodeError as exc:
+        raise Invalid("config", f"{path} is not valid TOML: {exc}") from None
+    unknown = sorted(set(data) - set(Settings.model_fields))
+    if unknown:
+        raise Invalid("config", f"{path}: unknown setting(s) {', '.join(unknown)}")

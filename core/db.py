@@ -36,16 +36,20 @@ def _sqlite_begin(conn: Connection) -> None:
     conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
 
+# hide_parameters: a database error's text would otherwise quote the statement's values
+# (password hashes, CHAP secrets) into the log
 def create_engine(url: str) -> AsyncEngine:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_async_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+        engine = create_async_engine(
+            url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}, hide_parameters=True
+        )
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         event.listen(engine.sync_engine, "begin", _sqlite_begin)
         return engine
-    return create_async_engine(url, pool_pre_ping=True)
+    return create_async_engine(url, pool_pre_ping=True, hide_parameters=True)
 
 
 class Database:
@@ -91,8 +95,11 @@ class Database:
         try:
             if await self.current_revision() == head_revision():
                 return
-            async with self.engine.begin() as conn:
-                await conn.run_sync(_upgrade)
+            # two consoles starting at once on an old database: the second waits, then finds it done
+            async with self.engine.connect() as conn:
+                await conn.execution_options(sqlite_immediate=True)
+                async with conn.begin():
+                    await conn.run_sync(_upgrade)
         except (SchemaTooNew, BackendUnavailable):
             raise
         except (OSError, DBAPIError) as exc:
@@ -164,5 +171,7 @@ def _check_revision(connection: Connection, allow_older: bool) -> None:
 def _upgrade(connection: Connection) -> None:
     from alembic import command
 
+    if connection.dialect.name == "postgresql":
+        connection.exec_driver_sql("SELECT pg_advisory_xact_lock(4747001)")  # held until commit
     _check_revision(connection, True)
     command.upgrade(_alembic_config(connection), "head")

@@ -74,4 +74,8 @@ def configure_logging(log_file: Path | None, level: str = "INFO") -> None:
 
 
 def get_logger(name: str = "ggnet") -> Any:
+    # structlog's default prints to the terminal (with local variables in tracebacks,
+    # which may hold secrets): until configure_logging names a file, log nowhere
+    if _log_stream is None:
+        configure_logging(None)
     return structlog.get_logger(name)

@@ -6,16 +6,16 @@ import ipaddress
 import re
 from typing import Annotated, Any, TypeVar
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, ValidationError
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, StringConstraints, ValidationError
 
 from .errors import Invalid
 
 # --- MAC -------------------------------------------------------------------
 
 _MAC_PATTERNS = (
-    re.compile(r"^([0-9a-f]{2})([:-])([0-9a-f]{2})\2([0-9a-f]{2})\2([0-9a-f]{2})\2([0-9a-f]{2})\2([0-9a-f]{2})$"),
-    re.compile(r"^([0-9a-f]{4})\.([0-9a-f]{4})\.([0-9a-f]{4})$"),  # Cisco dotted
-    re.compile(r"^([0-9a-f]{12})$"),  # bare
+    re.compile(r"^([0-9a-f]{2})([:-])([0-9a-f]{2})\2([0-9a-f]{2})\2([0-9a-f]{2})\2([0-9a-f]{2})\2([0-9a-f]{2})\Z"),
+    re.compile(r"^([0-9a-f]{4})\.([0-9a-f]{4})\.([0-9a-f]{4})\Z"),  # Cisco dotted
+    re.compile(r"^([0-9a-f]{12})\Z"),  # bare
 )
 
 
@@ -70,12 +70,15 @@ def normalize_ipv4(value: str) -> str:
 
 # --- names -----------------------------------------------------------------
 
-_MACHINE_NAME = re.compile(r"^[a-z0-9-]{1,15}$")
+_MACHINE_NAME = re.compile(r"^[a-z0-9-]{1,15}\Z")
 
 
 def normalize_machine_name(value: str) -> str:
     """NetBIOS-safe: 1-15 letters, digits, hyphens; not all digits. Stored lower case."""
-    text = str(value).strip().lower()
+    text = str(value).strip()
+    if not text.isascii():  # checked before lower(): the Kelvin sign lower-cases to an ASCII "k"
+        raise ValueError("may contain only letters, digits and hyphens (ASCII)")
+    text = text.lower()
     if not text:
         raise ValueError("must not be empty")
     if len(text) > 15:
@@ -89,11 +92,14 @@ def normalize_machine_name(value: str) -> str:
     return text
 
 
-_USERNAME = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}$")
+_USERNAME = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}\Z")
 
 
 def normalize_username(value: str) -> str:
-    text = str(value).strip().lower()
+    text = str(value).strip()
+    if not text.isascii():
+        raise ValueError("must contain only ASCII letters, digits, '.', '_' and '-'")
+    text = text.lower()
     if not text:
         raise ValueError("must not be empty")
     if len(text) > 32:
@@ -103,7 +109,7 @@ def normalize_username(value: str) -> str:
     return text
 
 
-_IMAGE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_IMAGE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
 
 
 def normalize_image_name(value: str) -> str:
@@ -139,7 +145,7 @@ def check_password(value: str) -> str:
 # rtslib-fb's own check: anything it refuses we refuse first
 _RTSLIB_IQN = re.compile(r"iqn\.[0-9]{4}-[0-1][0-9]\..*\..*")
 _RFC3720_IQN = re.compile(
-    r"^iqn\.(\d{4})-(\d{2})\.[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)+(:[a-z0-9.:_-]+)?$"
+    r"^iqn\.([0-9]{4})-([0-9]{2})\.[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)+(:[a-z0-9.:_-]+)?\Z"
 )
 
 
@@ -172,7 +178,10 @@ IPv4Host = Annotated[str, BeforeValidator(_str_only), AfterValidator(normalize_i
 MachineName = Annotated[str, BeforeValidator(_str_only), AfterValidator(normalize_machine_name)]
 Username = Annotated[str, BeforeValidator(_str_only), AfterValidator(normalize_username)]
 ImageName = Annotated[str, BeforeValidator(_str_only), AfterValidator(normalize_image_name)]
-Password = Annotated[str, BeforeValidator(_str_only), AfterValidator(check_password)]
+# never stripped: spaces are part of a password, and login compares it unstripped
+Password = Annotated[
+    str, StringConstraints(strip_whitespace=False), BeforeValidator(_str_only), AfterValidator(check_password)
+]
 Iqn = Annotated[str, BeforeValidator(_str_only), AfterValidator(normalize_iqn)]
 
 
@@ -198,7 +207,7 @@ def errors_by_field(exc: ValidationError) -> dict[str, str]:
         message = err["msg"]
         if message.startswith("Value error, "):
             message = message[len("Value error, ") :]
-        elif err["type"] == "literal_error":
+        elif err["type"] in ("literal_error", "enum"):
             message = "must be one of " + message.split("Input should be ", 1)[-1].replace("'", "")
         elif err["type"] == "extra_forbidden":
             message = "is not a known field"

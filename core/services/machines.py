@@ -303,14 +303,12 @@ async def check_csv(core: Core, actor: Actor, text: str, source: str = "CSV") ->
 
 
 async def import_csv(core: Core, actor: Actor, text: str, source: str = "CSV") -> list[str]:
-    """Add every row or none. Returns the names added."""
+    """Add every row or none. Returns the names added. Every bad row is reported, by line."""
     rows, errors = parse_csv(text)
-    if errors:
-        raise CsvRowError(source, errors)
     async with operation(core, actor, Permission.MANAGE_MACHINES, "machine.import") as op:
-        clashes = await _db_clashes(op.session, rows)
-        if clashes:
-            raise CsvRowError(source, clashes)
+        errors += await _db_clashes(op.session, rows)
+        if errors:
+            raise CsvRowError(source, sorted(errors))
         op.session.add_all([_new_machine(op, item, core.settings.iqn_base) for _line, item in rows])
         await op.flush(conflict="another console added a machine with the same name, MAC or IP meanwhile; nothing imported")
         names = [item.name for _line, item in rows]

@@ -112,6 +112,8 @@ def run(func: Callable[..., Awaitable[int | None]]) -> Callable[..., None]:
             else:
                 fail(exc.message)
             sys.exit(1)
+        except click.ClickException:  # usage errors raised inside a command: click prints them, exit 2
+            raise
         except KeyboardInterrupt:
             fail("interrupted")
             sys.exit(130)
@@ -120,6 +122,10 @@ def run(func: Callable[..., Awaitable[int | None]]) -> Callable[..., None]:
             try:
                 from core.log import get_logger
 
+                state.core  # noqa: B018 - sets up the log file if the command failed before that
+            except Exception:
+                pass
+            try:
                 get_logger().exception("unexpected error", incident=incident)
             except Exception:
                 pass

@@ -1,0 +1,297 @@
+"""The installed `ggnet` command, run as a subprocess the way scripts and operators run it.
+
+Each run costs about a second (start-up plus a bcrypt check at the production cost), so the
+cases here are few and each proves something the in-process tests cannot.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import select
+import shutil
+import sqlite3
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from .conftest import _pg_admin, _pg_url_for, require_pg
+
+ADMIN_PW = "admin-pass-1"
+VIEWER_PW = "viewer-pass-1"
+
+
+def ggnet_executable() -> str:
+    """The ggnet installed beside this Python (.venv or /work/venv), else the one on PATH."""
+    beside = Path(sys.executable).parent / "ggnet"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("ggnet")
+    if found is None:
+        pytest.fail("the ggnet command is not installed (pip install -e .)")
+    return found
+
+
+def ggnet_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    """A clean environment: the data directory in tmp, no GGNET_* from the caller's shell."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GGNET_")}
+    env.update(GGNET_DATA_DIR=str(tmp_path / "data"), HOME=str(tmp_path / "home"), **extra)
+    return env
+
+
+def run_ggnet(args: list[str], env: dict[str, str], **more_env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [ggnet_executable(), *args],
+        env={**env, **more_env},
+        stdin=subprocess.DEVNULL,  # never a terminal: nothing may wait for a prompt
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def as_admin(args: list[str], env: dict[str, str], **more: str) -> subprocess.CompletedProcess[str]:
+    return run_ggnet(args, env, GGNET_USER="admin", GGNET_PASSWORD=ADMIN_PW, **more)
+
+
+def ok(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    return result
+
+
+def one_error(result: subprocess.CompletedProcess[str], phrase: str) -> str:
+    """Exit 1 with exactly one ``error: <sentence>`` line on stderr containing ``phrase``."""
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("error: ")
+    assert phrase in lines[0]
+    assert "Traceback" not in result.stderr + result.stdout
+    return lines[0]
+
+
+def sqlite_counts(env: dict[str, str]) -> dict[str, int]:
+    """Rows per table, leaving out the login events every command writes by design."""
+    with sqlite3.connect(Path(env["GGNET_DATA_DIR"]) / "ggnet.db") as conn:
+        tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        counts = {t: conn.execute(f'SELECT count(*) FROM "{t}"').fetchone()[0] for t in tables}
+        counts["audit_events"] = conn.execute(
+            "SELECT count(*) FROM audit_events WHERE action != 'auth.login'"
+        ).fetchone()[0]
+    return counts
+
+
+@pytest.fixture(scope="module")
+def site_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Built once per module through the CLI itself; each test gets a copy."""
+    root = tmp_path_factory.mktemp("cli-site")
+    env = ggnet_env(root)
+    ok(run_ggnet(["init", "--admin", "admin"], env, GGNET_NEW_PASSWORD=ADMIN_PW))
+    ok(as_admin(["user", "add", "vera", "--role", "viewer"], env, GGNET_NEW_PASSWORD=VIEWER_PW))
+    ok(as_admin(["machine", "add", "pc01", "--mac", "52:54:00:12:34:56"], env))
+    return root / "data"
+
+
+@pytest.fixture
+def site(site_template: Path, tmp_path: Path) -> dict[str, str]:
+    """An initialised SQLite site with admin 'admin', viewer 'vera' and machine pc01."""
+    shutil.copytree(site_template, tmp_path / "data")
+    return ggnet_env(tmp_path)
+
+
+def _happy_path(env: dict[str, str]) -> None:
+    first = ok(run_ggnet(["init", "--admin", "admin"], env, GGNET_NEW_PASSWORD=ADMIN_PW))
+    assert "admin 'admin' created" in first.stdout
+    added = ok(as_admin(["machine", "add", "PC01", "--mac", "52-54-00-12-34-56", "--ip", "192.168.1.21",
+                         "--boot-mode", "uefi"], env))
+    assert added.stdout.strip() == "machine 'pc01' added (52:54:00:12:34:56)"
+    listed = json.loads(ok(as_admin(["machine", "list", "--json"], env)).stdout)
+    assert [(m["name"], m["mac"], m["ip"], m["boot_mode"]) for m in listed] == [
+        ("pc01", "52:54:00:12:34:56", "192.168.1.21", "uefi")
+    ]
+    one_error(run_ggnet(["init", "--admin", "other"], env, GGNET_NEW_PASSWORD=ADMIN_PW), "already initialised")
+
+
+def test_init_add_and_list_on_sqlite(tmp_path: Path) -> None:
+    env = ggnet_env(tmp_path)
+    _happy_path(env)
+    assert (tmp_path / "data" / "ggnet.db").is_file()
+    assert (tmp_path / "data" / "ggnet.log").is_file()
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """An empty PostgreSQL database: `ggnet init` must create the schema itself."""
+    import asyncio
+
+    require_pg()
+    name = f"ggnet_cli_{uuid.uuid4().hex[:10]}"
+    asyncio.run(_pg_admin(f'CREATE DATABASE "{name}"'))
+    yield _pg_url_for(name)
+    asyncio.run(_pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+def test_init_add_and_list_on_postgresql(tmp_path: Path, pg_url: str) -> None:
+    env = ggnet_env(tmp_path, GGNET_DATABASE_URL=pg_url)
+    _happy_path(env)
+    assert not (tmp_path / "data" / "ggnet.db").exists()
+
+
+def test_viewer_is_refused_with_one_line_and_a_denied_event(site: dict[str, str]) -> None:
+    before = sqlite_counts(site)
+    refused = run_ggnet(["machine", "add", "pc02", "--mac", "52:54:00:12:34:57"], site,
+                        GGNET_USER="vera", GGNET_PASSWORD=VIEWER_PW)
+    one_error(refused, "permission denied: viewer 'vera' may not manage machines")
+    after = sqlite_counts(site)
+    assert after["machines"] == before["machines"]
+    events = json.loads(ok(as_admin(["audit", "list", "--json", "--actor", "vera", "--action", "machine"],
+                                    site)).stdout)
+    assert [(e["action"], e["outcome"]) for e in events] == [("machine.create", "denied")]
+    # the viewer may still read
+    assert "pc01" in ok(run_ggnet(["machine", "list"], site, GGNET_USER="vera", GGNET_PASSWORD=VIEWER_PW)).stdout
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["machine", "add"],  # missing name
+        ["machine", "add", "pc02"],  # missing --mac
+        ["machine", "add", "pc02", "--mac", "52:54:00:00:00:02", "--boot-mode", "efi"],
+        ["machine", "set", "pc01"],  # nothing to change
+        ["machine", "frobnicate"],
+        ["user", "add", "bob", "--role", "viewer", "--password", "in-argv-is-refused"],
+        ["audit", "list", "--limit", "0"],
+    ],
+)
+def test_usage_errors_exit_2(tmp_path: Path, args: list[str]) -> None:
+    result = as_admin(args, ggnet_env(tmp_path))
+    assert result.returncode == 2, result.stderr
+    assert "Usage:" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+TOO_LONG = "é" * 36 + "x"  # 37 characters, 73 bytes in UTF-8
+
+# (arguments, phrase of the one error line, new password)
+BAD_INPUTS = [
+    (["machine", "add", "pc02", "--mac", "01:00:5e:00:00:01"], "mac: must be a unicast address", None),
+    (["machine", "add", "pc02", "--mac", "52:54:00:12:34:56"], "mac: 52:54:00:12:34:56 is already used by machine 'pc01'", None),
+    (["machine", "add", "PC01", "--mac", "52:54:00:00:00:02"], "name: pc01 is already used by machine 'pc01'", None),
+    (["machine", "add", "pc-with-a-long-name", "--mac", "52:54:00:00:00:02"], "name: must be at most 15 characters", None),
+    (["machine", "add", "x';DROP--", "--mac", "52:54:00:00:00:02"], "name: may contain only", None),
+    (["machine", "add", "pc02", "--mac", "52:54:00:00:00:02", "--ip", "192.168.1.255"], "ip: must be a host address", None),
+    (["machine", "set", "pc01", "--mac", "ff:ff:ff:ff:ff:ff"], "mac: must not be the broadcast address", None),
+    (["machine", "show", "pc99"], "no machine named 'pc99'", None),
+    (["machine", "rm", "pc99"], "no machine named 'pc99'", None),
+    (["machine", "import", "/nonexistent/lab.csv"], "file: /nonexistent/lab.csv does not exist", None),
+    (["user", "add", "bob", "--role", "viewer"], "password: must be at most 72 bytes in UTF-8 (bcrypt's limit), got 73", TOO_LONG),
+    (["user", "add", "vera", "--role", "viewer"], "a user named 'vera' already exists", "long-enough-1"),
+    (["user", "passwd", "vera"], "password: must be at least 8 bytes", "short"),
+    (["user", "rm", "admin"], "cannot delete 'admin': it is the last active admin", None),
+    (["user", "disable", "nobody"], "no user named 'nobody'", None),
+]
+
+
+@pytest.mark.parametrize(("args", "phrase", "new_password"), BAD_INPUTS,
+                         ids=[f"{i}-{'-'.join(a[:2])}" for i, (a, _, _) in enumerate(BAD_INPUTS)])
+def test_bad_input_exits_1_with_one_line_and_writes_nothing(site: dict[str, str], args: list[str], phrase: str,
+                                                             new_password: str | None) -> None:
+    before = sqlite_counts(site)
+    extra = {"GGNET_NEW_PASSWORD": new_password} if new_password else {}
+    one_error(as_admin(args, site, **extra), phrase)
+    assert sqlite_counts(site) == before
+
+
+def test_wrong_password_and_missing_credentials(site: dict[str, str]) -> None:
+    one_error(run_ggnet(["machine", "list"], site, GGNET_USER="admin", GGNET_PASSWORD="wrong-pass"),
+              "wrong user name or password")
+    one_error(run_ggnet(["machine", "list"], site), "user: is required: pass --user NAME or set GGNET_USER")
+    # no terminal to ask on: a clear error, never a hang
+    one_error(run_ggnet(["machine", "list"], site, GGNET_USER="admin"), "password: is required: set GGNET_PASSWORD")
+    one_error(as_admin(["user", "add", "bob", "--role", "viewer"], site),
+              "password: is required: set GGNET_NEW_PASSWORD")
+    # --user overrides GGNET_USER
+    listed = run_ggnet(["--user", "vera", "machine", "list", "--json"], site, GGNET_USER="admin",
+                       GGNET_PASSWORD=VIEWER_PW)
+    assert json.loads(ok(listed).stdout)[0]["chap_secret"] is None  # viewers never see secrets
+
+
+def test_import_reports_every_bad_row_and_imports_nothing(site: dict[str, str], tmp_path: Path) -> None:
+    bad = tmp_path / "lab.csv"
+    bad.write_text(
+        "name,mac,ip,boot_mode\n"
+        "pc10,52:54:00:00:00:10,192.168.1.10,bios\n"
+        "pc11,not-a-mac,,uefi\n"
+        "pc12,52:54:00:00:00:12,,\n"
+        "pc01,52:54:00:00:00:13,,\n"  # name taken in the database
+        "pc14,52:54:00:00:00:10,,\n",  # MAC repeats line 2
+        encoding="utf-8",
+    )
+    before = sqlite_counts(site)
+    result = as_admin(["machine", "import", str(bad)], site)
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        "error: lab.csv line 3: mac: must be a MAC address such as 52:54:00:12:34:56 (colons, hyphens, dots or bare hex)",
+        "error: lab.csv line 5: name: pc01 is already used by machine 'pc01'",
+        "error: lab.csv line 6: mac: 52:54:00:00:00:10 repeats line 2",
+        "error: nothing was imported",
+    ]
+    assert sqlite_counts(site) == before
+
+    good = tmp_path / "good.csv"
+    good.write_text("name,mac\npc20,5254.0000.0020\npc21,52-54-00-00-00-21\n", encoding="utf-8")
+    assert ok(as_admin(["machine", "import", str(good)], site)).stdout.strip() == f"imported 2 machines from {good}"
+    names = [m["name"] for m in json.loads(ok(as_admin(["machine", "list", "--json"], site)).stdout)]
+    assert names == ["pc01", "pc20", "pc21"]
+
+
+def test_console_without_subcommand_starts_with_no_users(tmp_path: Path) -> None:
+    """`ggnet` alone opens the console (in a pseudo-terminal); on an empty site it must not crash."""
+    env = ggnet_env(tmp_path, TERM="xterm-256color", COLUMNS="100", LINES="30")
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([ggnet_executable()], stdin=slave, stdout=slave, stderr=slave, env=env,
+                            close_fds=True)
+    os.close(slave)
+    output = b""
+    try:
+        quiet_since = time.monotonic()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and proc.poll() is None:
+            ready, _, _ = select.select([master], [], [], 0.1)
+            if ready:
+                try:
+                    output += os.read(master, 65536)
+                except OSError:
+                    break
+                quiet_since = time.monotonic()
+            elif output and time.monotonic() - quiet_since > 1.0:
+                break  # the screen has been drawn and is idle
+        assert proc.poll() is None, output.decode(errors="replace")[-2000:]  # still running: it did not crash
+        os.write(master, b"\x11")  # ctrl+q, Textual's quit key
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
+        while True:
+            ready, _, _ = select.select([master], [], [], 0.1)
+            if not ready:
+                break
+            try:
+                output += os.read(master, 65536)
+            except OSError:
+                break
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(master)
+    assert output, "the console drew nothing"
+    assert b"Traceback" not in output
+    assert proc.returncode in (0, -9)
