@@ -140,6 +140,34 @@ def check_password(value: str) -> str:
     return value
 
 
+# --- free text --------------------------------------------------------------
+
+NOTES_MAX = 2000
+
+
+def check_notes(value: str) -> str:
+    # PostgreSQL refuses NUL in text; refusing it everywhere keeps both databases alike
+    if "\x00" in value:
+        raise ValueError("must not contain a NUL character")
+    if len(value) > NOTES_MAX:
+        raise ValueError(f"must be at most {NOTES_MAX} characters, got {len(value)}")
+    return value
+
+
+def lookup_key(value: object) -> str | None:
+    """A name typed to find a row, stripped and lower-cased; None when no row could have it
+    (NUL, or not text), so callers answer "not found" instead of sending it to the database."""
+    if not isinstance(value, str) or "\x00" in value:
+        return None
+    return value.strip().lower()
+
+
+def shown(value: object, limit: int = 64) -> str:
+    """A user-supplied string made safe to quote in a message or an audit event."""
+    text = str(value)[:limit]
+    return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
+
+
 # --- IQN (RFC 3720 section 3.2.6) ------------------------------------------
 
 # rtslib-fb's own check: anything it refuses we refuse first
@@ -183,6 +211,7 @@ Password = Annotated[
     str, StringConstraints(strip_whitespace=False), BeforeValidator(_str_only), AfterValidator(check_password)
 ]
 Iqn = Annotated[str, BeforeValidator(_str_only), AfterValidator(normalize_iqn)]
+Notes = Annotated[str, BeforeValidator(_str_only), AfterValidator(check_notes)]
 
 
 class StrictInput(BaseModel):

@@ -122,6 +122,8 @@ def _happy_path(env: dict[str, str]) -> None:
 def test_init_add_and_list_on_sqlite(tmp_path: Path) -> None:
     env = ggnet_env(tmp_path)
     _happy_path(env)
+    renamed = ok(as_admin(["machine", "set", "pc01", "--name", "pc05", "--ip", "", "--json"], env))
+    assert (json.loads(renamed.stdout)["name"], json.loads(renamed.stdout)["ip"]) == ("pc05", None)
     assert (tmp_path / "data" / "ggnet.db").is_file()
     assert (tmp_path / "data" / "ggnet.log").is_file()
 

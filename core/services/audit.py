@@ -35,6 +35,9 @@ async def list_events(
         raise Invalid("limit", f"must be between 1 and {MAX_PAGE}")
     if offset < 0:
         raise Invalid("offset", "must not be negative")
+    for field, value in (("actor", actor_name), ("action", action), ("object", object_name), ("outcome", outcome)):
+        if value is not None and "\x00" in value:
+            raise Invalid(field, "must not contain a NUL character")
     conditions = []
     if actor_name:
         conditions.append(AuditEvent.actor == actor_name.strip().lower())

@@ -15,7 +15,7 @@ from ..auth import Actor, Permission
 from ..context import Core
 from ..errors import Conflict, Invalid, NotFound
 from ..models import LIVE_SESSION_STATES, BootMode, BootSession, Image, ImageVersion, Machine, utcnow
-from ..validation import IPv4Host, Iqn, MacAddress, MachineName, StrictInput, parse
+from ..validation import IPv4Host, Iqn, MacAddress, MachineName, Notes, StrictInput, lookup_key, parse, shown
 from .base import Operation, check_version, operation, reading, snapshot
 from .views import MachineView
 
@@ -30,7 +30,7 @@ class MachineInput(StrictInput):
     ip: IPv4Host | None = None
     boot_mode: BootMode = BootMode.BIOS
     initiator_iqn: Iqn | None = None
-    notes: str = ""
+    notes: Notes = ""
 
 
 class MachineChanges(StrictInput):
@@ -40,7 +40,7 @@ class MachineChanges(StrictInput):
     boot_mode: BootMode | None = None
     initiator_iqn: Iqn | None = None
     keep_writeback: bool | None = None
-    notes: str | None = None
+    notes: Notes | None = None
 
 
 def new_chap_secret() -> str:
@@ -84,10 +84,12 @@ def _view(machine: Machine, image_name: str | None, pinned: int | None, secrets_
 
 
 async def get_row(session: AsyncSession, name: str) -> Machine:
-    key = str(name).strip().lower()
-    machine = (await session.execute(select(Machine).where(Machine.name == key))).scalar_one_or_none()
+    key = lookup_key(name)
+    machine = None
+    if key is not None:
+        machine = (await session.execute(select(Machine).where(Machine.name == key))).scalar_one_or_none()
     if machine is None:
-        raise NotFound(f"no machine named '{key}'")
+        raise NotFound(f"no machine named '{shown(key if key is not None else name)}'")
     return machine
 
 
@@ -141,9 +143,9 @@ async def add_machine(core: Core, actor: Actor, **fields: Any) -> MachineView:
 
 
 async def update_machine(
-    core: Core, actor: Actor, name: str, expected_version: int | None = None, **fields: Any
+    core: Core, actor: Actor, name: str, /, expected_version: int | None = None, **fields: Any
 ) -> MachineView:
-    """Change only the fields given; ``ip=None`` clears the IP."""
+    """Change only the fields given; ``ip=None`` clears the IP; ``name=`` renames (hence ``/``)."""
     changes = parse(MachineChanges, fields)
     given = changes.model_dump(exclude_unset=True)
     async with operation(core, actor, Permission.MANAGE_MACHINES, "machine.update") as op:
@@ -191,10 +193,10 @@ async def remove_machine(core: Core, actor: Actor, name: str) -> None:
 
 async def get_machine(core: Core, actor: Actor, name: str) -> MachineView:
     async with reading(core, actor) as session:
-        key = str(name).strip().lower()
-        row = (await session.execute(_machine_query().where(Machine.name == key))).first()
+        key = lookup_key(name)
+        row = None if key is None else (await session.execute(_machine_query().where(Machine.name == key))).first()
         if row is None:
-            raise NotFound(f"no machine named '{key}'")
+            raise NotFound(f"no machine named '{shown(key if key is not None else name)}'")
         return _view(row[0], row.image_name, row.pinned_number, actor.can(Permission.READ_SECRETS))
 
 
@@ -243,7 +245,7 @@ def parse_csv(text: str) -> tuple[CsvRows, list[tuple[int, str]]]:
                 missing = [h for h in ("name", "mac") if h not in header]
                 if unknown or missing or len(set(header)) != len(header):
                     errors.append((line, f"header must name the columns {', '.join(CSV_COLUMNS)} "
-                                   f"(name and mac required, each once); got {', '.join(record)}"))
+                                   f"(name and mac required, each once); got {shown(', '.join(record), 200)}"))
                     return rows, errors
                 continue
             if len(rows) + len(errors) >= CSV_MAX_ROWS:
@@ -312,5 +314,5 @@ async def import_csv(core: Core, actor: Actor, text: str, source: str = "CSV") -
         op.session.add_all([_new_machine(op, item, core.settings.iqn_base) for _line, item in rows])
         await op.flush(conflict="another console added a machine with the same name, MAC or IP meanwhile; nothing imported")
         names = [item.name for _line, item in rows]
-        op.audit("machine", None, f"{len(names)} machines from {source}", None, {"names": names})
+        op.audit("machine", None, f"{len(names)} machines from {shown(source, 200)}", None, {"names": names})
         return names

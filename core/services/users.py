@@ -14,7 +14,7 @@ from ..auth import Actor, Permission
 from ..context import Core
 from ..errors import AccountLocked, AuthenticationFailed, Conflict, Invalid, NotFound
 from ..models import Outcome, Role, User, utcnow
-from ..validation import Password, StrictInput, Username, parse
+from ..validation import Password, StrictInput, Username, lookup_key, normalize_username, parse, shown
 from .base import Operation, check_version, operation, reading, snapshot
 from .views import UserView
 
@@ -33,14 +33,16 @@ def _role(value: str) -> Role:
     try:
         return Role(str(value).strip().lower())
     except ValueError:
-        raise Invalid("role", "must be one of admin, operator, viewer") from None
+        raise Invalid("role", "must be one of admin, operator or viewer") from None
 
 
 async def _get(session: AsyncSession, username: str) -> User:
-    key = str(username).strip().lower()
-    user = (await session.execute(select(User).where(User.username == key))).scalar_one_or_none()
+    key = lookup_key(username)
+    user = None
+    if key is not None:
+        user = (await session.execute(select(User).where(User.username == key))).scalar_one_or_none()
     if user is None:
-        raise NotFound(f"no user named '{key}'")
+        raise NotFound(f"no user named '{shown(key if key is not None else username)}'")
     return user
 
 
@@ -189,11 +191,18 @@ BAD_CREDENTIALS = "wrong user name or password"
 
 async def login(core: Core, username: str, password: str) -> Actor:
     """Check a password. Every attempt, good or bad, is audited; failures are throttled."""
-    name = str(username or "").strip().lower()[:64]
+    name = shown(str(username or "").strip().lower())
+    try:
+        normalize_username(name)
+        possible = True
+    except ValueError:  # no account can have this name (NUL, look-alikes ...): do not ask the database
+        possible = False
     now = utcnow()
     structlog.contextvars.bind_contextvars(actor=name or "?", operation="auth.login")
     async with core.db.transaction() as session:
-        user = (await session.execute(select(User).where(User.username == name))).scalar_one_or_none()
+        user = None
+        if possible:
+            user = (await session.execute(select(User).where(User.username == name))).scalar_one_or_none()
         op = Operation(session, Actor(user.id if user else None, name or "?", Role.VIEWER), "auth.login")
         wait = 0
         if user is not None:
