@@ -12,6 +12,7 @@ APT_PACKAGES=(
   postgresql
   qemu-utils qemu-system-x86 ipxe-qemu qemu-block-extra tgt libiscsi-bin
   busybox-static cpio kmod xfsprogs dnsmasq-base iputils-ping tmux
+  libudev1  # loaded by rtslib-fb (through pyudev) for the LIO backend
 )
 
 if [ "$(id -u)" = 0 ]; then
