@@ -1,21 +1,369 @@
-"""Placeholder entry to the console until the TUI lands."""
+"""The operator console: a Textual app over core's services.
+
+Screens are App modes (1-7 and Logs) created after login; the console holds no business
+rules: every action is a core service call made as the logged-in Actor.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+import os
+import signal
+import socket
+import sys
+import uuid
+from datetime import datetime
+from functools import partial
+from time import monotonic
+from typing import Any, Callable, Iterable
+
+from textual import events
+from textual.app import App
+from textual.command import DiscoveryHit, Hit, Hits, Provider
+from textual.scrollbar import ScrollBar, ScrollBarRender
+
+from core.auth import Permission
+from core.context import Core
+from core.errors import AuthenticationFailed, GgnetError
+from core.log import get_logger
+from core.models import utcnow
+from core.monitor import Monitor, PcProbe
+
+from .commands import COMMANDS, Command, bindings, commands_for
+from .screens.auth import FirstRunScreen, LockScreen, LoginScreen
+from .screens.base import GgnetScreen, TableScreen
+from .screens.modals import ConfirmScreen, HelpScreen
+from .widgets.header import StatusHeader
+
+HEALTH_EVERY_SECONDS = 15
+ACCOUNT_CHECK_SECONDS = 2  # a disabled user's console is logged out well within 5 s
+
+
+def _screens() -> dict[str, Callable[[], Any]]:
+    from .screens.audit import AuditScreen
+    from .screens.dashboard import DashboardScreen
+    from .screens.images import ImagesScreen
+    from .screens.logs import LogsScreen
+    from .screens.machines import MachinesScreen
+    from .screens.sessions import SessionsScreen
+    from .screens.targets import TargetsScreen
+    from .screens.users import UsersScreen
+
+    return {
+        "dashboard": DashboardScreen,
+        "machines": MachinesScreen,
+        "images": ImagesScreen,
+        "sessions": SessionsScreen,
+        "targets": TargetsScreen,
+        "users": UsersScreen,
+        "audit": AuditScreen,
+        "logs": LogsScreen,
+    }
+
+
+class _AsciiScrollBar(ScrollBarRender):
+    # the Linux console's font has no eighth-blocks: draw the thumb with full blocks only
+    VERTICAL_BARS = [" "] * 8
+    HORIZONTAL_BARS = [" "] * 8
+
+
+class CommandTable(Provider):
+    """ctrl+p: every command of this screen and of the console, from the same table as the keys."""
+
+    def _commands(self) -> Iterable[Command]:
+        app = self.app
+        screen = self.screen
+        scope = getattr(screen, "SCOPE", "")
+        scopes = ["app", scope] + (["table"] if isinstance(screen, TableScreen) else [])
+        actor = getattr(app, "actor", None)
+        for command in commands_for(*scopes):
+            if command.id == "app.palette" or actor is None:
+                continue
+            if command.permission is not None and not actor.can(command.permission):
+                continue
+            yield command
+
+    def _runner(self, command: Command) -> Callable[[], None]:
+        return partial(self.app.call_later, self.app.run_action, command.action)
+
+    async def discover(self) -> Hits:
+        for command in self._commands():
+            yield DiscoveryHit(command.label, self._runner(command), help=command.help)
+
+    async def search(self, query: str) -> Hits:
+        matcher = self.matcher(query)
+        for command in self._commands():
+            score = matcher.match(f"{command.label} {command.help}")
+            if score > 0:
+                yield Hit(score, matcher.highlight(command.label), self._runner(command), help=command.help)
+
+
+class GgnetApp(App[int]):
+    CSS_PATH = "ggnet.tcss"
+    TITLE = "ggnet"
+    BINDINGS = bindings("app")
+    COMMANDS = {CommandTable}
+    MODES = {"login": LoginScreen, "first_run": FirstRunScreen}
+
+    def __init__(
+        self,
+        core: Core,
+        *,
+        probe: PcProbe | None = None,
+        hostname: str | None = None,
+        clock: Callable[[], datetime] = utcnow,
+        term: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.core = core
+        self.clock = clock
+        self.hostname = hostname or socket.gethostname()
+        self.db_kind = core.db.kind
+        self.backend_text = "not checked yet"
+        self.backend_ok: bool | None = None
+        self.actor: Any = None
+        self.locked = False
+        self.busy = 0
+        self.refresh_seconds = max(0.2, float(core.settings.refresh_seconds))
+        self.monitor = Monitor(core, probe, clock)
+        self.crash_incident: str | None = None
+        self.close_core_on_exit = False
+        self._last_input = monotonic()
+        self._session_timers: list[Any] = []
+        self._linux_console = (term if term is not None else os.environ.get("TERM", "")) == "linux"
+        for mode, factory in _screens().items():
+            self.add_mode(mode, factory)
+
+    # --- start and stop -----------------------------------------------------
+
+    async def on_mount(self) -> None:
+        if self._linux_console:  # 16 colours, no glyphs the Linux console cannot draw
+            self.theme = "ansi-dark"
+            ScrollBar.renderer = _AsciiScrollBar
+        self.set_keymap(dict(self.core.settings.keys))
+        try:  # a vanished terminal (SSH dropped) ends the console cleanly
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.exit)
+        except (NotImplementedError, RuntimeError, ValueError):
+            pass
+        try:
+            await self.core.db.upgrade()
+            from core.services import users
+
+            anyone = await users.count_users(self.core)
+        except GgnetError as exc:
+            self.exit(None, 1, message=f"error: {exc.message}")
+            return
+        await self.switch_mode("login" if anyone else "first_run")
+
+    async def on_unmount(self) -> None:
+        if self.close_core_on_exit:
+            await self.core.close()
+
+    def _handle_exception(self, error: Exception) -> None:
+        # a bug: log it with an id and show that id, never a traceback (Textual's shows locals)
+        self.crash_incident = self._log_incident(error)
+        super()._handle_exception(error)
+
+    def _print_error_renderables(self) -> None:
+        if self._exit_renderables and self.crash_incident:
+            self._exit_renderables.clear()
+            print(f"ggnet: unexpected error (incident {self.crash_incident}); details are in the ggnet log",
+                  file=sys.stderr)
+        super()._print_error_renderables()
+
+    @staticmethod
+    def _log_incident(exc: BaseException) -> str:
+        incident = uuid.uuid4().hex[:8]
+        try:
+            get_logger().error("unexpected error in the console", incident=incident, exc_info=exc)
+        except Exception:
+            pass
+        return incident
+
+    def incident(self, exc: BaseException) -> str:
+        """Log an unexpected exception; the sentence the operator sees instead of a traceback."""
+        return f"Unexpected {type(exc).__name__} (incident {self._log_incident(exc)}); details are in the ggnet log"
+
+    # --- login, logout, lock --------------------------------------------------
+
+    async def first_run(self, username: str, password: str) -> None:
+        from core.services import users
+
+        await users.create_first_admin(self.core, username, password)
+        await self.log_in(username, password)
+
+    async def log_in(self, username: str, password: str) -> None:
+        from core.services import users
+
+        self.actor = await users.login(self.core, username, password)
+        self.locked = False
+        self._last_input = monotonic()
+        self._session_timers = [
+            self.set_interval(ACCOUNT_CHECK_SECONDS, self._check_account),
+            self.set_interval(1, self._check_idle),
+            self.set_interval(HEALTH_EVERY_SECONDS, self._check_health),
+        ]
+        self.run_worker(self._check_health(), group="health")
+        self.run_worker(self._monitor_loop(), group="monitor", exclusive=True)
+        await self.switch_mode("dashboard")
+        self.notify(f"Logged in as {self.actor.username} ({self.actor.role.value}). Press ? for keys.", timeout=3)
+
+    async def log_out(self, reason: str) -> None:
+        from core.services import users
+
+        actor, self.actor = self.actor, None
+        for timer in self._session_timers:
+            timer.stop()
+        self._session_timers = []
+        self.workers.cancel_group(self, "monitor")
+        self.locked = False
+        await self.switch_mode("login")
+        for mode, factory in _screens().items():  # fresh screens for whoever logs in next
+            await self.remove_mode(mode)
+            self.add_mode(mode, factory)
+        self.notify(reason, severity="warning", timeout=8)
+        if actor is not None:
+            try:
+                await users.logout(self.core, actor)
+            except Exception as exc:
+                self._log_incident(exc)
+
+    async def _check_account(self) -> None:
+        from core.services import users
+
+        actor = self.actor
+        if actor is None:
+            return
+        try:
+            current = await users.still_valid(self.core, actor)
+        except Exception as exc:  # the database is away: keep the console, say so once in the log
+            get_logger().warning("account check failed", reason=str(exc))
+            return
+        if self.actor is not actor:
+            return
+        if current is None:
+            await self.log_out("Your account was disabled, deleted or its password changed: logged out.")
+        elif current.role != actor.role:
+            self.actor = current
+            self.notify(f"Your role is now {current.role.value}.", timeout=5)
+            self.refresh_bindings()
+            self.refresh_header()
+
+    async def on_event(self, event: events.Event) -> None:
+        if isinstance(event, (events.Key, events.MouseDown, events.MouseScrollDown, events.MouseScrollUp)):
+            self._last_input = monotonic()
+        await super().on_event(event)
+
+    def _check_idle(self) -> None:
+        limit = float(self.core.settings.idle_lock_minutes) * 60
+        if self.actor is not None and not self.locked and limit > 0 and monotonic() - self._last_input >= limit:
+            self.action_lock()
+
+    def action_lock(self) -> None:
+        if self.actor is None or self.locked:
+            return
+        self.locked = True
+        self.push_screen(LockScreen())
+
+    async def unlock(self, password: str) -> None:
+        from core.services import users
+
+        actor = await users.login(self.core, self.actor.username, password)
+        if actor.user_id != self.actor.user_id:
+            raise AuthenticationFailed("that is another account")
+        self.actor = actor
+        self.locked = False
+        self._last_input = monotonic()
+        if isinstance(self.screen, LockScreen):
+            self.pop_screen()
+
+    async def action_logout(self) -> None:
+        if self.actor is not None:
+            await self.log_out("Logged out.")
+
+    # --- background work ------------------------------------------------------
+
+    async def _monitor_loop(self) -> None:
+        """Liveness probes, one round at a time; screens read ``monitor.statuses``, never wait."""
+        while self.actor is not None:
+            try:
+                await self.monitor.poll()
+            except Exception as exc:
+                get_logger().warning("liveness poll failed", reason=str(exc))
+            await asyncio.sleep(self.refresh_seconds)
+
+    async def _check_health(self) -> None:
+        try:
+            backend, health = await self.core.target_backend()
+            if backend is not None:
+                health = await backend.health()
+            name = backend.name if backend is not None else "none"
+            self.backend_ok = health.ok
+            self.backend_text = f"{name} {'ok' if health.ok else 'DOWN'}"
+        except (ImportError, GgnetError, OSError) as exc:
+            self.backend_ok = False
+            self.backend_text = "not available"
+            get_logger().info("target stack not available", reason=str(exc))
+        self.refresh_header()
+
+    def refresh_header(self) -> None:
+        for header in self.screen.query(StatusHeader):
+            header.refresh()
+
+    async def run_work(self, coro: Any) -> Any:
+        """Run a service call that changes things; quitting asks first while any is running."""
+        self.busy += 1
+        try:
+            return await coro
+        finally:
+            self.busy -= 1
+
+    # --- navigation and app-wide actions ------------------------------------
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action in ("go", "help", "lock", "logout", "command_palette"):
+            if self.actor is None or self.locked:
+                return False
+            if action == "go" and parameters and parameters[0] == "users":
+                return self.actor.can(Permission.MANAGE_USERS)
+        return True
+
+    async def action_go(self, mode: str) -> None:
+        if self.actor is None or self.locked:
+            return
+        if mode == "users" and not self.actor.can(Permission.MANAGE_USERS):
+            self.notify("Users is for admins.", severity="warning")
+            return
+        await self.switch_mode(mode)
+
+    def action_help(self) -> None:
+        screen = self.screen
+        if isinstance(screen, GgnetScreen):
+            self.push_screen(HelpScreen(screen.SCOPE, screen.TITLE))
+
+    async def action_request_quit(self) -> None:
+        if self.busy:
+            def answer(yes: bool | None) -> None:
+                if yes:
+                    self.exit(0)
+
+            self.push_screen(ConfirmScreen(f"{self.busy} task(s) still running. Quit anyway?", yes="Quit"), answer)
+            return
+        self.exit(0)
 
 
 def run_console(state: Any) -> int:
-    from textual.app import App, ComposeResult
-    from textual.widgets import Footer, Header, Static
+    """``ggnet`` without a subcommand."""
+    try:
+        core = state.core
+    except GgnetError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 1
+    app = GgnetApp(core)
+    app.close_core_on_exit = True
+    app.run()
+    return app.return_code or 0
 
-    class Placeholder(App[None]):
-        BINDINGS = [("q", "quit", "Quit")]
 
-        def compose(self) -> ComposeResult:
-            yield Header()
-            yield Static("ggnet console — coming soon. Use the `ggnet` command line meanwhile.")
-            yield Footer()
-
-    Placeholder().run()
-    return 0
+# keep the table importable for tools and tests
+__all__ = ["GgnetApp", "run_console", "COMMANDS"]

@@ -1,0 +1,150 @@
+"""First run (create the first admin), login, and the idle lock."""
+
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Center, Vertical
+from textual.screen import ModalScreen, Screen
+from textual.widgets import Button, Footer, Input, Label, Static
+
+from core.errors import AccountLocked, GgnetError, Invalid
+
+from ..commands import bindings
+from ..widgets.header import StatusHeader
+
+
+class _Form:
+    def say(self, text: str, error: bool = True) -> None:
+        message = self.query_one("#message", Static)  # type: ignore[attr-defined]
+        message.update(text)
+        message.set_class(error, "error")
+
+
+class LoginScreen(_Form, Screen):
+    BINDINGS = [b for b in bindings("app") if b.id == "app.quit"]
+
+    def compose(self) -> ComposeResult:
+        yield StatusHeader("Log in")
+        with Center():
+            with Vertical(classes="dialog login"):
+                yield Label("Log in to ggnet", classes="dialog-title")
+                yield Input(placeholder="user name", id="username", compact=True)
+                yield Input(placeholder="password", password=True, id="password", compact=True)
+                yield Static("", id="message")
+                yield Button("Log in", id="login", variant="primary", compact=True)
+        yield Footer()
+
+    def on_screen_resume(self) -> None:
+        self.query_one("#password", Input).value = ""
+        self.query_one("#username", Input).focus()
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        if event.input.id == "username":
+            self.query_one("#password", Input).focus()
+        else:
+            self._go()
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        self._go()
+
+    def _go(self) -> None:
+        self.run_worker(self._login(), exclusive=True, group="login")
+
+    async def _login(self) -> None:
+        username = self.query_one("#username", Input).value
+        password_box = self.query_one("#password", Input)
+        self.say("checking ...", error=False)
+        try:
+            await self.app.log_in(username, password_box.value)  # type: ignore[attr-defined]
+        except AccountLocked as exc:
+            self.say(f"{exc.message}. Waiting does not count against you.")
+        except GgnetError as exc:
+            self.say(exc.message)
+        except Exception as exc:
+            self.say(self.app.incident(exc))  # type: ignore[attr-defined]
+        else:
+            self.say("", error=False)
+            return
+        password_box.value = ""
+        password_box.focus()
+
+
+class FirstRunScreen(_Form, Screen):
+    BINDINGS = [b for b in bindings("app") if b.id == "app.quit"]
+
+    def compose(self) -> ComposeResult:
+        yield StatusHeader("First run")
+        with Center():
+            with Vertical(classes="dialog login"):
+                yield Label("Welcome to ggnet: create the first admin account", classes="dialog-title")
+                yield Input(placeholder="admin user name", id="username", compact=True)
+                yield Input(placeholder="password", password=True, id="password", compact=True)
+                yield Input(placeholder="password again", password=True, id="again", compact=True)
+                yield Static("", id="message")
+                yield Button("Create admin", id="create", variant="primary", compact=True)
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one("#username", Input).focus()
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        order = ["username", "password", "again"]
+        index = order.index(event.input.id or "again")
+        if index < 2:
+            self.query_one(f"#{order[index + 1]}", Input).focus()
+        else:
+            self.run_worker(self._create(), exclusive=True, group="login")
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        self.run_worker(self._create(), exclusive=True, group="login")
+
+    async def _create(self) -> None:
+        username = self.query_one("#username", Input).value
+        password = self.query_one("#password", Input).value
+        if self.query_one("#again", Input).value != password:
+            self.say("password: the two entries differ")
+            return
+        try:
+            await self.app.first_run(username, password)  # type: ignore[attr-defined]
+        except Invalid as exc:
+            self.say("; ".join(f"{k}: {v}" for k, v in exc.errors.items()))
+        except GgnetError as exc:
+            self.say(exc.message)
+        except Exception as exc:
+            self.say(self.app.incident(exc))  # type: ignore[attr-defined]
+
+
+class LockScreen(_Form, ModalScreen[None]):
+    """Covers everything until the same user's password is given again (or they log out)."""
+
+    BINDINGS = [Binding("ctrl+o", "logout", "Log out", id="lock.logout")]
+
+    def compose(self) -> ComposeResult:
+        actor = self.app.actor  # type: ignore[attr-defined]
+        with Center():
+            with Vertical(classes="dialog login"):
+                yield Label("Console locked", classes="dialog-title")
+                yield Label(f"Idle too long. Password for {actor.username if actor else '?'}:")
+                yield Input(placeholder="password", password=True, id="password", compact=True)
+                yield Static("", id="message")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one("#password", Input).focus()
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        self.run_worker(self._unlock(event.value), exclusive=True, group="login")
+
+    async def _unlock(self, password: str) -> None:
+        box = self.query_one("#password", Input)
+        try:
+            await self.app.unlock(password)  # type: ignore[attr-defined]
+        except GgnetError as exc:
+            self.say(exc.message)
+            box.value = ""
+        except Exception as exc:
+            self.say(self.app.incident(exc))  # type: ignore[attr-defined]
+
+    def action_logout(self) -> None:
+        self.app.run_worker(self.app.log_out("logged out"))  # type: ignore[attr-defined]

@@ -1,0 +1,190 @@
+"""What every console screen shares: header, footer, permission-aware keys from the command
+table, and a refresh loop that never overlaps and sleeps while the screen is hidden."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from textual.app import ComposeResult
+from textual.containers import Vertical
+from textual.screen import Screen
+from textual.timer import Timer
+from textual.widgets import Footer, Input, Static
+
+from core.errors import GgnetError
+
+from ..commands import BY_ACTION, bindings
+from ..widgets.header import StatusHeader
+from ..widgets.table import Cells, Column, KeyedTable
+
+
+class GgnetScreen(Screen):
+    SCOPE = ""
+    TITLE = ""
+    REFRESH = True  # poll while shown
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._timer: Timer | None = None
+        self._fetching = False
+        self._again = False
+        self._active = False
+
+    @property
+    def core(self) -> Any:
+        return self.app.core  # type: ignore[attr-defined]
+
+    @property
+    def actor(self) -> Any:
+        return self.app.actor  # type: ignore[attr-defined]
+
+    def compose(self) -> ComposeResult:
+        yield StatusHeader(self.TITLE)
+        with Vertical(id="body"):
+            yield from self.compose_body()
+        yield Footer()
+
+    def compose_body(self) -> ComposeResult:
+        yield from ()
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """Hide what this user may not do (core refuses it anyway)."""
+        command = BY_ACTION.get((self.SCOPE, action)) or BY_ACTION.get(("table", action))
+        if command is not None and command.permission is not None:
+            actor = self.actor
+            return bool(actor and actor.can(command.permission))
+        return True
+
+    # --- refresh loop -------------------------------------------------------
+
+    def on_screen_resume(self) -> None:
+        self._active = True
+        self.query_one(StatusHeader).refresh()
+        if self.REFRESH:
+            self.action_refresh_now()
+
+    def on_screen_suspend(self) -> None:
+        self._active = False
+        if self._timer is not None:
+            self._timer.stop()
+            self._timer = None
+
+    def action_refresh_now(self) -> None:
+        if self._fetching:  # one fetch at a time; ask for another when this one ends
+            self._again = True
+            return
+        if self.app.actor is None:  # type: ignore[attr-defined]
+            return
+        if self._timer is not None:
+            self._timer.stop()
+            self._timer = None
+        self._fetching = True
+        self.run_worker(self._refresh_once(), group="refresh", exit_on_error=False)
+
+    async def _refresh_once(self) -> None:
+        try:
+            data = await self.fetch()
+            self.show(data)
+        except GgnetError as exc:
+            self.unavailable(exc.message)
+        except Exception as exc:  # logged with an incident id; never a traceback on screen
+            self.unavailable(self.app.incident(exc))  # type: ignore[attr-defined]
+        finally:
+            self._fetching = False
+            if self._active and self.REFRESH:
+                if self._again:
+                    self._again = False
+                    self.call_later(self.action_refresh_now)
+                else:  # re-armed after each fetch, so fetches never overlap
+                    self._timer = self.set_timer(self.app.refresh_seconds, self.action_refresh_now)  # type: ignore[attr-defined]
+
+    async def fetch(self) -> Any:
+        return None
+
+    def show(self, data: Any) -> None:
+        pass
+
+    def unavailable(self, message: str) -> None:
+        self.notify(message, severity="error", timeout=6)
+
+
+class TableScreen(GgnetScreen):
+    """A screen whose body is one keyed table with a `/` filter and a details line."""
+
+    COLUMNS: list[Column] = []
+    BINDINGS = bindings("table")
+    AUTO_FOCUS = "#table"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.filter_text = ""
+        self.all_rows: list[tuple[str, Cells]] = []
+
+    def compose_body(self) -> ComposeResult:
+        yield Input(placeholder="filter: type text, Enter to keep, Esc to clear", id="filter", classes="hidden")
+        yield Static("", id="notice", classes="hidden")
+        yield self.make_table()
+        yield from self.compose_extra()
+
+    def make_table(self) -> KeyedTable:
+        return KeyedTable(self.COLUMNS, id="table")
+
+    def compose_extra(self) -> ComposeResult:
+        yield from ()
+
+    @property
+    def table(self) -> KeyedTable:
+        return self.query_one("#table", KeyedTable)
+
+    def set_notice(self, text: str | None) -> None:
+        notice = self.query_one("#notice", Static)
+        notice.update(text or "")
+        notice.set_class(not text, "hidden")
+
+    def unavailable(self, message: str) -> None:
+        self.set_notice(message)
+
+    def set_rows(self, rows: list[tuple[str, Cells]]) -> None:
+        self.set_notice(None)
+        self.all_rows = rows
+        self._apply_filter()
+
+    def _apply_filter(self) -> None:
+        needle = self.filter_text.lower()
+        shown = self.all_rows
+        if needle:
+            shown = [(k, c) for k, c in self.all_rows if needle in " ".join(str(v) for v in c.values()).lower()]
+        self.table.sync(shown)
+        self.on_rows_shown()
+
+    def on_rows_shown(self) -> None:
+        pass
+
+    def action_filter(self) -> None:
+        box = self.query_one("#filter", Input)
+        box.remove_class("hidden")
+        box.focus()
+
+    def on_input_changed(self, event: Input.Changed) -> None:
+        if event.input.id == "filter":
+            self.filter_text = event.value.strip()
+            self._apply_filter()
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        if event.input.id == "filter":
+            if not event.value.strip():
+                event.input.add_class("hidden")
+            self.table.focus()
+
+    def key_escape(self) -> None:
+        box = self.query_one("#filter", Input)
+        if box.has_focus or self.filter_text:
+            box.value = ""
+            self.filter_text = ""
+            box.add_class("hidden")
+            self._apply_filter()
+            self.table.focus()
+
+    @property
+    def cursor_key(self) -> str | None:
+        return self.table.cursor_key

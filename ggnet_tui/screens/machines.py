@@ -1,0 +1,312 @@
+"""Machines: live status table, add/edit/delete, marks for bulk actions, CSV import, details."""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.widgets import DataTable, Static
+
+from core.services import machines as machine_service
+
+from ..commands import bindings
+from ..widgets.table import Column
+from .base import TableScreen
+from .common import NOT_AVAILABLE, attempt, full_time, service, status, when
+from .modals import ConfirmScreen, CsvImportScreen, Field, FormScreen
+
+BOOT_MODES = ("bios", "uefi", "uefi-secure")
+SESSION_KINDS = ("normal", "keep", "maintenance")
+
+
+class MachinesScreen(TableScreen):
+    SCOPE = "machines"
+    TITLE = "Machines"
+    BINDINGS = bindings("table", "machines")
+    COLUMNS = [
+        Column("mark", " ", 1, 0),
+        Column("name", "Name", 15, 0),
+        Column("status", "Status", 8, 0),
+        Column("ip", "IP", 15, 1),
+        Column("session", "Session", 9, 2),
+        Column("image", "Image", 14, 3),
+        Column("mac", "MAC", 17, 4),
+        Column("boot", "Boot", 10, 5),
+        Column("seen", "Last seen", 11, 6),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.marked: set[str] = set()
+        self.machines: dict[str, Any] = {}
+        self.sessions: dict[str, Any] = {}
+
+    def compose_extra(self) -> ComposeResult:
+        yield Static("", id="details")
+
+    async def fetch(self) -> Any:
+        found = await machine_service.list_machines(self.core, self.actor)
+        sessions: dict[str, Any] = {}
+        module = service("sessions")
+        if module is not None:
+            try:
+                sessions = {s.machine: s for s in await module.list_sessions(self.core, self.actor, live_state=False)}
+            except Exception as exc:  # sessions are extra information here; the table still shows
+                self.app.log.warning(f"sessions not listed: {exc}")
+        return found, sessions
+
+    def show(self, data: Any) -> None:
+        found, self.sessions = data
+        self.machines = {m.name: m for m in found}
+        self.marked &= set(self.machines)
+        self.rebuild()
+
+    def rebuild(self) -> None:
+        statuses = self.app.monitor.statuses  # type: ignore[attr-defined]
+        rows = []
+        for name, m in self.machines.items():
+            live = statuses.get(name)
+            session = self.sessions.get(name)
+            seen = max((t for t in (m.last_seen_at, live.seen_at if live else None) if t), default=None)
+            image = m.image or "-"
+            if m.image and m.pinned_version:
+                image = f"{m.image} v{m.pinned_version}"
+            rows.append((name, {
+                "mark": Text("*", style="bold") if name in self.marked else "",
+                "name": name,
+                "status": status(live.state if live else "offline"),
+                "ip": m.ip or "-",
+                "session": status(session.state) if session else "-",
+                "image": image,
+                "mac": m.mac,
+                "boot": m.boot_mode,
+                "seen": when(seen),
+            }))
+        self.set_rows(rows)
+
+    def on_rows_shown(self) -> None:
+        self.show_details()
+        marked = len(self.marked)
+        self.sub_title = f"{len(self.machines)} machines" + (f", {marked} marked" if marked else "")
+
+    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        self.show_details()
+
+    def show_details(self) -> None:
+        m = self.machines.get(self.cursor_key or "")
+        box = self.query_one("#details", Static)
+        if m is None:
+            box.update("No machine selected. Press a to add one, c to import a CSV file.")
+            return
+        session = self.sessions.get(m.name)
+        live = self.app.monitor.statuses.get(m.name)  # type: ignore[attr-defined]
+        text = Text()
+        text.append(f"{m.name}", style="bold")
+        text.append(f"  {m.mac}  {m.ip or 'no IP'}  {m.boot_mode}  image {m.image or '-'}")
+        text.append(f"{' v' + str(m.pinned_version) if m.pinned_version else ''}\n")
+        text.append(f"IQN {m.initiator_iqn}\n")
+        state = f"session {session.kind} {session.state} since {full_time(session.started_at)}" if session else "no session"
+        login = ""
+        if live is not None and live.logged_in:
+            login = f", iSCSI logged in from {live.client_address or '?'}"
+        text.append(f"{state}{login}; changed by {m.updated_by or '-'} at {full_time(m.updated_at)}")
+        if m.notes:
+            text.append(f"\n{m.notes}")
+        box.update(text)
+
+    # --- selection ---------------------------------------------------------
+
+    def chosen(self) -> list[str]:
+        """The marked machines, or the one under the cursor."""
+        if self.marked:
+            return [k for k in self.table.order if k in self.marked] or sorted(self.marked)
+        key = self.cursor_key
+        return [key] if key else []
+
+    def action_mark(self) -> None:
+        key = self.cursor_key
+        if key is None:
+            return
+        self.marked ^= {key}
+        self.rebuild()
+        if self.table.cursor_row < self.table.row_count - 1:
+            self.table.move_cursor(row=self.table.cursor_row + 1)
+
+    def action_mark_all(self) -> None:
+        shown = set(self.table.order)
+        self.marked = set() if shown and shown <= self.marked else shown
+        self.rebuild()
+
+    def after_change(self, clear_marks: bool = False) -> None:
+        if clear_marks:
+            self.marked.clear()
+        self.action_refresh_now()
+
+    # --- add, edit, delete -------------------------------------------------
+
+    def _fields(self, m: Any = None) -> list[Field]:
+        return [
+            Field("name", "Name", m.name if m else "", placeholder="pc01 (letters, digits, -)"),
+            Field("mac", "MAC", m.mac if m else "", placeholder="any notation: 52:54:00:aa:00:01"),
+            Field("ip", "IP", (m.ip or "") if m else "", placeholder="optional, e.g. 10.0.0.21"),
+            Field("boot_mode", "Boot mode", m.boot_mode if m else "bios", choices=BOOT_MODES),
+            Field("notes", "Notes", m.notes if m else ""),
+        ]
+
+    def action_add(self) -> None:
+        async def submit(values: dict[str, str]) -> Any:
+            fields = {k: v for k, v in values.items() if v.strip() or k in ("name", "mac")}
+            return await self.app.run_work(machine_service.add_machine(self.core, self.actor, **fields))  # type: ignore[attr-defined]
+
+        def done(result: Any) -> None:
+            if result:
+                self.notify(f"Machine {result.name} added.", timeout=3)
+                self.after_change()
+
+        self.app.push_screen(FormScreen("Add a machine", self._fields(), submit, "Add"), done)
+
+    def action_edit(self) -> None:
+        m = self.machines.get(self.cursor_key or "")
+        if m is None:
+            self.notify("No machine under the cursor.", severity="warning")
+            return
+
+        async def submit(values: dict[str, str]) -> Any:
+            old = {"name": m.name, "mac": m.mac, "ip": m.ip or "", "boot_mode": m.boot_mode, "notes": m.notes}
+            changes: dict[str, Any] = {k: v for k, v in values.items() if v != old[k]}
+            if "ip" in changes and not changes["ip"].strip():
+                changes["ip"] = None  # an emptied field clears the IP
+            if not changes:
+                return m
+            return await self.app.run_work(machine_service.update_machine(  # type: ignore[attr-defined]
+                self.core, self.actor, m.name, expected_version=m.row_version, **changes))
+
+        def done(result: Any) -> None:
+            if result:
+                self.notify(f"Machine {result.name} saved.", timeout=3)
+                self.after_change()
+
+        self.app.push_screen(FormScreen(f"Edit {m.name}", self._fields(m), submit), done)
+
+    def action_delete(self) -> None:
+        names = self.chosen()
+        if not names:
+            return
+        listing = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
+
+        async def go() -> None:
+            failed = []
+            for name in names:
+                if await attempt(self, machine_service.remove_machine(self.core, self.actor, name)) is None:
+                    failed.append(name)
+            if len(names) > len(failed):
+                self.notify(f"Deleted {len(names) - len(failed)} machine(s).", timeout=4)
+            self.after_change(clear_marks=True)
+
+        def answer(yes: bool | None) -> None:
+            if yes:
+                self.run_worker(go(), group="work")
+
+        self.app.push_screen(ConfirmScreen(f"Delete {len(names)} machine(s): {listing}?", yes="Delete"), answer)
+
+    def action_import_csv(self) -> None:
+        def done(names: Any) -> None:
+            if names:
+                self.notify(f"Imported {len(names)} machine(s).", timeout=4)
+                self.after_change()
+
+        check = partial(machine_service.check_csv, self.core, self.actor)
+
+        async def do_import(text: str, source: str) -> Any:
+            return await self.app.run_work(machine_service.import_csv(self.core, self.actor, text, source))  # type: ignore[attr-defined]
+
+        self.app.push_screen(CsvImportScreen(check, do_import), done)
+
+    # --- bulk actions --------------------------------------------------------
+
+    def action_wake(self) -> None:
+        names = self.chosen()
+        if not names:
+            return
+        from core.services import wol
+
+        async def go() -> None:
+            woken = await attempt(self, wol.wake(self.core, self.actor, names))
+            if woken:
+                self.notify(f"Wake-on-LAN sent to {', '.join(woken)}.", timeout=4)
+                self.after_change(clear_marks=True)
+
+        self.run_worker(go(), group="work")
+
+    def action_start(self) -> None:
+        names = self.chosen()
+        module = service("sessions")
+        if not names:
+            return
+        if module is None:
+            self.notify(NOT_AVAILABLE.format(what="Starting sessions", name="sessions"), severity="warning")
+            return
+
+        async def submit(values: dict[str, str]) -> Any:
+            return await self.app.run_work(module.start_sessions(self.core, self.actor, names, kind=values["kind"]))  # type: ignore[attr-defined]
+
+        self.app.push_screen(
+            FormScreen(f"Start sessions on {len(names)} machine(s)", [Field("kind", "Kind", "normal", choices=SESSION_KINDS)],
+                       submit, "Start"),
+            self._results,
+        )
+
+    def _results(self, results: Any) -> None:
+        if not results or results is True:
+            return
+        bad = [r for r in results if not r.ok]
+        good = len(results) - len(bad)
+        if good:
+            self.notify(f"{good} done.", timeout=4)
+        for r in bad:
+            self.notify(r.message, severity="error", timeout=10)
+        self.after_change(clear_marks=not bad)
+
+    def action_stop(self) -> None:
+        from .sessions import stop_with_confirmation
+
+        names = self.chosen()
+        if names:
+            stop_with_confirmation(self, names, self._results)
+
+    def action_assign(self) -> None:
+        names = self.chosen()
+        images = service("images")
+        if not names:
+            return
+        if images is None or not hasattr(images, "assign_image"):
+            self.notify(NOT_AVAILABLE.format(what="Assigning images", name="images"), severity="warning")
+            return
+
+        async def go() -> None:
+            try:
+                found = await images.list_images(self.core, self.actor)
+            except Exception as exc:
+                self.notify(getattr(exc, "message", None) or self.app.incident(exc), severity="error")  # type: ignore[attr-defined]
+                return
+            choices = tuple(i.name for i in found)
+            if not choices:
+                self.notify("No images yet: import one on the Images screen (3).", severity="warning")
+                return
+
+            async def submit(values: dict[str, str]) -> Any:
+                for name in names:
+                    await self.app.run_work(images.assign_image(self.core, self.actor, name, values["image"]))  # type: ignore[attr-defined]
+                return True
+
+            def done(result: Any) -> None:
+                if result:
+                    self.notify(f"Image assigned to {len(names)} machine(s).", timeout=4)
+                    self.after_change(clear_marks=True)
+
+            self.app.push_screen(FormScreen(f"Assign an image to {len(names)} machine(s)",
+                                            [Field("image", "Image", choices[0], choices=choices)], submit, "Assign"), done)
+
+        self.run_worker(go(), group="work")

@@ -1,0 +1,279 @@
+"""The console's flows driven through Pilot on a real SQLite database and real core services."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+from textual.widgets import Static
+
+from core.models import Role
+from core.services import audit, machines, users
+from ggnet_tui.screens.modals import ConfirmScreen, FormScreen
+from tests.conftest import make_user
+from tests.tui.helpers import PASSWORD, FakeProbe, fill, log_in, make_app, message, type_text, wait_for
+
+
+def screen_name(app) -> str:
+    return type(app.screen).__name__
+
+
+def field_error(app, name: str) -> str:
+    return str(app.screen.query_one(f"#e-{name}", Static).render())
+
+
+async def test_first_run_creates_the_admin(fast_settings):
+    core = fast_settings
+    app = make_app(core)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(pilot, lambda: screen_name(app) == "FirstRunScreen")
+        await fill(pilot, "#username", "boss", typed=True)
+        await fill(pilot, "#password", PASSWORD, typed=True)
+        await fill(pilot, "#again", "something-else-1")
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: "differ" in message(app))
+        assert await users.count_users(core) == 0
+        await fill(pilot, "#again", PASSWORD)
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: screen_name(app) == "DashboardScreen")
+        assert app.actor.username == "boss" and app.actor.role == Role.ADMIN
+    assert await users.count_users(core) == 1
+
+
+async def test_login_failure_then_success(fast_settings):
+    core = fast_settings
+    await make_user(core, "oscar", Role.OPERATOR)
+    app = make_app(core)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await log_in(pilot, "oscar", "wrong-password-9")
+        await wait_for(pilot, lambda: "wrong user name or password" in message(app))
+        assert app.actor is None and screen_name(app) == "LoginScreen"
+        assert app.screen.query_one("#password").password  # masked
+        await log_in(pilot, "oscar")
+        await wait_for(pilot, lambda: screen_name(app) == "DashboardScreen")
+        assert app.actor.username == "oscar"
+        header = str(app.screen.query_one("StatusHeader").render())
+        assert "bootsrv" in header and "SQLite" in header and "oscar (operator)" in header and "target" in header
+
+
+async def test_login_throttling_is_explained(fast_settings):
+    core = fast_settings
+    await make_user(core, "oscar", Role.OPERATOR)
+    app = make_app(core)
+    async with app.run_test(size=(80, 24)) as pilot:
+        for attempt in range(4):  # three free failures, then the account must wait
+            await log_in(pilot, "oscar", f"wrong-{attempt}-password")
+            await wait_for(pilot, lambda: message(app) and "checking" not in message(app))
+        assert "too many failed logins" in message(app) and "try again in" in message(app)
+        assert app.actor is None
+
+
+async def _machines_screen(pilot, app):
+    await pilot.press("2")
+    await wait_for(pilot, lambda: screen_name(app) == "MachinesScreen")
+
+
+async def test_add_edit_delete_machine(fast_settings):
+    core = fast_settings
+    admin = await make_user(core, "root-admin", Role.ADMIN)
+    app = make_app(core)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await log_in(pilot, "root-admin")
+        await wait_for(pilot, lambda: app.actor)
+        await _machines_screen(pilot, app)
+        # add, with a validation error first: the message sits next to the field, nothing is written
+        await pilot.press("a")
+        await wait_for(pilot, lambda: isinstance(app.screen, FormScreen) and app.screen.query("#save"))
+        await fill(pilot, "#f-name", "pc01")
+        await fill(pilot, "#f-mac", "not-a-mac")
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: "MAC address" in field_error(app, "mac"))
+        assert await machines.list_machines(core, admin) == []
+        await fill(pilot, "#f-mac", "5254.00AA.0001", typed=True)
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: screen_name(app) == "MachinesScreen")
+        await wait_for(pilot, lambda: "pc01" in app.screen.table.rows_by_key)
+        assert (await machines.get_machine(core, admin, "pc01")).mac == "52:54:00:aa:00:01"
+
+        # edit: a bad IP is refused inline, then a good one is saved
+        await pilot.press("e")
+        await wait_for(pilot, lambda: isinstance(app.screen, FormScreen) and app.screen.query("#save"))
+        await fill(pilot, "#f-ip", "10.0.0.300")
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: field_error(app, "ip"))
+        assert (await machines.get_machine(core, admin, "pc01")).ip is None
+        await fill(pilot, "#f-ip", "10.0.0.21")
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: screen_name(app) == "MachinesScreen")
+        await wait_for(pilot, lambda: app.screen.table.rows_by_key["pc01"]["ip"] == "10.0.0.21")
+        assert (await machines.get_machine(core, admin, "pc01")).ip == "10.0.0.21"
+
+        # delete asks first; "no" keeps it, "yes" removes it
+        await pilot.press("ctrl+d")
+        await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen) and app.screen.query("#yes"))
+        await pilot.press("n")
+        await wait_for(pilot, lambda: screen_name(app) == "MachinesScreen")
+        assert len(await machines.list_machines(core, admin)) == 1
+        await pilot.press("ctrl+d")
+        await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen) and app.screen.query("#yes"))
+        await pilot.press("y")
+        await wait_for(pilot, lambda: not app.screen.table.rows_by_key)
+        assert await machines.list_machines(core, admin) == []
+
+
+async def test_bulk_wake_on_marked_rows(fast_settings):
+    core = fast_settings
+    admin = await make_user(core, "root-admin", Role.ADMIN)
+    for i in range(1, 4):
+        await machines.add_machine(core, admin, name=f"pc0{i}", mac=f"52:54:00:aa:00:0{i}")
+    receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # the "LAN": a loopback socket
+    receiver.bind(("127.0.0.1", 0))
+    receiver.settimeout(5)
+    core.settings.wol_address = f"127.0.0.1:{receiver.getsockname()[1]}"
+    app = make_app(core)
+    try:
+        async with app.run_test(size=(80, 24)) as pilot:
+            await log_in(pilot, "root-admin")
+            await wait_for(pilot, lambda: app.actor)
+            await _machines_screen(pilot, app)
+            await wait_for(pilot, lambda: len(app.screen.table.rows_by_key) == 3)
+            await pilot.press("space")  # marks pc01, moves to pc02
+            await pilot.press("down")  # skip pc02
+            await pilot.press("space")  # marks pc03
+            assert app.screen.marked == {"pc01", "pc03"}
+            assert str(app.screen.table.rows_by_key["pc01"]["mark"]) == "*"
+            await pilot.press("w")
+            await wait_for(pilot, lambda: not app.screen.marked)
+        packets = [receiver.recv(200) for _ in range(2)]
+    finally:
+        receiver.close()
+    expected = [b"\xff" * 6 + bytes([0x52, 0x54, 0x00, 0xAA, 0x00, i]) * 16 for i in (1, 3)]
+    assert packets == expected
+    events, _ = await audit.list_events(core, admin, action="machine.wake")
+    assert len(events) == 1 and events[0].after["woken"] == ["pc01", "pc03"]
+
+
+async def test_viewer_sees_no_editing_actions_and_core_refuses_a_forced_one(fast_settings):
+    core = fast_settings
+    admin = await make_user(core, "root-admin", Role.ADMIN)
+    await make_user(core, "vera", Role.VIEWER)
+    await machines.add_machine(core, admin, name="pc01", mac="52:54:00:aa:00:01")
+    app = make_app(core)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await log_in(pilot, "vera")
+        await wait_for(pilot, lambda: app.actor)
+        await _machines_screen(pilot, app)
+        shown = {b.binding.id for b in app.screen.active_bindings.values() if b.enabled}
+        assert "machines.add" not in shown and "machines.delete" not in shown and "machines.mark" in shown
+        await pilot.press("a")  # the key does nothing for a viewer
+        await pilot.pause()
+        assert screen_name(app) == "MachinesScreen"
+        assert not app.check_action("go", ("users",))
+        # forcing the action past the UI: the form opens, but core refuses the change
+        app.screen.action_add()
+        await wait_for(pilot, lambda: isinstance(app.screen, FormScreen) and app.screen.query("#save"))
+        await fill(pilot, "#f-name", "pc02")
+        await fill(pilot, "#f-mac", "52:54:00:aa:00:02")
+        await pilot.press("enter")
+        error = lambda: str(app.screen.query_one("#form-error", Static).render())  # noqa: E731
+        await wait_for(pilot, lambda: "permission denied" in error())
+        assert "may not manage machines" in error()
+    assert [m.name for m in await machines.list_machines(core, admin)] == ["pc01"]
+
+
+async def test_disabled_user_is_logged_out(fast_settings):
+    core = fast_settings
+    admin = await make_user(core, "root-admin", Role.ADMIN)
+    await make_user(core, "oscar", Role.OPERATOR)
+    app = make_app(core)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await log_in(pilot, "oscar")
+        await wait_for(pilot, lambda: screen_name(app) == "DashboardScreen")
+        await users.disable_user(core, admin, "oscar")  # from another console
+        await wait_for(pilot, lambda: app.actor is None and screen_name(app) == "LoginScreen")
+
+
+async def test_idle_console_locks_and_unlocks(fast_settings):
+    core = fast_settings
+    core.settings.idle_lock_minutes = 0.01  # 0.6 s
+    await make_user(core, "oscar", Role.OPERATOR)
+    app = make_app(core)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await log_in(pilot, "oscar")
+        await wait_for(pilot, lambda: screen_name(app) == "LockScreen")
+        await pilot.press("2")  # nothing behind the lock answers
+        assert screen_name(app) == "LockScreen"
+        await fill(pilot, "#password", "wrong-password-1")
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: "wrong" in message(app))
+        assert app.locked
+        core.settings.idle_lock_minutes = 15
+        await fill(pilot, "#password", PASSWORD)
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: not app.locked and screen_name(app) == "DashboardScreen")
+
+
+async def test_another_consoles_change_appears_and_cursor_stays(fast_settings):
+    core = fast_settings
+    admin = await make_user(core, "root-admin", Role.ADMIN)
+    for name in ("pc02", "pc04"):
+        await machines.add_machine(core, admin, name=name, mac=f"52:54:00:aa:00:{name[-2:]}")
+    probe = FakeProbe()
+    app = make_app(core, probe)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await log_in(pilot, "root-admin")
+        await wait_for(pilot, lambda: app.actor)
+        await _machines_screen(pilot, app)
+        table = app.screen.table
+        await wait_for(pilot, lambda: table.order == ["pc02", "pc04"])
+        await pilot.press("down")
+        assert table.cursor_key == "pc04"
+        # another operator adds a machine sorted above the cursor; a PC comes online
+        await machines.add_machine(core, admin, name="pc01", mac="52:54:00:aa:00:01")
+        probe.online = {"pc04"}
+        await wait_for(pilot, lambda: table.order == ["pc01", "pc02", "pc04"])
+        await wait_for(pilot, lambda: table.rows_by_key["pc04"]["status"].plain == "online")
+        assert table.cursor_key == "pc04" and table.cursor_row == 2
+
+
+async def test_keys_remapped_from_config_and_palette(fast_settings):
+    core = fast_settings
+    core.settings.keys = {"machines.add": "n"}
+    await make_user(core, "root-admin", Role.ADMIN)
+    app = make_app(core)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await log_in(pilot, "root-admin")
+        await wait_for(pilot, lambda: app.actor)
+        await _machines_screen(pilot, app)
+        await pilot.press("a")
+        await pilot.pause()
+        assert screen_name(app) == "MachinesScreen"
+        await pilot.press("n")
+        await wait_for(pilot, lambda: isinstance(app.screen, FormScreen) and app.screen.query("#save"))
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: screen_name(app) == "MachinesScreen")
+        # the palette offers the same commands: "Users" switches screens
+        await pilot.press("ctrl+p")
+        await wait_for(pilot, lambda: screen_name(app) == "CommandPalette")
+        await type_text(pilot, "Users")
+        await pilot.pause(0.3)
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: screen_name(app) == "UsersScreen")
+
+
+async def test_quit_asks_while_work_runs(fast_settings):
+    core = fast_settings
+    await make_user(core, "root-admin", Role.ADMIN)
+    app = make_app(core)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await log_in(pilot, "root-admin")
+        await wait_for(pilot, lambda: app.actor)
+        app.busy = 1  # as while an image import runs
+        await pilot.press("q")
+        await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen) and app.screen.query("#yes"))
+        await pilot.press("n")
+        await wait_for(pilot, lambda: not isinstance(app.screen, ConfirmScreen))
+        assert app.is_running
+        app.busy = 0
+        await pilot.press("q")
+        await wait_for(pilot, lambda: not app.is_running)
