@@ -6,7 +6,7 @@ import asyncio
 from datetime import timedelta
 
 import structlog
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from .. import auth
@@ -46,12 +46,25 @@ async def _get(session: AsyncSession, username: str) -> User:
     return user
 
 
+async def _serialise_account_counts(session: AsyncSession) -> None:
+    """Decisions that count accounts (the first admin, the last active admin) must not race.
+    SQLite already lets one writer in at a time (BEGIN IMMEDIATE); PostgreSQL, in READ
+    COMMITTED, would let two consoles both count "2 admins" and disable one each, so the
+    table is locked against other writers until this transaction ends."""
+    if (await session.connection()).dialect.name == "postgresql":
+        await session.execute(text("LOCK TABLE users IN SHARE ROW EXCLUSIVE MODE"))
+
+
 async def _active_admins(session: AsyncSession) -> int:
     query = select(func.count()).select_from(User).where(User.role == Role.ADMIN.value, User.disabled.is_(False))
     return int((await session.execute(query)).scalar_one())
 
 
 async def _guard_last_admin(session: AsyncSession, user: User, what: str) -> None:
+    if user.role != Role.ADMIN.value or user.disabled:
+        return
+    await _serialise_account_counts(session)
+    await session.refresh(user)  # as it is now, after any console that held the lock
     if user.role == Role.ADMIN.value and not user.disabled and await _active_admins(session) <= 1:
         raise Conflict(f"cannot {what} '{user.username}': it is the last active admin")
 
@@ -81,6 +94,7 @@ async def create_first_admin(core: Core, username: str, password: str) -> UserVi
     """Only while there are no users at all; the database decides, so two racing inits give one admin."""
     data = parse(NewUser, {"username": username, "role": "admin", "password": password})
     async with operation(core, auth.SYSTEM, Permission.MANAGE_USERS, "user.init") as op:
+        await _serialise_account_counts(op.session)
         existing = (await op.session.execute(select(func.count()).select_from(User))).scalar_one()
         if existing:
             raise Conflict("ggnet is already initialised: users exist; ask an admin to add you with 'ggnet user add'")

@@ -1,0 +1,132 @@
+"""Two consoles at once, for real: separate Core instances (engines, connection pools) on one
+database, racing with asyncio.gather. On SQLite this exercises WAL, the busy timeout and
+BEGIN IMMEDIATE; on PostgreSQL the unique indexes, row versions and locks."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, AsyncIterator
+
+import pytest
+from sqlalchemy import func, select
+
+from core.auth import Actor
+from core.context import Core
+from core.errors import Conflict, PermissionDenied, StaleEdit
+from core.models import Machine, Role, User
+from core.services import machines, users
+
+from .conftest import PASSWORD, make_user
+
+ROUNDS = 5
+
+
+@pytest.fixture
+async def other(core: Core) -> AsyncIterator[Core]:
+    """A second console: its own engine on the same database."""
+    second = Core.open(core.settings)
+    for console in (core, second):  # connected beforehand, so neither gets a head start
+        async with console.db.session() as session:
+            await session.execute(select(1))
+    yield second
+    await second.close()
+
+
+def outcomes(results: list[Any]) -> tuple[list[Any], list[BaseException]]:
+    ok = [r for r in results if not isinstance(r, BaseException)]
+    failed = [r for r in results if isinstance(r, BaseException)]
+    return ok, failed
+
+
+async def test_same_mac_added_twice_at_once(core: Core, other: Core, admin: Actor) -> None:
+    oscar = await make_user(core, "oscar", Role.OPERATOR)
+    for i in range(ROUNDS):
+        mac = f"52:54:00:00:01:{i:02x}"
+        results = await asyncio.gather(
+            machines.add_machine(core, admin, name=f"a{i}", mac=mac),
+            machines.add_machine(other, oscar, name=f"b{i}", mac=mac.upper()),
+            return_exceptions=True,
+        )
+        ok, failed = outcomes(results)
+        assert len(ok) == 1, results
+        assert len(failed) == 1 and isinstance(failed[0], Conflict), results
+        assert "mac" in failed[0].message.lower() or "MAC" in failed[0].message
+    async with core.db.session() as session:
+        assert (await session.execute(select(func.count()).select_from(Machine))).scalar_one() == ROUNDS
+
+
+async def test_insert_waits_for_an_uncommitted_clash(core: Core, other: Core, admin: Actor) -> None:
+    """The second console passes its clash check while the first has not committed yet:
+    the database (unique index on PostgreSQL, write lock on SQLite) still lets only one in."""
+    adding: asyncio.Task[Any] | None = None
+    async with other.db.transaction() as session:
+        session.add(Machine(name="first", mac="52:54:00:00:02:01", initiator_iqn="iqn.2024-01.lan.ggnet:first",
+                            chap_username="first", chap_secret="x" * 16, updated_by="test"))
+        await session.flush()
+        adding = asyncio.create_task(machines.add_machine(core, admin, name="second", mac="52:54:00:00:02:01"))
+        await asyncio.sleep(0.3)  # let it reach the database and wait there (the result does not depend on it)
+        assert not adding.done()
+    with pytest.raises(Conflict):
+        await adding
+
+
+async def test_two_edits_of_one_machine_at_once(core: Core, other: Core, admin: Actor) -> None:
+    oscar = await make_user(core, "oscar", Role.OPERATOR)
+    await machines.add_machine(core, admin, name="pc01", mac="52:54:00:12:34:56")
+    for i in range(ROUNDS):
+        version = (await machines.get_machine(core, admin, "pc01")).row_version
+        results = await asyncio.gather(
+            machines.update_machine(core, admin, "pc01", expected_version=version, notes=f"admin {i}"),
+            machines.update_machine(other, oscar, "pc01", expected_version=version, notes=f"oscar {i}"),
+            return_exceptions=True,
+        )
+        ok, failed = outcomes(results)
+        assert len(ok) == 1, results
+        assert len(failed) == 1 and isinstance(failed[0], StaleEdit), results
+        assert "changed by" in failed[0].message and failed[0].message.endswith("reload")
+        now = await machines.get_machine(core, admin, "pc01")
+        assert now.row_version == version + 1
+        assert now.notes == ok[0].notes  # the winner's edit, not a mix
+
+
+async def test_stale_edit_names_who_and_when(core: Core, admin: Actor) -> None:
+    oscar = await make_user(core, "oscar", Role.OPERATOR)
+    await machines.add_machine(core, admin, name="pc01", mac="52:54:00:12:34:56")
+    seen = await machines.get_machine(core, admin, "pc01")  # both operators open the same form
+    saved = await machines.update_machine(core, oscar, "pc01", expected_version=seen.row_version, ip="192.168.1.5")
+    with pytest.raises(StaleEdit) as caught:
+        await machines.update_machine(core, admin, "pc01", expected_version=seen.row_version, ip="192.168.1.6")
+    when = saved.updated_at.strftime("%Y-%m-%d %H:%M:%S UTC")
+    assert caught.value.message == f"machine 'pc01' was changed by oscar at {when}; reload"
+    assert (await machines.get_machine(core, admin, "pc01")).ip == "192.168.1.5"
+
+
+async def test_two_first_admins_at_once(core: Core, other: Core) -> None:
+    results = await asyncio.gather(
+        users.create_first_admin(core, "alice", PASSWORD),
+        users.create_first_admin(other, "bob", PASSWORD),
+        return_exceptions=True,
+    )
+    ok, failed = outcomes(results)
+    assert len(ok) == 1 and len(failed) == 1 and isinstance(failed[0], Conflict), results
+    assert await users.count_users(core) == 1
+
+
+async def test_two_admins_disabling_each_other_at_once(core: Core, other: Core, admin: Actor) -> None:
+    """The last-admin guard must hold when two admins act at the same moment."""
+    second = await make_user(core, "root2", Role.ADMIN)
+    results = await asyncio.gather(
+        users.disable_user(core, admin, "root2"),
+        users.disable_user(other, second, "root-admin"),
+        return_exceptions=True,
+    )
+    async with core.db.session() as session:
+        active = (await session.execute(
+            select(func.count()).select_from(User).where(User.role == "admin", User.disabled.is_(False))
+        )).scalar_one()
+    assert active >= 1, results
+    ok, failed = outcomes(results)
+    assert len(ok) == 1, results
+    # the loser is refused either as the last admin's guard or, when it ran second, as disabled itself
+    assert isinstance(failed[0], (Conflict, PermissionDenied)), results
+    assert "last active admin" in failed[0].message or "is disabled" in failed[0].message
