@@ -76,23 +76,39 @@ async def machine_show(state: State, name: str, as_json: bool) -> None:
 @click.option("--initiator-iqn", default=None)
 @click.option("--keep-writeback/--discard-writeback", default=None,
               help="Keep the machine's writeback across reboots, or discard it each time.")
+@click.option("--image", "image_name", metavar="IMAGE", default=None, help="Boot this image.")
+@click.option("--no-image", is_flag=True, help="Assign no image.")
+@click.option("--pin-version", type=click.IntRange(min=1), default=None, help="Boot this version, not the active one.")
+@click.option("--unpin", is_flag=True, help="Follow the image's active version again.")
 @json_option
 @run
 async def machine_set(state: State, name: str, new_name: str | None, mac: str | None, ip: str | None,
                       boot_mode: str | None, initiator_iqn: str | None, keep_writeback: bool | None,
+                      image_name: str | None, no_image: bool, pin_version: int | None, unpin: bool,
                       as_json: bool) -> None:
     """Change a machine; only the options given are changed."""
-    from core.services import machines
+    from core.services import images, machines
 
     options = {"name": new_name, "mac": mac, "boot_mode": boot_mode, "initiator_iqn": initiator_iqn,
                "keep_writeback": keep_writeback}
     fields: dict[str, Any] = {k: v for k, v in options.items() if v is not None}
     if ip is not None:
         fields["ip"] = ip.strip() or None
-    if not fields:
+    assignment: dict[str, Any] = {}
+    if (image_name is not None and no_image) or (pin_version is not None and unpin):
+        raise click.UsageError("--image/--no-image and --pin-version/--unpin each take one of the two")
+    if image_name is not None or no_image:
+        assignment["image"] = image_name
+    if pin_version is not None or unpin:
+        assignment["pin_version"] = pin_version
+    if not fields and not assignment:
         raise click.UsageError("nothing to change: give at least one option")
     core, actor = await state.login()
-    changed = await machines.update_machine(core, actor, name, **fields)
+    if fields:
+        changed = await machines.update_machine(core, actor, name, **fields)
+        name = changed.name
+    if assignment:
+        changed = await images.assign_image(core, actor, name, **assignment)
     emit_json(changed.to_json()) if as_json else click.echo(f"machine '{changed.name}' changed")
 
 

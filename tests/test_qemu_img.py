@@ -1,0 +1,323 @@
+"""core.storage.qemu_img with the real qemu-img on real (small) files."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import shutil
+import struct
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from core.errors import Conflict, Invalid
+from core.storage import qemu_img
+from core.storage.qemu_img import Cancelled, ProgressParser
+
+pytestmark = pytest.mark.skipif(shutil.which("qemu-img") is None, reason="qemu-img (qemu-utils) is not installed")
+
+MiB = 1 << 20
+# the formats ggnet imports, as qemu-img names them, with options that keep the exact size
+SOURCES = {"vpc": ["-o", "force_size=on"], "vhdx": [], "vmdk": [], "qcow2": [], "vdi": [], "raw": []}
+
+
+def qemu(*args: str) -> None:
+    subprocess.run(["qemu-img", *args], check=True, capture_output=True, timeout=60)
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def make_original(path: Path, size: int = 4 * MiB) -> Path:
+    """Random data, a long run of zeros, random data at the end: data, holes and the tail all matter."""
+    with open(path, "wb") as handle:
+        handle.write(os.urandom(MiB))
+        handle.seek(size - 512 * 1024)
+        handle.write(os.urandom(512 * 1024))
+    return path
+
+
+@pytest.fixture(scope="module")
+def disks(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """One known raw disk and the same disk in every supported format. Misleading extensions on
+    purpose: the format must come from the content."""
+    root = tmp_path_factory.mktemp("disks")
+    original = make_original(root / "original.bin")
+    made = {"original": original}
+    for fmt, options in SOURCES.items():
+        out = root / f"disk-{fmt}.img"
+        qemu("convert", "-f", "raw", "-O", fmt, *options, str(original), str(out))
+        made[fmt] = out
+    return made
+
+
+def leftovers(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir())
+
+
+# --- parsing ----------------------------------------------------------------
+
+# captured from `qemu-img convert -p -f qcow2 -O raw` (qemu-img 7.2) on an 8 MiB image
+CAPTURED_PROGRESS = (
+    b"    (0.00/100%)\r    (25.00/100%)\r    (50.00/100%)\r    (75.00/100%)\r"
+    b"    (100.00/100%)\r    (100.00/100%)\r\n"
+)
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 7, 4096])
+def test_progress_parser_reads_captured_output_in_any_chunking(chunk: int) -> None:
+    parser = ProgressParser()
+    values: list[float] = []
+    for start in range(0, len(CAPTURED_PROGRESS), chunk):
+        values += parser.feed(CAPTURED_PROGRESS[start : start + chunk])
+    assert values == [0.0, 25.0, 50.0, 75.0, 100.0, 100.0]
+
+
+def test_progress_parser_handles_fractions_and_ignores_noise() -> None:
+    parser = ProgressParser()
+    assert parser.feed(b"    (12.34/100%)\rwarning: something\r    (99.") == [12.34]
+    assert parser.feed(b"99/100%)\r") == [99.99]
+
+
+def test_parse_info_backing_chain_and_vmdk_extents() -> None:
+    text = """[{"virtual-size": 1024, "filename": "bk.qcow2", "format": "qcow2",
+                "backing-filename": "/etc/shadow", "full-backing-filename": "/etc/shadow",
+                "format-specific": {"type": "qcow2", "data": {"corrupt": false}}, "dirty-flag": false},
+               {"virtual-size": 1024, "filename": "/etc/shadow", "format": "raw"}]"""
+    info = qemu_img.parse_info(text)
+    assert (info.format, info.virtual_size, info.backing_filename) == ("qcow2", 1024, "/etc/shadow")
+    assert [c.filename for c in info.chain] == ["/etc/shadow"]
+    vmdk = qemu_img.parse_info(
+        '{"virtual-size": 4096, "filename": "a.vmdk", "format": "vmdk", "format-specific": {"type": "vmdk",'
+        ' "data": {"extents": [{"filename": "/x/a-flat.vmdk", "format": "FLAT"}]}}}'
+    )
+    assert vmdk.extents == ("/x/a-flat.vmdk",)
+    assert qemu_img.parse_info('{"virtual-size": 1, "filename": "v", "format": "vpc"}').kind == "vhd"
+
+
+# --- probing and converting every format ----------------------------------------
+
+
+@pytest.mark.parametrize("fmt", list(SOURCES))
+async def test_each_format_is_probed_and_converts_to_the_original_bytes(
+    fmt: str, disks: dict[str, Path], tmp_path: Path
+) -> None:
+    probed = await qemu_img.probe(disks[fmt])
+    assert probed.format == fmt
+    assert probed.info.virtual_size == disks["original"].stat().st_size
+    seen: list[float] = []
+    dest = tmp_path / "served.raw"
+    await qemu_img.convert_to_raw(probed.path, dest, probed.format, progress=seen.append)
+    assert await qemu_img.sha256(dest) == sha(disks["original"])
+    assert seen and seen[-1] == 100.0
+    assert seen == sorted(seen)
+    assert leftovers(tmp_path) == ["served.raw"]  # no temporary left beside it
+
+
+async def test_info_with_backing_chain(tmp_path: Path) -> None:
+    base = make_original(tmp_path / "base.raw", MiB)
+    top = tmp_path / "top.qcow2"
+    qemu("create", "-f", "qcow2", "-b", str(base), "-F", "raw", str(top))
+    info = await qemu_img.info(top, backing_chain=True)
+    assert info.backing_filename == str(base)
+    assert [(c.filename, c.format) for c in info.chain] == [(str(base), "raw")]
+
+
+async def test_sha256_of_a_sparse_file_equals_hashlib_of_its_bytes(tmp_path: Path) -> None:
+    path = tmp_path / "sparse.raw"
+    with open(path, "wb") as handle:
+        handle.seek(9 * MiB + 17)
+        handle.write(b"tail")
+    assert path.stat().st_blocks * 512 < MiB  # really sparse
+    assert await qemu_img.sha256(path) == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# --- refusals -----------------------------------------------------------------------
+
+
+async def test_backing_file_is_refused_without_reading_it(tmp_path: Path) -> None:
+    secret = tmp_path / "shadow"
+    secret.write_bytes(b"root:$6$secret-hash:19000:0:99999:7:::\n" * 20)
+    crafted = tmp_path / "crafted.qcow2"
+    qemu("create", "-f", "qcow2", "-b", str(secret), "-F", "raw", str(crafted), "1M")
+    with pytest.raises(Invalid, match="backing file") as refused:
+        await qemu_img.probe(crafted)
+    assert str(secret) in str(refused.value)
+    if Path("/etc/shadow").exists():
+        shadow = tmp_path / "shadow.qcow2"
+        qemu("create", "-f", "qcow2", "-b", "/etc/shadow", "-F", "raw", "-u", str(shadow), "1M")
+        with pytest.raises(Invalid, match="backing file"):
+            await qemu_img.probe(shadow)
+
+
+async def test_qcow2_external_data_file_is_refused(tmp_path: Path) -> None:
+    data = make_original(tmp_path / "data.raw", MiB)
+    crafted = tmp_path / "crafted.qcow2"
+    qemu("create", "-f", "qcow2", "-o", f"data_file={data},data_file_raw=on", str(crafted), "1M")
+    with pytest.raises(Invalid, match="another file"):
+        await qemu_img.probe(crafted)
+
+
+def vmdk_descriptor(extent: str, sectors: int = 8) -> str:
+    return (
+        '# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\ncreateType="monolithicFlat"\n\n'
+        f'RW {sectors} FLAT "{extent}" 0\n\nddb.virtualHWVersion = "4"\n'
+    )
+
+
+async def test_vmdk_extent_outside_its_directory_is_refused(tmp_path: Path) -> None:
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "secret").write_bytes(b"x" * 4096)
+    upload = tmp_path / "upload"
+    upload.mkdir()
+    for extent in (str(outside / "secret"), "../elsewhere/secret"):
+        descriptor = upload / "disk.vmdk"
+        descriptor.write_text(vmdk_descriptor(extent))
+        with pytest.raises(Invalid, match="outside its own directory"):
+            await qemu_img.probe(descriptor)
+
+
+async def test_vmdk_extent_that_is_a_symlink_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "secret").write_bytes(b"x" * 4096)
+    upload = tmp_path / "upload"
+    upload.mkdir()
+    (upload / "disk-flat.vmdk").symlink_to(tmp_path / "secret")
+    (upload / "disk.vmdk").write_text(vmdk_descriptor("disk-flat.vmdk"))
+    with pytest.raises(Invalid, match="symbolic link"):
+        await qemu_img.probe(upload / "disk.vmdk")
+
+
+async def test_vmdk_descriptor_with_its_flat_extent_beside_it_imports(disks: dict[str, Path], tmp_path: Path) -> None:
+    descriptor = tmp_path / "esxi.vmdk"
+    qemu("convert", "-f", "raw", "-O", "vmdk", "-o", "subformat=monolithicFlat", str(disks["original"]), str(descriptor))
+    probed = await qemu_img.probe(descriptor)
+    await qemu_img.convert_to_raw(probed.path, tmp_path / "out.raw", "vmdk")
+    assert sha(tmp_path / "out.raw") == sha(disks["original"])
+
+
+async def test_protocol_and_json_names_are_plain_file_names(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(Invalid, match="does not exist"):
+        await qemu_img.probe('json:{"driver": "file", "filename": "/etc/passwd"}')
+    with pytest.raises(Invalid, match="does not exist"):
+        await qemu_img.probe("nbd://127.0.0.1:10809/disk")
+    # a real file with a protocol-looking name is read as that file, nothing else
+    (tmp_path / "nbd:disk").write_bytes(b"plain raw data" * 100)
+    probed = await qemu_img.probe("nbd:disk")
+    assert probed.format == "raw" and probed.path == tmp_path / "nbd:disk"
+
+
+async def test_corrupt_qcow2_is_refused_with_qemu_imgs_message(disks: dict[str, Path], tmp_path: Path) -> None:
+    damaged = tmp_path / "damaged.qcow2"
+    shutil.copy(disks["qcow2"], damaged)
+    with open(damaged, "r+b") as handle:
+        header = handle.read(56)
+        l1_offset = struct.unpack(">Q", header[40:48])[0]
+        handle.seek(l1_offset)
+        handle.write(struct.pack(">Q", (1 << 63) | (1 << 40)))  # L1 entry pointing far past the end
+    with pytest.raises(Invalid, match="damaged: .*errors were found on the image"):
+        await qemu_img.probe(damaged)
+
+
+async def test_damaged_vhdx_header_is_refused_with_qemu_imgs_message(disks: dict[str, Path], tmp_path: Path) -> None:
+    damaged = tmp_path / "damaged.vhdx"
+    shutil.copy(disks["vhdx"], damaged)
+    with open(damaged, "r+b") as handle:
+        handle.seek(64 * 1024)
+        handle.write(os.urandom(3 * 64 * 1024))  # both headers and the region table
+    with pytest.raises(Invalid, match="No valid VHDX header"):
+        await qemu_img.probe(damaged)
+
+
+async def test_other_formats_and_non_files_are_refused(tmp_path: Path) -> None:
+    qed = tmp_path / "disk.qed"
+    qemu("create", "-f", "qed", str(qed), "1M")
+    with pytest.raises(Invalid, match="qed format"):
+        await qemu_img.probe(qed)
+    with pytest.raises(Invalid, match="not a regular file"):
+        await qemu_img.probe(tmp_path)
+    (tmp_path / "empty").write_bytes(b"")
+    with pytest.raises(Invalid, match="virtual size 0"):
+        await qemu_img.probe(tmp_path / "empty")
+
+
+async def test_free_space_is_checked_against_the_virtual_size(tmp_path: Path) -> None:
+    huge = tmp_path / "huge.qcow2"
+    qemu("create", "-f", "qcow2", str(huge), "64T")  # tiny file, far more virtual size than any test disk
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(Conflict, match="not enough free space"):
+        await qemu_img.convert_to_raw(huge, out / "huge.raw", "qcow2")
+    assert leftovers(out) == []
+
+
+# --- cancellation ---------------------------------------------------------------------
+
+
+def qemu_img_processes_writing_to(directory: Path) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if cmdline and cmdline[0].endswith(b"qemu-img") and any(str(directory).encode() in a for a in cmdline):
+                found.append(int(entry.name))
+    return found
+
+
+@pytest.fixture(scope="module")
+def slow_disk(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A qcow2 with 96 MiB of data: long enough that qemu-img is still running at its first progress line."""
+    root = tmp_path_factory.mktemp("slow")
+    raw = root / "slow.raw"
+    with open(raw, "wb") as handle:
+        block = os.urandom(MiB)
+        for _ in range(96):
+            handle.write(block)
+    out = root / "slow.qcow2"
+    qemu("convert", "-f", "raw", "-O", "qcow2", str(raw), str(out))
+    raw.unlink()
+    return out
+
+
+async def test_cancelling_a_conversion_kills_qemu_img_and_leaves_nothing(slow_disk: Path, tmp_path: Path) -> None:
+    dest = tmp_path / "served.raw"
+    task: asyncio.Task[None] | None = None
+    seen: list[float] = []
+
+    def on_progress(value: float) -> None:
+        seen.append(value)
+        assert task is not None
+        task.cancel()  # asyncio cancellation, as a closing console or Ctrl-C does
+
+    task = asyncio.ensure_future(qemu_img.convert_to_raw(slow_disk, dest, "qcow2", progress=on_progress))
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert seen and seen[0] < 100.0
+    assert leftovers(tmp_path) == []
+    assert qemu_img_processes_writing_to(tmp_path) == []
+
+
+async def test_cancel_event_stops_the_conversion(slow_disk: Path, tmp_path: Path) -> None:
+    cancel = asyncio.Event()
+    with pytest.raises(Cancelled):
+        await qemu_img.convert_to_raw(slow_disk, tmp_path / "served.raw", "qcow2",
+                                      progress=lambda _v: cancel.set(), cancel=cancel)
+    assert leftovers(tmp_path) == []
+    assert qemu_img_processes_writing_to(tmp_path) == []
+
+
+async def test_source_that_changes_during_probe_is_not_trusted(disks: dict[str, Path], tmp_path: Path) -> None:
+    # identity() is what import compares before and after converting
+    copy = tmp_path / "disk.img"
+    shutil.copy(disks["qcow2"], copy)
+    probed = await qemu_img.probe(copy)
+    with open(copy, "ab") as handle:
+        handle.write(b"\0" * 512)
+    assert qemu_img.identity(copy) != probed.identity
