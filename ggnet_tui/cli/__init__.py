@@ -10,7 +10,7 @@ import sys
 
 import click
 
-from . import audit, machines, users
+from . import audit, images, machines, users
 from .base import State
 
 
@@ -32,3 +32,4 @@ main.add_command(users.init)
 main.add_command(users.user)
 main.add_command(machines.machine)
 main.add_command(audit.audit)
+main.add_command(images.image)
