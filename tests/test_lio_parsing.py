@@ -128,8 +128,15 @@ def test_an_identical_target_has_no_differences() -> None:
         ({"lun_files": {0: "/srv/ggnet/writebacks/pc01.raw", 1: "/x"}}, "backing_file"),
         ({"acls": {}}, "acl"),
         ({"acls": {"iqn.2024-01.lan.ggnet.client:pc02": ObservedAcl("pc01", "pc01-chap-secret", [0])}}, "acl"),
-        ({"acls": {INITIATOR: ObservedAcl("pc01", "pc01-chap-secret", [0]),
-                   "iqn.2024-01.lan.ggnet.client:pc02": ObservedAcl("x", "y", [0])}}, "acl"),  # fmt: skip
+        (
+            {
+                "acls": {
+                    INITIATOR: ObservedAcl("pc01", "pc01-chap-secret", [0]),
+                    "iqn.2024-01.lan.ggnet.client:pc02": ObservedAcl("x", "y", [0]),
+                }
+            },
+            "acl",
+        ),
         ({"acls": {INITIATOR: ObservedAcl("pc01", "pc01-chap-secret", [])}}, "mapped_lun"),
         ({"acls": {INITIATOR: ObservedAcl("pc01", "an-old-secret-1", [0])}}, "chap"),
         ({"acls": {INITIATOR: ObservedAcl("pc99", "pc01-chap-secret", [0])}}, "chap"),

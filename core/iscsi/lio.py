@@ -14,9 +14,10 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, TypeVar
+from typing import Any, TypeVar
 
 from ..errors import BackendUnavailable, NotFound
 from ..log import get_logger
@@ -91,8 +92,10 @@ def differences(observed: ObservedTarget, spec: TargetSpec) -> list[str]:
         diffs.append("authentication")
     if observed.generate_node_acls != "0":
         diffs.append("generate_node_acls")
-    if set(observed.lun_files) != {LUN} or observed.lun_files[LUN] is None or (
-        os.path.normpath(observed.lun_files[LUN] or "") != os.path.normpath(str(spec.backing_file))
+    if (
+        set(observed.lun_files) != {LUN}
+        or observed.lun_files[LUN] is None
+        or (os.path.normpath(observed.lun_files[LUN] or "") != os.path.normpath(str(spec.backing_file)))
     ):
         diffs.append("backing_file")
     acl = observed.acls.get(spec.initiator_iqn.lower())
@@ -115,11 +118,17 @@ def assess_health(mounts: str, target_core_loaded: bool, rtslib_error: str | Non
         for parts in (line.split() for line in mounts.splitlines())
     )
     if not configfs:
-        return BackendHealth(False, "no kernel LIO: configfs is not mounted at /sys/kernel/config "
-                                    "(modprobe configfs; mount -t configfs none /sys/kernel/config)")
+        return BackendHealth(
+            False,
+            "no kernel LIO: configfs is not mounted at /sys/kernel/config "
+            "(modprobe configfs; mount -t configfs none /sys/kernel/config)",
+        )
     if not target_core_loaded:
-        return BackendHealth(False, "no kernel LIO: the target_core_mod kernel module is not loaded "
-                                    "(modprobe target_core_mod iscsi_target_mod)")
+        return BackendHealth(
+            False,
+            "no kernel LIO: the target_core_mod kernel module is not loaded "
+            "(modprobe target_core_mod iscsi_target_mod)",
+        )
     if rtslib_error:
         return BackendHealth(False, f"kernel LIO is present but rtslib-fb cannot be loaded: {rtslib_error}")
     return BackendHealth(True, "kernel LIO ready: configfs mounted and target_core_mod loaded")
@@ -139,7 +148,7 @@ def _rtslib() -> Any:
 
 def _rtslib_errors(rtslib: Any) -> tuple[type[BaseException], type[BaseException]]:
     """(RTSLibError, the not-in-configfs error): 2.2 (PyPI) renamed RTSLibNotInCFS to RTSLibNotInCFSError."""
-    not_in_cfs = getattr(rtslib, "RTSLibNotInCFSError", None) or getattr(rtslib, "RTSLibNotInCFS")
+    not_in_cfs = getattr(rtslib, "RTSLibNotInCFSError", None) or rtslib.RTSLibNotInCFS
     return rtslib.RTSLibError, not_in_cfs
 
 
@@ -233,8 +242,12 @@ class LioBackend:
                 self._delete_target(target)
             self._delete_backstore(backstore_name(spec.iqn))
             raise
-        log.info("lio target created", backing_file=str(spec.backing_file), initiator=spec.initiator_iqn,
-                 portal=f"{spec.portal_host}:{spec.portal_port}")
+        log.info(
+            "lio target created",
+            backing_file=str(spec.backing_file),
+            initiator=spec.initiator_iqn,
+            portal=f"{spec.portal_host}:{spec.portal_port}",
+        )
 
     def _delete(self, iqn: str) -> None:
         target = self._find(iqn)

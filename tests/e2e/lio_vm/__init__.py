@@ -72,7 +72,7 @@ def missing_prerequisites() -> str | None:
 
 
 def _run(args: list[str], cwd: Path | None = None, timeout: float = 300) -> str:
-    done = subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    done = subprocess.run(args, check=False, cwd=cwd, capture_output=True, text=True, timeout=timeout)
     if done.returncode != 0:
         raise LioVmError(f"{' '.join(args)} failed: {done.stderr.strip() or done.stdout.strip()}")
     return done.stdout
@@ -82,7 +82,9 @@ def kernel_package() -> str:
     """The kernel package Debian's ``linux-image-amd64`` currently depends on."""
 
     def lookup() -> str | None:
-        done = subprocess.run(["apt-cache", "depends", "linux-image-amd64"], capture_output=True, text=True, timeout=60)
+        done = subprocess.run(
+            ["apt-cache", "depends", "linux-image-amd64"], check=False, capture_output=True, text=True, timeout=60
+        )
         found = re.search(r"Depends:\s*(linux-image-\d\S*-amd64)\b", done.stdout)
         return found.group(1) if found else None
 
@@ -154,7 +156,7 @@ def ensure_initramfs(kernel: Kernel) -> Path:
         names = sorted(str(p.relative_to(root)) for p in root.rglob("*"))
         archive = Path(tmp) / "initramfs.cpio"
         with open(archive, "wb") as out:
-            done = subprocess.run(["cpio", "-o", "-H", "newc", "--quiet"], cwd=root, input="\n".join(names).encode(),
+            done = subprocess.run(["cpio", "-o", "-H", "newc", "--quiet"], check=False, cwd=root, input="\n".join(names).encode(),
                                   stdout=out, stderr=subprocess.PIPE, timeout=60)  # fmt: skip
         if done.returncode != 0:
             raise LioVmError(f"cpio failed: {done.stderr.decode().strip()}")
@@ -181,7 +183,7 @@ class LioVm:
         self._sock: socket.socket | None = None
         self._pending = b""
 
-    def __enter__(self) -> "LioVm":
+    def __enter__(self) -> LioVm:
         self.start()
         return self
 
@@ -273,7 +275,7 @@ class LioVm:
             self._sock.settimeout(min(remaining, 0.5))
             try:
                 chunk = self._sock.recv(65536)
-            except socket.timeout:
+            except TimeoutError:
                 continue
             if not chunk:
                 raise LioVmError(f"the LIO VM closed its control channel:\n{self._tail()}")

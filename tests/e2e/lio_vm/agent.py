@@ -25,9 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[3]))  # the checkout und
 # over 9p that alone costs seconds of the VM's start
 sys.modules["rich"] = None  # type: ignore[assignment]
 
-from core.iscsi.base import TargetSpec  # noqa: E402
-from core.iscsi.lio import LioBackend  # noqa: E402
-from core.log import configure_logging  # noqa: E402
+from core.iscsi.base import TargetSpec
+from core.iscsi.lio import LioBackend
+from core.log import configure_logging
 
 PORT_NAME = "ggnet.ctl"
 CONFIGFS = Path("/sys/kernel/config")
