@@ -1,0 +1,95 @@
+"""Machines on SQLite and PostgreSQL: add, edit, rename, remove, list and CSV import."""
+
+from __future__ import annotations
+
+import pytest
+
+from core.auth import Actor
+from core.context import Core
+from core.errors import Conflict, NotFound
+from core.services import machines
+
+
+async def test_add_normalises_and_generates_credentials(core: Core, admin: Actor) -> None:
+    added = await machines.add_machine(core, admin, name="PC01", mac="5254.0012.3456", ip=" 192.168.1.21 ",
+                                       boot_mode="uefi-secure")
+    assert (added.name, added.mac, added.ip, added.boot_mode) == ("pc01", "52:54:00:12:34:56", "192.168.1.21",
+                                                                  "uefi-secure")
+    assert added.initiator_iqn == f"{core.settings.iqn_base}:client.pc01"
+    assert added.chap_username == "pc01"
+    assert added.chap_secret is not None and len(added.chap_secret) == 16 and added.chap_secret.isalnum()
+    other = await machines.add_machine(core, admin, name="pc02", mac="52:54:00:12:34:57")
+    assert other.chap_secret != added.chap_secret
+    assert other.boot_mode == "bios" and other.ip is None
+    assert (added.row_version, added.updated_by) == (1, "root-admin")
+    assert added.updated_at.tzinfo is not None
+
+
+async def test_list_is_sorted_and_show_finds_any_case(core: Core, admin: Actor) -> None:
+    for name, mac in (("pc10", "52:54:00:00:00:10"), ("lab-a", "52:54:00:00:00:0a"), ("pc02", "52:54:00:00:00:02")):
+        await machines.add_machine(core, admin, name=name, mac=mac)
+    assert [m.name for m in await machines.list_machines(core, admin)] == ["lab-a", "pc02", "pc10"]
+    assert (await machines.get_machine(core, admin, " PC10 ")).mac == "52:54:00:00:00:10"
+    assert await machines.count_machines(core, admin) == 3
+    with pytest.raises(NotFound, match="no machine named 'pc99'"):
+        await machines.get_machine(core, admin, "pc99")
+
+
+async def test_update_changes_only_what_is_given(core: Core, admin: Actor) -> None:
+    await machines.add_machine(core, admin, name="pc01", mac="52:54:00:12:34:56", ip="192.168.1.21")
+    changed = await machines.update_machine(core, admin, "pc01", boot_mode="uefi", keep_writeback=True)
+    assert (changed.boot_mode, changed.keep_writeback, changed.ip, changed.mac) == (
+        "uefi", True, "192.168.1.21", "52:54:00:12:34:56")
+    assert changed.row_version == 2
+    cleared = await machines.update_machine(core, admin, "pc01", ip=None)
+    assert cleared.ip is None
+    remac = await machines.update_machine(core, admin, "pc01", mac="52-54-00-AB-CD-EF")
+    assert remac.mac == "52:54:00:ab:cd:ef"
+
+
+async def test_rename_follows_the_generated_iqn_but_keeps_a_custom_one(core: Core, admin: Actor) -> None:
+    await machines.add_machine(core, admin, name="pc01", mac="52:54:00:12:34:56")
+    renamed = await machines.update_machine(core, admin, "pc01", name="PC05")
+    assert (renamed.name, renamed.chap_username) == ("pc05", "pc05")
+    assert renamed.initiator_iqn == f"{core.settings.iqn_base}:client.pc05"
+    with pytest.raises(NotFound):
+        await machines.get_machine(core, admin, "pc01")
+    custom = "iqn.1991-05.com.microsoft:desktop-7"
+    await machines.add_machine(core, admin, name="pc06", mac="52:54:00:12:34:57", initiator_iqn=custom.upper())
+    kept = await machines.update_machine(core, admin, "pc06", name="pc07")
+    assert kept.initiator_iqn == custom
+
+
+async def test_iqns_are_unique_without_regard_to_case(core: Core, admin: Actor) -> None:
+    await machines.add_machine(core, admin, name="pc01", mac="52:54:00:12:34:56",
+                               initiator_iqn="iqn.1991-05.com.microsoft:desk")
+    with pytest.raises(Conflict, match="initiator_iqn"):
+        await machines.add_machine(core, admin, name="pc02", mac="52:54:00:12:34:57",
+                                   initiator_iqn="IQN.1991-05.COM.MICROSOFT:DESK")
+
+
+async def test_remove(core: Core, admin: Actor) -> None:
+    await machines.add_machine(core, admin, name="pc01", mac="52:54:00:12:34:56")
+    await machines.remove_machine(core, admin, "PC01")
+    assert await machines.list_machines(core, admin) == []
+    # the MAC and name are free again
+    await machines.add_machine(core, admin, name="pc01", mac="52:54:00:12:34:56")
+
+
+async def test_csv_import_all_rows(core: Core, admin: Actor) -> None:
+    text = (
+        "\ufeffName, MAC ,IP,Boot-Mode\n"  # BOM, spaces and a hyphen in the header are tolerated
+        "pc01,52:54:00:00:00:01,192.168.1.11,uefi\n"
+        "\n"
+        "pc02,5254.0000.0002,,\n"
+        '"pc03","52-54-00-00-00-03","192.168.1.13","bios"\n'
+    )
+    checked = await machines.check_csv(core, admin, text.lstrip("\ufeff"))
+    assert [m.name for m in checked] == ["pc01", "pc02", "pc03"]
+    assert await machines.list_machines(core, admin) == []  # the dry run wrote nothing
+    names = await machines.import_csv(core, admin, text.lstrip("\ufeff"), source="lab.csv")
+    assert names == ["pc01", "pc02", "pc03"]
+    listed = {m.name: m for m in await machines.list_machines(core, admin)}
+    assert listed["pc01"].boot_mode == "uefi" and listed["pc01"].ip == "192.168.1.11"
+    assert listed["pc02"].mac == "52:54:00:00:00:02" and listed["pc02"].ip is None
+    assert len({m.chap_secret for m in listed.values()}) == 3
