@@ -19,7 +19,7 @@ from core.auth import Actor
 from core.context import Core
 from core.errors import PermissionDenied
 from core.models import AuditEvent, Role
-from core.services import audit, machines, users
+from core.services import audit, images, machines, users
 
 from .conftest import PASSWORD, make_user
 
@@ -38,6 +38,7 @@ class Ctx:
         self.mac = f"52:54:00:aa:{self.n // 256:02x}:{self.n % 256:02x}"
         self.ip = f"10.{self.n // 200}.{self.n % 200 + 1}.7"
         self.user = f"user{self.n}"
+        self.image = f"img{self.n}"
         self.csv = f"name,mac\nimp{self.n},52:54:00:bb:{self.n // 256:02x}:{self.n % 256:02x}\n"
 
 
@@ -78,7 +79,30 @@ async def a_disabled_user(core: Core, admin: Actor, ctx: Ctx) -> None:
     await users.disable_user(core, admin, ctx.user)
 
 
+def a_disk(core: Core) -> str:
+    """A small raw disk beside the data directory, for the image operations."""
+    path = core.settings.data_dir.parent / "disk.raw"
+    if not path.exists():
+        path.write_bytes(b"ggnet" * 200_000)
+    return str(path)
+
+
+async def an_image(core: Core, admin: Actor, ctx: Ctx) -> None:
+    await images.import_image(core, admin, a_disk(core), name=ctx.image)
+
+
+async def an_image_with_spare_version(core: Core, admin: Actor, ctx: Ctx) -> None:
+    await an_image(core, admin, ctx)
+    await images.import_image(core, admin, a_disk(core), new_version_of=ctx.image, activate=False)
+
+
+async def a_machine_and_image(core: Core, admin: Actor, ctx: Ctx) -> None:
+    await a_machine(core, admin, ctx)
+    await an_image(core, admin, ctx)
+
+
 M, U = (lambda c: c.machine), (lambda c: c.user)
+I, I1, I2 = (lambda c: c.image), (lambda c: f"{c.image} v1"), (lambda c: f"{c.image} v2")
 
 # fmt: off
 OPS: list[Op] = [
@@ -90,11 +114,20 @@ OPS: list[Op] = [
     Op("machine.show",     ALL, lambda c, a, x: machines.get_machine(c, a, x.machine), a_machine),
     Op("machine.check_csv", ALL, lambda c, a, x: machines.check_csv(c, a, x.csv)),
     Op("audit.list",       ALL, lambda c, a, x: audit.list_events(c, a, limit=5)),
+    Op("image.list",       ALL, lambda c, a, x: images.list_images(c, a)),
+    Op("image.show",       ALL, lambda c, a, x: images.get_image(c, a, x.image), an_image),
+    Op("image.versions",   ALL, lambda c, a, x: images.list_versions(c, a, x.image), an_image),
     # changes: (action, roles, call, prepare, object type, object name)
     Op("machine.create",   OPERATORS, lambda c, a, x: machines.add_machine(c, a, name=x.machine, mac=x.mac), None, "machine", M),
     Op("machine.update",   OPERATORS, lambda c, a, x: machines.update_machine(c, a, x.machine, ip=x.ip, boot_mode="uefi"), a_machine, "machine", M),
     Op("machine.delete",   OPERATORS, lambda c, a, x: machines.remove_machine(c, a, x.machine), a_machine, "machine", M),
     Op("machine.import",   OPERATORS, lambda c, a, x: machines.import_csv(c, a, x.csv, source="lab.csv"), None, "machine", lambda x: "1 machines from lab.csv"),
+    Op("image.import",     OPERATORS, lambda c, a, x: images.import_image(c, a, a_disk(c), name=x.image), None, "image", I1),
+    Op("image.version.add", OPERATORS, lambda c, a, x: images.import_image(c, a, a_disk(c), new_version_of=x.image), an_image, "image", I2),
+    Op("image.activate",   OPERATORS, lambda c, a, x: images.activate_version(c, a, x.image, 2), an_image_with_spare_version, "image", I2),
+    Op("image.version.delete", OPERATORS, lambda c, a, x: images.remove_image(c, a, x.image, 2), an_image_with_spare_version, "image", I2),
+    Op("image.delete",     OPERATORS, lambda c, a, x: images.remove_image(c, a, x.image), an_image, "image", I),
+    Op("machine.assign_image", OPERATORS, lambda c, a, x: images.assign_image(c, a, x.machine, x.image, 1), a_machine_and_image, "machine", M),
     Op("user.create",      ADMINS, lambda c, a, x: users.add_user(c, a, x.user, "operator", PASSWORD), None, "user", U),
     Op("user.set_role",    ADMINS, lambda c, a, x: users.set_role(c, a, x.user, "operator"), a_user, "user", U),
     Op("user.disable",     ADMINS, lambda c, a, x: users.disable_user(c, a, x.user), a_user, "user", U),

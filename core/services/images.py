@@ -27,7 +27,7 @@ from ..errors import Conflict, Invalid, NotFound
 from ..log import get_logger
 from ..models import LIVE_SESSION_STATES, BootSession, Image, ImageKind, ImageVersion, Machine, utcnow
 from ..storage import qemu_img
-from ..validation import ImageName, StrictInput, parse
+from ..validation import ImageName, Notes, StrictInput, parse, shown
 from .base import Operation, operation, reading, snapshot
 from .views import MachineView, View
 
@@ -80,7 +80,7 @@ class ImportInput(StrictInput):
     name: ImageName | None = None
     kind: ImageKind = ImageKind.SYSTEM
     new_version_of: ImageName | None = None
-    notes: str = Field(default="", max_length=NOTES_MAX)
+    notes: Notes = ""
     activate: bool = True
 
 
@@ -124,10 +124,12 @@ def _remove_files(paths: list[Path]) -> None:
 
 
 async def _image_row(session: AsyncSession, name: str) -> Image:
-    key = str(name).strip()
-    image = (await session.execute(select(Image).where(Image.name == key))).scalar_one_or_none()
+    image = None
+    # a name no image can have (NUL, not text) is not sent to the database: PostgreSQL refuses NUL
+    if isinstance(name, str) and "\x00" not in name:
+        image = (await session.execute(select(Image).where(Image.name == name.strip()))).scalar_one_or_none()
     if image is None:
-        raise NotFound(f"no image named '{key}'")
+        raise NotFound(f"no image named '{shown(str(name).strip())}'")
     return image
 
 
@@ -137,6 +139,8 @@ async def _versions(session: AsyncSession, image_id: int) -> list[ImageVersion]:
 
 
 async def _version_row(session: AsyncSession, image: Image, number: int) -> ImageVersion:
+    if isinstance(number, bool) or not isinstance(number, int) or not 1 <= number < 2**31:
+        raise Invalid("version", "must be a version number (1 or more)")
     query = select(ImageVersion).where(ImageVersion.image_id == image.id, ImageVersion.number == int(number))
     version = (await session.execute(query)).scalar_one_or_none()
     if version is None:
