@@ -66,7 +66,34 @@ class Settings(BaseSettings):
             self.log_file = self.data_dir / "ggnet.log"
         if self.tftp_root is None:
             self.tftp_root = self.data_dir / "tftp"
+        self.portal_address  # refuse a malformed GGNET_PORTAL when settings are read
         return self
+
+    @property
+    def portal_address(self) -> tuple[str, int]:
+        """GGNET_PORTAL as (host, port); the port defaults to 3260."""
+        host, sep, port_text = self.portal.strip().rpartition(":")
+        if not sep:
+            host, port_text = self.portal.strip(), "3260"
+        try:
+            import ipaddress
+
+            ipaddress.IPv4Address(host)
+            port = int(port_text)
+            if not 1 <= port <= 65535:
+                raise ValueError
+        except ValueError:
+            raise ValueError(f"portal: must be IPv4-address:port such as 0.0.0.0:3260, got {self.portal!r}") from None
+        return host, port
+
+    @property
+    def boot_host(self) -> str | None:
+        """The server address written into boot scripts: GGNET_BOOT_ADDRESS, else the portal host
+        (None when the portal listens on every address and no boot address is set)."""
+        if self.boot_address:
+            return self.boot_address
+        host = self.portal_address[0]
+        return None if host == "0.0.0.0" else host
 
     @property
     def database_kind(self) -> str:

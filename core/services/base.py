@@ -158,3 +158,10 @@ async def reading(core: Core, actor: Actor, permission: Permission = Permission.
             return
     async with operation(core, actor, permission, "read"):
         pass  # pragma: no cover - operation raises
+
+
+async def require(core: Core, actor: Actor, permission: Permission, action: str) -> None:
+    """Check up front, for work that spans several transactions (sessions, reconcile):
+    a refusal raises PermissionDenied with an audit event naming ``action``."""
+    async with operation(core, actor, permission, action):
+        pass

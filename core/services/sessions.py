@@ -39,7 +39,8 @@ from ..models import (
     Target,
     utcnow,
 )
-from .base import Operation, operation, reading, snapshot
+from ..storage.writeback import writeback_dir, writeback_path
+from .base import Operation, operation, reading, require, snapshot
 from .views import View
 
 DEFAULT_PARALLEL = 4
@@ -72,10 +73,6 @@ class SessionResult:
 
 def target_iqn(core: Core, machine_name: str) -> str:
     return f"{core.settings.iqn_base}:{machine_name}"
-
-
-def writeback_dir(core: Core) -> Path:
-    return core.settings.data_dir / "writebacks"
 
 
 async def _backend(core: Core) -> TargetBackend:
@@ -144,13 +141,13 @@ async def _plan_start(core: Core, actor: Actor, name: str, kind: SessionKind, ba
         if kind == SessionKind.NORMAL and machine.keep_writeback:
             kind = SessionKind.KEEP
         kept = await _kept_writeback(op.session, machine.id)
-        wb_dir = writeback_dir(core)
+        wb_dir = writeback_dir(core.settings)
         if kept is not None and (wb_dir / str(kept.writeback_file)).exists():
             file_name = str(kept.writeback_file)
             kept.writeback_file = None  # the new session owns it now
             reuse = True
         else:
-            file_name = f"machine-{machine.id}.raw"
+            file_name = writeback_path(core.settings, machine.id).name
             reuse = False
         boot_session = BootSession(
             machine_id=machine.id,
@@ -278,6 +275,7 @@ async def start_sessions(core: Core, actor: Actor, names: list[str], *, all_mach
                          parallel: int = DEFAULT_PARALLEL) -> list[SessionResult]:
     """Start a session on each machine (several at once, at most ``parallel``); one result each."""
     kind = SessionKind(kind)
+    await require(core, actor, Permission.MANAGE_SESSIONS, "session.start")
     if all_machines:
         names = sorted(set(names) | set(await _names_for_all(core, actor)))
     if not names:
@@ -334,7 +332,7 @@ async def _plan_stop(core: Core, actor: Actor, name: str, force: bool, apply: bo
             machine=machine.name,
             kind=kind,
             iqn=target.iqn if target else None,
-            writeback=writeback_dir(core) / boot_session.writeback_file if boot_session.writeback_file else None,
+            writeback=writeback_dir(core.settings) / boot_session.writeback_file if boot_session.writeback_file else None,
             image_id=image_id,
         )
 
@@ -380,6 +378,7 @@ async def _stop_one(core: Core, actor: Actor, name: str, force: bool, apply: boo
 async def stop_sessions(core: Core, actor: Actor, names: list[str], *, all_machines: bool = False,
                         force: bool = False, apply: bool = False, activate: bool = True,
                         parallel: int = DEFAULT_PARALLEL) -> list[SessionResult]:
+    await require(core, actor, Permission.MANAGE_SESSIONS, "session.stop")
     if all_machines:
         async with reading(core, actor) as session:
             live = select(Machine.name).join(BootSession, BootSession.machine_id == Machine.id).where(

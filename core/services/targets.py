@@ -14,8 +14,8 @@ from ..iscsi.base import TargetSpec
 from ..log import get_logger
 from ..models import BootSession, ImageVersion, Machine, Outcome, SessionState, Target
 from ..reconcile import DesiredTarget, Drift, compare_targets, compare_writebacks, owns
-from .base import operation, reading
-from .sessions import writeback_dir
+from .base import operation, reading, require
+from ..storage.writeback import writeback_dir
 from .views import View
 
 
@@ -43,7 +43,7 @@ class ReconcileReport:
 async def _desired(core: Core) -> tuple[list[DesiredTarget], set[Path]]:
     from . import images
 
-    wb_dir = writeback_dir(core)
+    wb_dir = writeback_dir(core.settings)
     desired: list[DesiredTarget] = []
     async with core.db.session() as session:
         rows = (await session.execute(
@@ -93,7 +93,7 @@ async def find_drift(core: Core) -> list[Drift]:
         raise BackendUnavailable(health.detail)
     desired, kept = await _desired(core)
     return (compare_targets(desired, await backend.list_targets(), core.settings.iqn_base)
-            + compare_writebacks(desired, kept, writeback_dir(core)))
+            + compare_writebacks(desired, kept, writeback_dir(core.settings)))
 
 
 async def reconcile(core: Core, actor: Actor, dry_run: bool = False) -> ReconcileReport:
@@ -102,15 +102,13 @@ async def reconcile(core: Core, actor: Actor, dry_run: bool = False) -> Reconcil
     from ..storage.writeback import choose_driver
     from .boot import write_boot_files
 
-    permission = Permission.READ if dry_run else Permission.MANAGE_TARGETS
-    async with reading(core, actor, permission):
-        pass
+    await require(core, actor, Permission.READ if dry_run else Permission.MANAGE_TARGETS, "target.reconcile")
     backend, health = await core.target_backend()
     if backend is None:
         raise BackendUnavailable(health.detail)
     desired, kept = await _desired(core)
     drift = (compare_targets(desired, await backend.list_targets(), core.settings.iqn_base)
-             + compare_writebacks(desired, kept, writeback_dir(core)))
+             + compare_writebacks(desired, kept, writeback_dir(core.settings)))
     report = ReconcileReport(drift=drift, dry_run=dry_run)
     if dry_run:
         return report

@@ -10,7 +10,8 @@ import sys
 
 import click
 
-from . import audit, images, machines, users
+from . import audit, images, machines, sessions, users
+from . import boot, doctor
 from .base import State
 
 
@@ -32,4 +33,9 @@ main.add_command(users.init)
 main.add_command(users.user)
 main.add_command(machines.machine)
 main.add_command(audit.audit)
+main.add_command(sessions.session)
+main.add_command(sessions.target)
+main.add_command(sessions.reconcile)
 main.add_command(images.image)
+main.add_command(boot.boot)
+main.add_command(doctor.doctor)
