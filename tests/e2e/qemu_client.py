@@ -22,6 +22,10 @@ Usage::
 
     results = await boot_clients([ClientSpec(workdir_a, mac_a, tftp), ClientSpec(workdir_b, mac_b, tftp)])
 
+    # look at the target while the client is still logged in (then it is stopped)
+    result = await run_client(ClientSpec(workdir, mac, tftp, while_booted=backend.list_targets))
+    result.while_booted_result  # -> what list_targets returned
+
     result = boot_client(workdir, mac, tftp_root)   # synchronous wrapper (not inside a running loop)
 
 Boot time here: about 6 s per client (iPXE banner ~2 s, DHCP ~3 s, iSCSI ~0.1 s).
@@ -37,7 +41,7 @@ import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Awaitable, Callable, Sequence
 
 from tests.e2e.bootdisk import INT13_ERR, WRITE_OK
 
@@ -65,6 +69,7 @@ class BootResult:
     com1_text: str
     com2_text: str
     elapsed: float  # seconds from QEMU start to the decision
+    while_booted_result: Any = None  # what ``while_booted`` returned, when it ran
 
 
 @dataclass(frozen=True)
@@ -76,6 +81,8 @@ class ClientSpec:
     expect: str = WRITE_OK
     fail: Sequence[str] = field(default=DEFAULT_FAIL)
     timeout: float = 120.0
+    # awaited once the expected text appeared, while the client is still running (and logged in)
+    while_booted: Callable[[], Awaitable[Any]] | None = None
 
 
 def available() -> str | None:
@@ -160,9 +167,10 @@ async def run_client(spec: ClientSpec) -> BootResult:
                 break
             await asyncio.sleep(_POLL_S)
         elapsed = time.monotonic() - start
+        extra = await spec.while_booted() if reason == "expect" and spec.while_booted is not None else None
     finally:
         await _stop(proc)
-    return BootResult(reason == "expect", reason, _read(com1), _read(com2), elapsed)
+    return BootResult(reason == "expect", reason, _read(com1), _read(com2), elapsed, extra)
 
 
 async def boot_client_async(
@@ -173,8 +181,11 @@ async def boot_client_async(
     expect: str = WRITE_OK,
     fail: Sequence[str] = DEFAULT_FAIL,
     timeout: float = 120.0,
+    while_booted: Callable[[], Awaitable[Any]] | None = None,
 ) -> BootResult:
-    return await run_client(ClientSpec(Path(workdir), mac, Path(tftp_root), bootfile, expect, tuple(fail), timeout))
+    return await run_client(
+        ClientSpec(Path(workdir), mac, Path(tftp_root), bootfile, expect, tuple(fail), timeout, while_booted)
+    )
 
 
 async def boot_clients(specs: Sequence[ClientSpec]) -> list[BootResult]:
