@@ -146,7 +146,9 @@ async def test_wrong_initiator_and_wrong_secret_are_refused(vm: LioVm, tmp_path:
         assert "Could not open SAN device" in result.com2_text  # iPXE's own words
         assert sector_marker(TOKEN) not in result.com1_text
     assert written_token(spec.backing_file) is None
-    assert f"{intruder} is not authorized" in vm.console_text()  # the kernel names the ACL refusal
+    # and the kernel says why: the ACL for one, CHAP for the other
+    assert f"{intruder} is not authorized" in vm.console_text()
+    assert "Security negotiation failed" in vm.console_text()
 
 
 async def test_a_differing_target_is_replaced_and_delete_removes_everything(vm: LioVm) -> None:
@@ -159,11 +161,25 @@ async def test_a_differing_target_is_replaced_and_delete_removes_everything(vm: 
     assert target["acls"] == [other.initiator_iqn]
     assert _fileio_backstores(vm) == [TARGET]  # the old backstore went with the old target
 
+    # a neighbour, to show that deleting one target leaves the others alone
+    neighbour = dataclasses.replace(
+        spec, iqn="iqn.2024-01.lan.ggnet:pc02", backing_file=vm.workdir / "pc02.img",
+        initiator_iqn="iqn.2024-01.lan.ggnet.client:pc02",
+    )  # fmt: skip
+    make_boot_disk(neighbour.backing_file, 8, "pc02")
+    vm.call("create", spec=as_json(neighbour))
+    assert sorted(t["iqn"] for t in vm.call("list")) == [TARGET, neighbour.iqn]
+
     vm.call("delete", iqn=TARGET.replace("ggnet:pc01", "GGNET:PC01"))  # IQNs compare case-insensitively
-    assert vm.call("list") == []
-    assert vm.call("ls", path="target/iscsi").count(TARGET) == 0
-    assert TARGET not in _fileio_backstores(vm)
+    [left] = vm.call("list")
+    assert (left["iqn"], left["acls"], left["backing_file"]) == (
+        neighbour.iqn, [neighbour.initiator_iqn], str(neighbour.backing_file)
+    )  # fmt: skip
+    assert TARGET not in vm.call("ls", path="target/iscsi")
+    assert _fileio_backstores(vm) == [neighbour.iqn]
     vm.call("delete", iqn=TARGET)  # already gone: fine
+    vm.call("delete", iqn=neighbour.iqn)
+    assert vm.call("list") == [] and _fileio_backstores(vm) == []
     assert spec.backing_file.is_file()  # the writeback is the caller's to discard
 
     # a portal the kernel refuses (settings validation keeps such an address out; here it makes the
