@@ -296,7 +296,10 @@ def free_bytes(directory: str | Path) -> int:
 
 
 def ensure_free_space(directory: str | Path, needed: int) -> None:
-    free = free_bytes(directory)
+    try:
+        free = free_bytes(directory)
+    except OSError as exc:
+        raise BackendUnavailable(f"cannot use {directory}: {exc.strerror}") from None
     if free < needed:
         raise Conflict(
             f"not enough free space in {directory}: the image needs up to {_size(needed)}, {_size(free)} is free"
