@@ -153,6 +153,15 @@ async def test_backing_file_is_refused_without_reading_it(tmp_path: Path) -> Non
             await qemu_img.probe(shadow)
 
 
+async def test_conversion_never_reads_a_backing_file(tmp_path: Path) -> None:
+    """Even if a file gained a backing file after it was probed, convert does not open it."""
+    secret = make_original(tmp_path / "secret.raw", MiB)
+    swapped = tmp_path / "swapped.qcow2"
+    qemu("create", "-f", "qcow2", "-b", str(secret), "-F", "raw", str(swapped))
+    await qemu_img.convert_to_raw(swapped, tmp_path / "out.raw", "qcow2")
+    assert (tmp_path / "out.raw").read_bytes() == bytes(MiB)  # zeros: none of the secret's bytes
+
+
 async def test_qcow2_external_data_file_is_refused(tmp_path: Path) -> None:
     data = make_original(tmp_path / "data.raw", MiB)
     crafted = tmp_path / "crafted.qcow2"

@@ -6,10 +6,11 @@ The input is untrusted (an image downloaded from somewhere). A disk image can na
 files that qemu-img would then read and copy into our image: a qcow2 backing file or
 external data file (``/etc/shadow``), VMDK extents anywhere on the disk, or protocol
 names (``json:``, ``nbd://``, ``http://``). So: the path handed to qemu-img is always an
-absolute real path (never parsed as a protocol), the format is probed once and then
-pinned with ``-f``, anything naming another file outside the image's own directory is
-refused, and the file must be the same one (inode, size, mtime) after the conversion as
-when it was checked.
+absolute real path (never parsed as a protocol); the format is probed once, and anything
+naming another file outside the image's own directory is refused; the conversion then opens
+the file with the probed format, the plain file protocol and no backing file, pinned in a
+JSON pseudo-filename; and the file must be the same one (inode, size, mtime, ctime) after
+the conversion as when it was checked.
 """
 
 from __future__ import annotations
@@ -207,11 +208,12 @@ class FileIdentity:
     inode: int
     size: int
     mtime_ns: int
+    ctime_ns: int  # unlike mtime, nobody can set it back
 
 
 def identity(path: str | Path) -> FileIdentity:
     st = os.stat(path)
-    return FileIdentity(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    return FileIdentity(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 @dataclass(frozen=True)
@@ -370,6 +372,13 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def _pinned_source(path: Path, fmt: str) -> str:
+    """The source as qemu's JSON pseudo-filename: the probed format, the plain file protocol and
+    no backing file, whatever the file says by the time qemu-img opens it."""
+    spec = {"driver": fmt, "file": {"driver": "file", "filename": str(path)}, "backing": None}
+    return "json:" + json.dumps(spec)
+
+
 def temp_name(dest: Path) -> Path:
     """A hidden temporary beside ``dest`` (same file system, so the final rename is atomic)."""
     return dest.parent / f".{dest.name}.{uuid.uuid4().hex[:12]}.part"
@@ -418,7 +427,7 @@ async def _convert(src: Path, dest: Path, fmt: str, progress: ProgressCallback |
                    cancel: asyncio.Event | None) -> None:
     log = get_logger()
     partial = temp_name(dest)
-    args = ["convert", "-p", "-f", fmt, "-O", "raw", str(src), str(partial)]
+    args = ["convert", "-p", "-O", "raw", _pinned_source(src, fmt), str(partial)]
     proc = await _spawn(args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     assert proc.stdout is not None and proc.stderr is not None
     errors = asyncio.ensure_future(proc.stderr.read())
