@@ -161,7 +161,7 @@ class LioBackend:
             with _RTSLIB_LOCK:
                 return fn(*args)
 
-        rtslib = _rtslib()
+        rtslib = await asyncio.to_thread(_rtslib)  # the first import opens libudev: not on the loop
         rtslib_error, _ = _rtslib_errors(rtslib)
         try:
             return await asyncio.to_thread(locked)
@@ -207,6 +207,10 @@ class LioBackend:
     def _create(self, spec: TargetSpec) -> None:
         rtslib = _rtslib()
         log = get_logger().bind(target=spec.iqn)
+        try:  # before anything changes
+            size = os.stat(spec.backing_file).st_size
+        except FileNotFoundError:
+            raise NotFound(f"writeback {spec.backing_file} does not exist; cannot serve target {spec.iqn}") from None
         existing = self._find(spec.iqn)
         if existing is not None:
             diffs = differences(self._observe(existing), spec)
@@ -215,10 +219,6 @@ class LioBackend:
                 return
             log.info("lio target differs; replacing it", differences=diffs)
             self._delete_target(existing)
-        try:
-            size = os.stat(spec.backing_file).st_size
-        except FileNotFoundError:
-            raise NotFound(f"writeback {spec.backing_file} does not exist; cannot serve target {spec.iqn}") from None
         self._delete_backstore(backstore_name(spec.iqn))  # a leftover of an interrupted run
         storage = rtslib.FileIOStorageObject(
             backstore_name(spec.iqn), dev=str(spec.backing_file), size=size, write_back=False

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -44,12 +45,14 @@ def vm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LioVm]:
     reason = missing_prerequisites() or qemu_client.available()
     if reason:
         _unavailable(reason)
+    started = time.monotonic()
     try:
         ensure_initramfs(ensure_kernel())  # downloads Debian's kernel on the first run, then cached
     except (LioVmError, OSError) as exc:
         _unavailable(f"cannot prepare the LIO VM's kernel: {exc}")
+    prepared = time.monotonic() - started
     with LioVm(tmp_path_factory.mktemp("liovm")) as machine:
-        print(f"\nLIO VM timings: {machine.timings}")
+        print(f"\nLIO VM: kernel and initramfs {prepared:.1f} s, then {machine.timings}")
         yield machine
 
 
@@ -190,10 +193,14 @@ async def test_a_differing_target_is_replaced_and_delete_removes_everything(vm: 
     assert vm.call("list") == []
     assert TARGET not in _fileio_backstores(vm)
 
-    with pytest.raises(LioVmError, match="NotFound: writeback .* does not exist"):
+    # a missing writeback is refused before anything changes: the existing target stays as it was
+    vm.call("create", spec=as_json(spec))
+    with pytest.raises(LioVmError, match="NotFound: writeback .*missing.img does not exist"):
         vm.call("create", spec=as_json(dataclasses.replace(spec, backing_file=vm.workdir / "missing.img")))
-    assert vm.call("list") == []
-    assert TARGET not in _fileio_backstores(vm)
+    [kept] = vm.call("list")
+    assert (kept["backing_file"], kept["acls"]) == (str(spec.backing_file), [INITIATOR])
+    vm.call("delete", iqn=TARGET)
+    assert vm.call("list") == [] and _fileio_backstores(vm) == []
 
 
 def _fileio_backstores(vm: LioVm) -> list[str]:

@@ -16,6 +16,7 @@ host's file (9p without a cache): what a client writes can be checked in the hos
 from __future__ import annotations
 
 import atexit
+import functools
 import hashlib
 import json
 import os
@@ -78,6 +79,7 @@ def _run(args: list[str], cwd: Path | None = None, timeout: float = 300) -> str:
     return done.stdout
 
 
+@functools.cache  # apt-cache takes a second or two; once per test run is enough
 def kernel_package() -> str:
     """The kernel package Debian's ``linux-image-amd64`` currently depends on."""
 
