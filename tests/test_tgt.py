@@ -13,7 +13,13 @@ from core.errors import BackendUnavailable, Conflict, NotFound
 from core.iscsi import select as select_mod
 from core.iscsi.base import InitiatorSession, TargetSpec
 from core.iscsi.select import select_backend
-from core.iscsi.tgt import TgtBackend, parse_show_portal, parse_show_target, portal_covered, to_actual
+from core.iscsi.tgt import (
+    TgtBackend,
+    parse_show_portal,
+    parse_show_target,
+    portal_covered,
+    to_actual,
+)
 from tests.e2e.tgtd import TgtDaemon, free_control_port, free_tcp_port, tgtd_daemon
 
 __all__ = ["tgtd_daemon"]  # the fixture, imported for the tests below
@@ -104,6 +110,27 @@ def test_parse_show_target_with_logged_in_client():
     assert (second.disk, second.sessions, second.accounts, second.acls) == (None, [], [], [])
 
 
+def test_parse_outgoing_account_and_address_rule():
+    # captured: an incoming and an outgoing (mutual CHAP) account, and an ACL by address besides one by name
+    text = """\
+Target 1: iqn.2024-01.x:a
+    System information:
+        Driver: iscsi
+        State: ready
+    I_T nexus information:
+    LUN information:
+    Account information:
+        in1
+        out1 (outgoing)
+    ACL information:
+        ALL
+        iqn.2024-01.x:ini
+"""
+    [target] = parse_show_target(text)
+    assert target.accounts == ["in1"]  # only incoming accounts authenticate initiators
+    assert target.acls == ["ALL", "iqn.2024-01.x:ini"]
+
+
 def test_to_actual_reports_the_disk_lun_not_the_controller():
     first, second = parse_show_target(SHOW_TARGET)
     actual = to_actual(first, ["127.0.0.1:3299"])
@@ -130,15 +157,15 @@ def spec_for(daemon: TgtDaemon, tmp_path: Path, name: str, **changes: object) ->
     if not disk.exists():
         with open(disk, "wb") as f:
             f.truncate(1 << 20)
-    values: dict[str, object] = dict(
-        iqn=f"iqn.2024-01.lan.ggnet:{name}",
-        backing_file=disk,
-        initiator_iqn=f"iqn.2024-01.lan.ggnet.client:{name}",
-        chap_username=f"ggnet-{name}",
-        chap_secret=f"secret-of-{name}-0123",
-        portal_host=daemon.portal_host,
-        portal_port=daemon.portal_port,
-    )
+    values: dict[str, object] = {
+        "iqn": f"iqn.2024-01.lan.ggnet:{name}",
+        "backing_file": disk,
+        "initiator_iqn": f"iqn.2024-01.lan.ggnet.client:{name}",
+        "chap_username": f"ggnet-{name}",
+        "chap_secret": f"secret-of-{name}-0123",
+        "portal_host": daemon.portal_host,
+        "portal_port": daemon.portal_port,
+    }
     values.update(changes)
     return TargetSpec(**values)  # type: ignore[arg-type]
 
@@ -248,6 +275,8 @@ async def test_portal_is_added_when_missing(tgtd_daemon: TgtDaemon, tmp_path: Pa
 
 async def test_health_and_unreachable_daemon(tgtd_daemon: TgtDaemon, tmp_path: Path):
     assert (await TgtBackend(tgtd_daemon.control_port).health()).ok
+    missing = await TgtBackend(tgtd_daemon.control_port, tgtadm=str(tmp_path / "no-tgtadm")).health()
+    assert not missing.ok and "not installed" in missing.detail
     dead = TgtBackend(free_control_port())
     health = await dead.health()
     assert not health.ok and f"control port {dead.control_port}" in health.detail
@@ -269,6 +298,10 @@ async def test_select_backend(tgtd_daemon: TgtDaemon, tmp_path: Path, monkeypatc
     backend, health = await select_backend(nothing)
     assert backend is None and not health.ok
     assert health.detail.startswith("no iSCSI target stack") and "tgtd" in health.detail and "LIO" in health.detail
+
+    # asked for tgt explicitly: the backend, unhealthy until tgtd is started
+    backend, health = await select_backend(nothing.model_copy(update={"target_backend": "tgt"}))
+    assert isinstance(backend, TgtBackend) and not health.ok and "does not answer" in health.detail
 
     backend, health = await select_backend(Settings(data_dir=tmp_path, target_backend="lio"))
     assert backend is None and not health.ok and "LIO" in health.detail

@@ -28,14 +28,11 @@ NO_STACK = (
 )
 
 
-def _lio_backend(settings: Settings) -> TargetBackend:
+def _lio_backend() -> TargetBackend:
     """The LIO backend, imported only when wanted (it pulls in rtslib-fb)."""
-    from .lio import LioBackend  # type: ignore[import-not-found,unused-ignore]
+    from .lio import LioBackend
 
-    try:
-        return LioBackend(settings)  # type: ignore[no-any-return]
-    except TypeError:
-        return LioBackend()  # type: ignore[no-any-return]
+    return LioBackend()
 
 
 async def _health(backend: Any) -> BackendHealth:
@@ -43,16 +40,16 @@ async def _health(backend: Any) -> BackendHealth:
         return await backend.health()  # type: ignore[no-any-return]
     except GgnetError as exc:
         return BackendHealth(False, exc.message)
-    except Exception as exc:  # a backend's own bug must not take the console down
+    except Exception as exc:  # noqa: BLE001 -- a backend's own bug must not take the console down
         log.error("backend_health_failed", backend=getattr(backend, "name", "?"), error=repr(exc))
         return BackendHealth(False, f"the {getattr(backend, 'name', '?')} backend failed its health check: {exc}")
 
 
-async def _try_lio(settings: Settings) -> tuple[TargetBackend | None, BackendHealth]:
+async def _try_lio() -> tuple[TargetBackend | None, BackendHealth]:
     if not LIO_CONFIGFS.is_dir():
         return None, BackendHealth(False, f"kernel LIO is not available: {LIO_CONFIGFS} does not exist")
     try:
-        backend = _lio_backend(settings)
+        backend = _lio_backend()
     except ImportError as exc:
         return None, BackendHealth(False, f"the LIO backend cannot be loaded: {exc}")
     except GgnetError as exc:
@@ -65,12 +62,12 @@ async def select_backend(settings: Settings) -> tuple[TargetBackend | None, Back
     choice = settings.target_backend
     port = settings.tgt_control_port
     if choice == "lio":
-        result = await _try_lio(settings)
+        result = await _try_lio()
     elif choice == "tgt":
         tgt = TgtBackend(port)
         result = tgt, await _health(tgt)
     else:
-        lio, lio_health = await _try_lio(settings)
+        lio, lio_health = await _try_lio()
         if lio is not None and lio_health.ok:
             result = lio, lio_health
         else:

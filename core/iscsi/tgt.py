@@ -198,7 +198,7 @@ class TgtBackend:
             raise BackendUnavailable(f"{self.tgtadm} is not installed (Debian package: tgt)") from None
         try:
             out, err = await asyncio.wait_for(proc.communicate(), self.timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             proc.kill()
             await proc.wait()
             raise BackendUnavailable(
@@ -236,6 +236,8 @@ class TgtBackend:
         try:
             await self._run("--op", "show", "--mode", "system")
         except BackendUnavailable as exc:
+            if not isinstance(exc, TgtadmError) and "not installed" in exc.message:
+                return BackendHealth(False, exc.message)
             return BackendHealth(
                 False,
                 f"{exc.message}; start it with `systemctl start tgt` (or `tgtd -C {self.control_port}`), "

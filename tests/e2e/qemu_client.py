@@ -39,9 +39,10 @@ import os
 import shutil
 import signal
 import time
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Sequence
+from typing import Any
 
 from tests.e2e.bootdisk import INT13_ERR, WRITE_OK
 
@@ -126,7 +127,7 @@ async def _stop(proc: asyncio.subprocess.Process) -> None:
             await asyncio.wait_for(proc.wait(), 5)
         except ProcessLookupError:
             pass
-        except asyncio.TimeoutError:
+        except TimeoutError:
             proc.kill()
             await proc.wait()
     _live.discard(proc.pid)
@@ -140,7 +141,7 @@ async def run_client(spec: ClientSpec) -> BootResult:
     for log in (com1, com2):
         log.write_bytes(b"")
     sercon.write_bytes(b"\xf8\x02")  # 0x02f8 little-endian: SeaBIOS copies the screen to COM2
-    with open(workdir / "qemu.stderr", "wb") as stderr:
+    with open(workdir / "qemu.stderr", "wb") as stderr:  # noqa: ASYNC230 -- a local file, opened once
         start = time.monotonic()
         proc = await asyncio.create_subprocess_exec(
             *qemu_command(spec, com1, com2, sercon),
