@@ -188,6 +188,10 @@ async def test_viewers_never_see_chap_secrets(core: Core, admin: Actor) -> None:
     assert [m.chap_secret for m in await machines.list_machines(core, viewer)] == [None]
     secret = (await machines.get_machine(core, operator, "pc01")).chap_secret
     assert secret is not None and len(secret) == 16
+    # an operator demoted while their console is open stops seeing secrets at once
+    await users.set_role(core, admin, "oscar", "viewer")
+    assert (await machines.get_machine(core, operator, "pc01")).chap_secret is None
+    assert [m.chap_secret for m in await machines.list_machines(core, operator)] == [None]
 
 
 async def test_role_is_read_from_the_database_not_the_actor(core: Core, admin: Actor) -> None:

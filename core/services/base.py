@@ -124,6 +124,11 @@ async def _denial(session: AsyncSession, actor: Actor, permission: Permission) -
     return None
 
 
+async def may(session: AsyncSession, actor: Actor, permission: Permission) -> bool:
+    """Whether ``actor`` holds ``permission`` now (role re-read), e.g. to decide whether to show secrets."""
+    return await _denial(session, actor, permission) is None
+
+
 @asynccontextmanager
 async def operation(core: Core, actor: Actor, permission: Permission, action: str) -> AsyncIterator[Operation]:
     """Run a change as ``actor``. A refusal is audited (and committed) before PermissionDenied is raised."""

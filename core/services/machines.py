@@ -16,7 +16,7 @@ from ..context import Core
 from ..errors import Conflict, Invalid, NotFound
 from ..models import LIVE_SESSION_STATES, BootMode, BootSession, Image, ImageVersion, Machine, utcnow
 from ..validation import IPv4Host, Iqn, MacAddress, MachineName, Notes, StrictInput, lookup_key, parse, shown
-from .base import Operation, check_version, operation, reading, snapshot
+from .base import Operation, check_version, may, operation, reading, snapshot
 from .views import MachineView
 
 CSV_MAX_ROWS = 10_000
@@ -52,16 +52,25 @@ def default_initiator_iqn(iqn_base: str, name: str) -> str:
     return f"{iqn_base}:client.{name}"
 
 
+_VIEW_COLUMNS = (
+    Machine.id, Machine.name, Machine.mac, Machine.ip, Machine.boot_mode, Machine.initiator_iqn,
+    Machine.chap_username, Machine.chap_secret, Machine.image_id, Machine.keep_writeback, Machine.notes,
+    Machine.last_seen_at, Machine.updated_at, Machine.updated_by, Machine.row_version,
+)
+
+
 def _machine_query() -> Select[Any]:
+    # plain columns rather than ORM objects: listing 10,000 machines is about twice as fast
     pinned = ImageVersion.__table__.alias("pinned")
     return (
-        select(Machine, Image.name.label("image_name"), pinned.c.number.label("pinned_number"))
+        select(*_VIEW_COLUMNS, Image.name.label("image_name"), pinned.c.number.label("pinned_number"))
         .outerjoin(Image, Image.id == Machine.image_id)
         .outerjoin(pinned, pinned.c.id == Machine.pinned_version_id)
     )
 
 
-def _view(machine: Machine, image_name: str | None, pinned: int | None, secrets_ok: bool) -> MachineView:
+def _view(machine: Any, image_name: str | None, pinned: int | None, secrets_ok: bool) -> MachineView:
+    """From a Machine row object or a result row of _machine_query."""
     return MachineView(
         id=machine.id,
         name=machine.name,
@@ -139,7 +148,7 @@ async def add_machine(core: Core, actor: Actor, **fields: Any) -> MachineView:
         op.session.add(machine)
         await op.flush(conflict=f"machine '{data.name}' or its MAC, IP or IQN was just added by another console")
         op.audit("machine", machine.id, machine.name, None, snapshot(machine))
-        return _view(machine, None, None, actor.can(Permission.READ_SECRETS))
+        return _view(machine, None, None, await may(op.session, actor, Permission.READ_SECRETS))
 
 
 async def update_machine(
@@ -197,14 +206,14 @@ async def get_machine(core: Core, actor: Actor, name: str) -> MachineView:
         row = None if key is None else (await session.execute(_machine_query().where(Machine.name == key))).first()
         if row is None:
             raise NotFound(f"no machine named '{shown(key if key is not None else name)}'")
-        return _view(row[0], row.image_name, row.pinned_number, actor.can(Permission.READ_SECRETS))
+        return _view(row, row.image_name, row.pinned_number, await may(session, actor, Permission.READ_SECRETS))
 
 
 async def list_machines(core: Core, actor: Actor) -> list[MachineView]:
     async with reading(core, actor) as session:
-        secrets_ok = actor.can(Permission.READ_SECRETS)
+        secrets_ok = await may(session, actor, Permission.READ_SECRETS)
         rows = (await session.execute(_machine_query().order_by(Machine.name))).all()
-        return [_view(r[0], r.image_name, r.pinned_number, secrets_ok) for r in rows]
+        return [_view(r, r.image_name, r.pinned_number, secrets_ok) for r in rows]
 
 
 async def count_machines(core: Core, actor: Actor) -> int:

@@ -137,7 +137,13 @@ def run(func: Callable[..., Awaitable[int | None]]) -> Callable[..., None]:
 
 
 def emit_json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, default=str))
+    if isinstance(data, list):
+        # one object per line: still one JSON document, easy to grep, and fast (indent= makes
+        # json fall back to its pure-Python encoder, which dominated listing 10,000 machines)
+        body = ",\n".join("  " + json.dumps(item, default=str) for item in data)
+        click.echo(f"[\n{body}\n]" if data else "[]")
+    else:
+        click.echo(json.dumps(data, indent=2, default=str))
 
 
 def table(rows: list[dict[str, Any]], columns: list[str]) -> None:
