@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -261,6 +262,26 @@ async def test_refusals_change_nothing(tgtd_daemon: TgtDaemon, tmp_path: Path):
         await backend.create_target(missing)
     assert list(shown(tgtd_daemon)) == [a.iqn]
     assert accounts(tgtd_daemon) == [a.chap_username]
+
+
+def chattr(flag: str, path: Path) -> bool:
+    return subprocess.run(["chattr", flag, str(path)], capture_output=True, check=False).returncode == 0
+
+
+async def test_a_failure_midway_leaves_nothing_behind(tgtd_daemon: TgtDaemon, tmp_path: Path):
+    backend = TgtBackend(tgtd_daemon.control_port)
+    spec = spec_for(tgtd_daemon, tmp_path, "pc01")
+    # tgtd cannot open an immutable file read-write, even as root: the LUN step fails after the target exists
+    if not chattr("+i", spec.backing_file):
+        pytest.skip("chattr +i is not supported on this file system")
+    try:
+        with pytest.raises(BackendUnavailable, match="tgtd cannot serve .* as LUN 1"):
+            await backend.create_target(spec)
+    finally:
+        assert chattr("-i", spec.backing_file)
+    assert shown(tgtd_daemon) == {} and accounts(tgtd_daemon) == []
+    await backend.create_target(spec)  # and it works once the file is usable
+    assert list(shown(tgtd_daemon)) == [spec.iqn]
 
 
 async def test_portal_is_added_when_missing(tgtd_daemon: TgtDaemon, tmp_path: Path):

@@ -199,11 +199,13 @@ class TgtBackend:
         try:
             out, err = await asyncio.wait_for(proc.communicate(), self.timeout)
         except TimeoutError:
-            proc.kill()
-            await proc.wait()
             raise BackendUnavailable(
                 f"tgtd on control port {self.control_port} did not answer within {self.timeout:g} s ({shown})"
             ) from None
+        finally:
+            if proc.returncode is None:  # timed out or cancelled: leave no tgtadm behind
+                proc.kill()
+                await proc.wait()
         reason = err.decode(errors="replace").strip().removeprefix("tgtadm: ").strip()
         if proc.returncode == 0:
             return out.decode(errors="replace")
@@ -269,24 +271,40 @@ class TgtBackend:
                 created = True
             else:
                 created = False
-            tid = str(current.tid)
-            # Fail closed while changing an existing target: with no initiator bound, tgtd refuses
-            # every login, so nobody gets in between the account's removal and its re-creation.
-            for acl in current.acls:
-                await self._run_ok_if(("does not exist",), "--op", "unbind", "--mode", "target", "--tid", tid,
-                                      *_acl_args(acl))  # fmt: skip
-            await self._ensure_lun(tid, current, spec.backing_file)
-            for user in current.accounts:
-                if user != spec.chap_username:
-                    await self._run_ok_if(("can't find",), "--op", "unbind", "--mode", "account", "--tid", tid,
-                                          "--user", user)  # fmt: skip
-            # tgtadm cannot show or change a password: replace the account so the secret is the spec's
-            await self._run_ok_if(("can't find",), "--op", "delete", "--mode", "account", "--user", spec.chap_username)
-            await self._run("--op", "new", "--mode", "account", "--user", spec.chap_username,
-                            "--password", spec.chap_secret, secret=True)  # fmt: skip
-            await self._run("--op", "bind", "--mode", "account", "--tid", tid, "--user", spec.chap_username)
-            await self._run("--op", "bind", "--mode", "target", "--tid", tid, "--initiator-name", spec.initiator_iqn)
+            try:
+                await self._apply(current, spec)
+            except BaseException:
+                if created:  # leave nothing half-made behind (an existing target stays closed: no ACL)
+                    await self._undo_new(current.tid, spec.chap_username)
+                raise
         log.info("tgt_target_ready", iqn=spec.iqn, tid=current.tid, created=created, initiator=spec.initiator_iqn)
+
+    async def _apply(self, current: TgtTarget, spec: TargetSpec) -> None:
+        """Make the target ``current`` (new or existing) serve ``spec``; the ACL comes last."""
+        tid = str(current.tid)
+        # Fail closed while changing an existing target: with no initiator bound, tgtd refuses
+        # every login, so nobody gets in between the account's removal and its re-creation.
+        for acl in current.acls:
+            await self._run_ok_if(("does not exist",), "--op", "unbind", "--mode", "target", "--tid", tid,
+                                  *_acl_args(acl))  # fmt: skip
+        await self._ensure_lun(tid, current, spec.backing_file)
+        for user in current.accounts:
+            if user != spec.chap_username:
+                await self._run_ok_if(("can't find",), "--op", "unbind", "--mode", "account", "--tid", tid,
+                                      "--user", user)  # fmt: skip
+        # tgtadm cannot show or change a password: replace the account so the secret is the spec's
+        await self._run_ok_if(("can't find",), "--op", "delete", "--mode", "account", "--user", spec.chap_username)
+        await self._run("--op", "new", "--mode", "account", "--user", spec.chap_username,
+                        "--password", spec.chap_secret, secret=True)  # fmt: skip
+        await self._run("--op", "bind", "--mode", "account", "--tid", tid, "--user", spec.chap_username)
+        await self._run("--op", "bind", "--mode", "target", "--tid", tid, "--initiator-name", spec.initiator_iqn)
+
+    async def _undo_new(self, tid: int, chap_username: str) -> None:
+        try:
+            await self._run_ok_if(("can't find",), "--op", "delete", "--mode", "target", "--tid", str(tid), "--force")
+            await self._run_ok_if(("can't find",), "--op", "delete", "--mode", "account", "--user", chap_username)
+        except BackendUnavailable as exc:  # the original error matters more
+            log.warning("tgt_undo_failed", tid=tid, error=exc.message)
 
     async def delete_target(self, iqn: str) -> None:
         async with self._lock:
@@ -333,8 +351,14 @@ class TgtBackend:
             return
         if existing is not None:
             await self._run("--op", "delete", "--mode", "logicalunit", "--tid", tid, "--lun", str(DISK_LUN))
-        await self._run("--op", "new", "--mode", "logicalunit", "--tid", tid, "--lun", str(DISK_LUN),
-                        "--backing-store", wanted, "--bstype", "rdwr")  # fmt: skip
+        try:
+            await self._run("--op", "new", "--mode", "logicalunit", "--tid", tid, "--lun", str(DISK_LUN),
+                            "--backing-store", wanted, "--bstype", "rdwr")  # fmt: skip
+        except TgtadmError as exc:  # tgtadm only says "invalid request"; the details go to tgtd's log
+            raise BackendUnavailable(
+                f"tgtd cannot serve {wanted} as LUN {DISK_LUN} ({exc.reason}): it could not open the file "
+                "read-write; tgtd's log says why"
+            ) from None
 
     async def _ensure_portal(self, host: str, port: int) -> None:
         if portal_covered(await self._portals(), host, port):
