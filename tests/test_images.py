@@ -152,6 +152,17 @@ async def test_new_version_without_activation_then_activate(core: Core, operator
     assert await actions(core) == ["image.import", "image.version.add", "image.activate"]
 
 
+async def test_concurrent_new_versions_get_their_own_numbers(core: Core, admin: Actor, disks: dict[str, Path]) -> None:
+    """Two consoles adding a version to the same image at once: both succeed, one active version."""
+    await images.import_image(core, admin, disks["raw"], name="win")
+    added = await asyncio.gather(*(images.import_image(core, admin, disks[f], new_version_of="win")
+                                   for f in ("qcow2", "vdi", "vhdx")))
+    assert sorted(v.number for v in added) == [2, 3, 4]
+    versions = await images.list_versions(core, admin, "win")
+    assert [v.number for v in versions if v.is_active] == [max(v.number for v in added)]
+    assert len(image_files(core)) == 4
+
+
 @pytest.mark.parametrize("bad", ["corrupt", "backed"])
 async def test_refused_input_leaves_neither_row_nor_file(core: Core, admin: Actor, disks: dict[str, Path],
                                                          bad: str) -> None:

@@ -123,11 +123,14 @@ def _remove_files(paths: list[Path]) -> None:
 # --- queries ---------------------------------------------------------------------
 
 
-async def _image_row(session: AsyncSession, name: str) -> Image:
+async def _image_row(session: AsyncSession, name: str, lock: bool = False) -> Image:
+    """The image called ``name``; ``lock`` holds its row until commit, so that changes to one image's
+    versions (numbering, the active flag) happen one after another (SQLite serialises all writers anyway)."""
     image = None
     # a name no image can have (NUL, not text) is not sent to the database: PostgreSQL refuses NUL
     if isinstance(name, str) and "\x00" not in name:
-        image = (await session.execute(select(Image).where(Image.name == name.strip()))).scalar_one_or_none()
+        query = select(Image).where(Image.name == name.strip())
+        image = (await session.execute(query.with_for_update() if lock else query)).scalar_one_or_none()
     if image is None:
         raise NotFound(f"no image named '{shown(str(name).strip())}'")
     return image
@@ -312,7 +315,7 @@ async def _record_version(core: Core, actor: Actor, data: ImportInput, file_name
             await op.flush(conflict=f"an image named '{data.name}' was just added by another console")
             number = 1
         else:
-            image = await _image_row(op.session, str(data.new_version_of))
+            image = await _image_row(op.session, str(data.new_version_of), lock=True)
             latest = await op.session.execute(
                 select(func.max(ImageVersion.number)).where(ImageVersion.image_id == image.id))
             number = (latest.scalar_one() or 0) + 1
@@ -365,7 +368,7 @@ async def add_version_from_writeback(core: Core, actor: Actor, image_id: int, wr
     moved = await _move(writeback, dest)
     try:
         async with operation(core, actor, Permission.MANAGE_IMAGES, "image.version.apply") as op:
-            image = await op.session.get(Image, image_id)
+            image = await op.session.get(Image, image_id, with_for_update=True)
             if image is None:
                 raise NotFound(f"image {image_id} was removed meanwhile")
             latest = await op.session.execute(
@@ -406,7 +409,7 @@ async def _move(source: Path, dest: Path) -> bool:
 async def activate_version(core: Core, actor: Actor, name: str, number: int) -> ImageVersionView:
     """Make ``number`` the version machines boot (unless they pin another). Running sessions keep theirs."""
     async with operation(core, actor, Permission.MANAGE_IMAGES, "image.activate") as op:
-        image = await _image_row(op.session, name)
+        image = await _image_row(op.session, name, lock=True)
         version = await _version_row(op.session, image, number)
         versions = await _versions(op.session, image.id)
         previous = next((v.number for v in versions if v.is_active), None)
@@ -430,7 +433,7 @@ async def remove_image(core: Core, actor: Actor, name: str, version: int | None 
     a machine pins or (for a whole image) a machine is assigned to is refused, naming the machines."""
     async with operation(core, actor, Permission.MANAGE_IMAGES,
                          "image.delete" if version is None else "image.version.delete") as op:
-        image = await _image_row(op.session, name)
+        image = await _image_row(op.session, name, lock=True)
         versions = await _versions(op.session, image.id)
         doomed = versions if version is None else [await _version_row(op.session, image, version)]
         ids = [v.id for v in doomed]
