@@ -7,9 +7,13 @@ Login throttling (per account, stored in the database so every console and the C
   the previous failure (2, 4, 8 ... capped at ``MAX_DELAY``); an attempt inside the wait
   is refused without checking the password, so guessing gets no faster by hammering;
 * at ``LOCK_AFTER`` consecutive failures the account is locked for ``LOCK_SECONDS``.
-  The lock always expires by itself, so someone guessing on purpose can delay an admin
-  for at most that long, never lock them out for good; an admin can lift it at once
-  with ``ggnet user enable NAME``. A successful login resets the count.
+  The lock always expires by itself and any admin can lift it at once with
+  ``ggnet user enable NAME``. A successful login resets the count.
+
+So guessing is held to a few tries per quarter hour per account. The price is that someone
+who keeps guessing (one wrong try after each lock ends re-locks it) can keep that account
+locked; the other admins are unaffected and can unlock it, and nothing is ever locked for
+good without such a person at work.
 """
 
 from __future__ import annotations

@@ -165,7 +165,9 @@ def lookup_key(value: object) -> str | None:
 def shown(value: object, limit: int = 64) -> str:
     """A user-supplied string made safe to quote in a message or an audit event."""
     text = str(value)[:limit]
-    return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
+    if not text.isprintable():
+        text = text.encode("unicode_escape").decode("ascii")[:limit]
+    return text
 
 
 # --- IQN (RFC 3720 section 3.2.6) ------------------------------------------

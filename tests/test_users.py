@@ -234,3 +234,12 @@ async def test_logout_is_audited(core: Core, admin: Actor) -> None:
     await users.logout(core, admin)
     (event,) = await _events(core, "auth.logout")
     assert (event.actor, event.object_type, event.object_id, event.outcome) == ("root-admin", "user", admin.user_id, "ok")
+
+
+@pytest.mark.parametrize("name", ["\x00" * 100, "ad\x00min", "аdmin", "x" * 10_000, "admin'--", ""])
+async def test_login_with_impossible_names_is_a_plain_failure(core: Core, admin: Actor, name: str) -> None:
+    with pytest.raises(AuthenticationFailed) as caught:
+        await users.login(core, name, PASSWORD)
+    assert caught.value.message == users.BAD_CREDENTIALS
+    last = (await _events(core, "auth.login"))[-1]
+    assert last.outcome == "failed" and len(last.object_name) <= 64 and "\x00" not in last.object_name
