@@ -330,3 +330,13 @@ async def test_source_that_changes_during_probe_is_not_trusted(disks: dict[str, 
     with open(copy, "ab") as handle:
         handle.write(b"\0" * 512)
     assert qemu_img.identity(copy) != probed.identity
+
+
+def test_stale_partials_are_removed_and_fresh_ones_kept(tmp_path: Path) -> None:
+    stale, fresh, image = tmp_path / ".a.raw.1.part", tmp_path / ".b.raw.2.part", tmp_path / "c.raw"
+    for path in (stale, fresh, image):
+        path.write_bytes(b"x")
+    os.utime(stale, (1, 1))
+    os.utime(image, (1, 1))
+    assert qemu_img.remove_stale_partials(tmp_path) == [stale]
+    assert leftovers(tmp_path) == [".b.raw.2.part", "c.raw"]

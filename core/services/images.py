@@ -284,6 +284,8 @@ async def import_image(
     probed = await qemu_img.probe(path)
     directory = images_dir(core.settings)
     directory.mkdir(parents=True, exist_ok=True)
+    for stale in qemu_img.remove_stale_partials(directory):
+        get_logger().warning("removed a stale partial import", path=str(stale))
     dest = directory / _new_file_name()
     log = get_logger()
     log.info("image import started", source=str(probed.path), format=probed.format,

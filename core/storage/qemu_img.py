@@ -23,6 +23,7 @@ import os
 import re
 import signal
 import stat
+import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -370,6 +371,19 @@ def fsync_dir(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def remove_stale_partials(directory: Path, older_than: float = 2 * CONVERT_STALL_TIMEOUT) -> list[Path]:
+    """Remove temporaries a crashed ggnet left behind. A running conversion keeps writing to its
+    temporary, so one untouched for longer than the stall timeout belongs to nobody."""
+    removed = []
+    cutoff = time.time() - older_than
+    for path in directory.glob(".*.part"):
+        with contextlib.suppress(OSError):
+            if path.is_file() and path.stat().st_mtime < cutoff:
+                path.unlink()
+                removed.append(path)
+    return removed
 
 
 def _pinned_source(path: Path, fmt: str) -> str:
