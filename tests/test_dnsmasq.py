@@ -1,0 +1,176 @@
+"""dnsmasq configuration: golden files, checked by the real ``dnsmasq --test``, injection refused,
+and the `ggnet boot dnsmasq` command."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from core.auth import Actor
+from core.boot import dnsmasq
+from core.boot.dnsmasq import Host
+from core.context import Core
+from core.errors import Invalid, PermissionDenied
+from core.models import AuditEvent
+from core.services import boot, machines
+
+from .test_boot_files import assert_golden
+
+TFTP = Path("/srv/ggnet/tftp")
+HOSTS = [
+    Host("pc01", "52:54:00:aa:00:01", "192.168.1.21", "bios"),
+    Host("pc02", "52:54:00:aa:00:02", None, "uefi"),
+    Host("pc03", "52:54:00:aa:00:03", "192.168.1.23", "uefi-secure"),
+    Host("pc04", "52:54:00:aa:00:04", None, "uefi-secure"),
+]
+
+needs_dnsmasq = pytest.mark.skipif(
+    shutil.which("dnsmasq") is None and not Path("/usr/sbin/dnsmasq").exists(),
+    reason="dnsmasq is not installed (Debian package dnsmasq-base; scripts/test.sh installs it)",
+)
+
+
+def options(mode: str, **extra: object) -> dnsmasq.Options:
+    return dnsmasq.parse_options(mode=mode, tftp_root=TFTP, subnet="192.168.1.0/24", interface="eth1", **extra)
+
+
+def full_options() -> dnsmasq.Options:
+    return options("full", range="192.168.1.100-192.168.1.200", router="192.168.1.1", dns=["192.168.1.1", "9.9.9.9"])
+
+
+@needs_dnsmasq
+async def test_proxy_mode_golden_and_accepted_by_dnsmasq() -> None:
+    text = dnsmasq.render(options("proxy"), HOSTS)
+    assert_golden("dnsmasq-proxy.conf", text)
+    assert "dhcp-range=192.168.1.0,proxy,255.255.255.0" in text
+    assert "pxe-service=tag:!ggnet-ipxe,x86PC,\"ggnet: load iPXE\",undionly.kpxe" in text
+    assert "dhcp-host=52:54:00:aa:00:03,set:ggnet-secure" in text.splitlines()
+    assert "192.168.1.21" not in text  # no reservations in proxy mode
+    assert await dnsmasq.test_config(text) is True
+
+
+@needs_dnsmasq
+async def test_full_mode_golden_and_accepted_by_dnsmasq() -> None:
+    text = dnsmasq.render(full_options(), HOSTS)
+    assert_golden("dnsmasq-full.conf", text)
+    lines = text.splitlines()
+    assert "dhcp-host=52:54:00:aa:00:01,192.168.1.21,pc01" in lines
+    assert "dhcp-host=52:54:00:aa:00:03,set:ggnet-secure,192.168.1.23,pc03" in lines
+    assert "dhcp-boot=tag:!ggnet-ipxe,tag:!ggnet-efi,undionly.kpxe" in lines
+    assert "dhcp-boot=tag:ggnet-ipxe,boot.ipxe" in lines
+    assert "tftp-root=/srv/ggnet/tftp" in lines and "enable-tftp" in lines
+    assert await dnsmasq.test_config(text) is True
+
+
+@needs_dnsmasq
+async def test_reservations_only_and_snponly_accepted_by_dnsmasq() -> None:
+    text = dnsmasq.render(options("full", uefi_binary="snponly.efi"), HOSTS)
+    assert "dhcp-range=192.168.1.0,static,255.255.255.0,12h" in text
+    assert "tag:ggnet-secure,snponly-shim.efi" in text
+    assert await dnsmasq.test_config(text) is True
+
+
+@needs_dnsmasq
+async def test_dnsmasq_test_really_refuses_a_broken_file() -> None:
+    """The check is only worth something if dnsmasq --test says no to a bad file."""
+    text = dnsmasq.render(options("proxy"), HOSTS) + "dhcp-range=not-an-address,proxy\n"
+    with pytest.raises(Invalid, match="dnsmasq refused the configuration"):
+        await dnsmasq.test_config(text)
+
+
+@pytest.mark.parametrize("change, field", [
+    (dict(interface="eth0\ndhcp-script=/bin/sh"), "interface"),
+    (dict(interface="eth0,lo"), "interface"),
+    (dict(interface="eth0 #"), "interface"),
+    (dict(tftp_root=Path("/srv/tftp\nenable-ra")), "tftp_root"),
+    (dict(tftp_root=Path("/srv/tftp,eth0")), "tftp_root"),
+    (dict(tftp_root=Path("/srv/my tftp")), "tftp_root"),
+    (dict(tftp_root=Path("relative/tftp")), "tftp_root"),
+    (dict(subnet="192.168.1.0/24\nport=53"), "subnet"),
+    (dict(subnet="192.168.1.0/31"), "subnet"),
+    (dict(mode="full", range="192.168.2.1-192.168.2.9"), "range"),
+    (dict(mode="full", range="192.168.1.50-192.168.1.10"), "range"),
+    (dict(mode="full", router="192.168.1.1\ndhcp-script=/bin/sh"), "router"),
+    (dict(mode="full", dns=["1.1.1.1,8.8.8.8"]), "dns"),
+    (dict(range="192.168.1.100-192.168.1.200"), "range"),  # proxy mode has no pool
+    (dict(uefi_binary="../../etc/shadow"), "uefi_binary"),
+    (dict(mode="both"), "mode"),
+])
+def test_unsafe_options_are_refused(change: dict[str, object], field: str) -> None:
+    values: dict[str, object] = dict(mode="proxy", tftp_root=TFTP, subnet="192.168.1.0/24")
+    values.update(change)
+    with pytest.raises(Invalid) as refused:
+        dnsmasq.parse_options(**values)  # type: ignore[arg-type]
+    assert field in refused.value.errors, refused.value.errors
+
+
+@pytest.mark.parametrize("host", [
+    Host("pc01,x", "52:54:00:aa:00:01", None),
+    Host("pc01\ndhcp-script=/bin/sh", "52:54:00:aa:00:01", None),
+    Host("pc01#", "52:54:00:aa:00:01", None),
+    Host("pc01", "52:54:00:aa:00:01,192.168.1.9", None),
+    Host("pc01", "52:54:00:aa:00:01", "192.168.1.21\nport=53"),
+    Host("pc01", "52:54:00:aa:00:01", "10.0.0.5"),  # outside the subnet: the reservation would never apply
+    Host("pc01", "52:54:00:aa:00:01", None, "uefi,set:x"),
+])
+def test_unsafe_hosts_are_refused(host: Host) -> None:
+    with pytest.raises(Invalid):
+        dnsmasq.render(full_options(), [host])
+
+
+# --- the service and the command ----------------------------------------------------------
+
+
+async def _machines(core: Core, admin: Actor) -> None:
+    await machines.add_machine(core, admin, name="pc01", mac="52:54:00:aa:00:01", ip="192.168.1.21")
+    await machines.add_machine(core, admin, name="pc02", mac="52:54:00:aa:00:02", boot_mode="uefi-secure")
+
+
+@needs_dnsmasq
+async def test_write_dnsmasq_config_from_the_database(core: Core, admin: Actor, operator: Actor, tmp_path: Path) -> None:
+    await _machines(core, admin)
+    out = tmp_path / "etc" / "ggnet-dnsmasq.conf"
+    written = await boot.write_dnsmasq_config(core, operator, out, mode="full", subnet="192.168.1.0/24")
+    assert written.tested and written.machines == 2
+    text = out.read_text()
+    assert "dhcp-host=52:54:00:aa:00:01,192.168.1.21,pc01" in text
+    assert "dhcp-host=52:54:00:aa:00:02,set:ggnet-secure,pc02" in text
+    assert f"tftp-root={core.settings.tftp_root}" in text
+    assert out.stat().st_mode & 0o777 == 0o644 and sorted(p.name for p in out.parent.iterdir()) == [out.name]
+    async with core.db.session() as session:
+        events = (await session.execute(select(AuditEvent).where(AuditEvent.action == "boot.dnsmasq"))).scalars().all()
+    assert [e.object_name for e in events] == [str(out)]
+
+
+async def test_viewer_may_print_but_not_write(core: Core, admin: Actor, viewer: Actor, tmp_path: Path) -> None:
+    await _machines(core, admin)
+    text = await boot.dnsmasq_config(core, viewer, mode="proxy", subnet="192.168.1.0/24")
+    assert "dhcp-host=52:54:00:aa:00:02,set:ggnet-secure" in text
+    with pytest.raises(PermissionDenied):
+        await boot.write_dnsmasq_config(core, viewer, tmp_path / "x.conf", mode="proxy", subnet="192.168.1.0/24")
+    assert not (tmp_path / "x.conf").exists()
+
+
+@needs_dnsmasq
+def test_cli_boot_commands(tmp_path: Path) -> None:
+    from .test_cli import ADMIN_PW, as_admin, ggnet_env, ok, one_error, run_ggnet
+
+    env = ggnet_env(tmp_path, GGNET_BOOT_ADDRESS="192.168.1.2")
+    ok(run_ggnet(["init", "--admin", "admin"], env, GGNET_NEW_PASSWORD=ADMIN_PW))
+    ok(as_admin(["machine", "add", "pc01", "--mac", "52:54:00:aa:00:01", "--ip", "192.168.1.21"], env))
+
+    rendered = ok(as_admin(["boot", "render"], env)).stdout
+    assert "2 written" in rendered
+    tftp = tmp_path / "data" / "tftp"
+    assert "no image is assigned to pc01" in (tftp / "52-54-00-aa-00-01.ipxe").read_text()
+
+    conf = tmp_path / "dnsmasq.conf"
+    wrote = ok(as_admin(["boot", "dnsmasq", "--mode", "proxy", "--subnet", "192.168.1.0/24", "--interface", "eth1",
+                         "--output", str(conf)], env)).stdout
+    assert "checked with dnsmasq --test" in wrote and "interface=eth1" in conf.read_text()
+
+    one_error(as_admin(["boot", "dnsmasq", "--mode", "proxy", "--subnet", "192.168.1.0/24",
+                        "--interface", "eth1\ndhcp-script=/bin/sh"], env), "interface")
