@@ -67,6 +67,12 @@ class Settings(BaseSettings):
         if self.tftp_root is None:
             self.tftp_root = self.data_dir / "tftp"
         self.portal_address  # refuse a malformed GGNET_PORTAL when settings are read
+        from .validation import normalize_iqn
+
+        try:
+            self.iqn_base = normalize_iqn(self.iqn_base)
+        except ValueError as exc:
+            raise ValueError(f"iqn_base: {exc}") from None
         return self
 
     @property

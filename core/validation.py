@@ -175,7 +175,7 @@ def shown(value: object, limit: int = 64) -> str:
 # rtslib-fb's own check: anything it refuses we refuse first
 _RTSLIB_IQN = re.compile(r"iqn\.[0-9]{4}-[0-1][0-9]\..*\..*")
 _RFC3720_IQN = re.compile(
-    r"^iqn\.([0-9]{4})-([0-9]{2})\.[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)+(:[a-z0-9.:_-]+)?\Z"
+    r"^iqn\.([0-9]{4})-([0-9]{2})\.[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)+(:[a-z0-9.:-]+)?\Z"
 )
 
 
@@ -187,7 +187,7 @@ def normalize_iqn(value: str) -> str:
     if not match or not _RTSLIB_IQN.match(text):
         raise ValueError(
             "must look like iqn.YYYY-MM.reversed.domain[:suffix], e.g. iqn.2024-01.lan.ggnet:pc01 "
-            "(lower-case letters, digits, '.', '-', ':' and '_')"
+            "(lower-case letters, digits, '.', '-' and ':'; LIO refuses '_')"
         )
     month = int(match.group(2))
     if not 1 <= month <= 12:

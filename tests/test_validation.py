@@ -134,6 +134,7 @@ def test_iqn_rfc3720_and_rtslib(given: str) -> None:
         ("eui.02004567a425678d", "iqn.YYYY-MM.reversed.domain"),
         ("iqn.2024-01.lan.ggnet:pc 01", "iqn.YYYY-MM.reversed.domain"),
         ("iqn.2024-01.lan.gg_net", "iqn.YYYY-MM.reversed.domain"),
+        ("iqn.2024-01.lan.ggnet:pc_01", "iqn.YYYY-MM.reversed.domain"),  # rtslib refuses '_' (WWN not valid)
         ("iqn.2024-01.lan.ggnet:" + "a" * 210, "at most 223 bytes"),
         ("iqn.٢٠٢٤-01.lan.ggnet", "iqn.YYYY-MM.reversed.domain"),  # Arabic-Indic digits
     ],
