@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import socket
 import sys
@@ -121,6 +122,8 @@ class GgnetApp(App[int]):
         self.db_kind = core.db.kind
         self.backend_text = "not checked yet"
         self.backend_ok: bool | None = None
+        self.backend_detail = ""
+        self.disk_usage = shutil.disk_usage  # replaced in snapshot tests: free space differs per machine
         self.actor: Any = None
         self.locked = False
         self.busy = 0
@@ -297,12 +300,13 @@ class GgnetApp(App[int]):
             backend, health = await self.core.target_backend()
             if backend is not None:
                 health = await backend.health()
-            name = backend.name if backend is not None else "none"
-            self.backend_ok = health.ok
-            self.backend_text = f"{name} {'ok' if health.ok else 'DOWN'}"
+            self.backend_ok = health.ok and backend is not None
+            self.backend_text = f"{backend.name} {'ok' if health.ok else 'DOWN'}" if backend is not None else "unavailable"
+            self.backend_detail = health.detail
         except (ImportError, GgnetError, OSError) as exc:
             self.backend_ok = False
-            self.backend_text = "not available"
+            self.backend_text = "unavailable"
+            self.backend_detail = str(exc)
             get_logger().info("target stack not available", reason=str(exc))
         self.refresh_header()
 

@@ -109,6 +109,8 @@ def bindings(*scopes: str) -> list[Binding]:
         action = c.action.removeprefix("screen.")
         display = {"question_mark": "?", "slash": "/", "space": "space", "right_square_bracket": "]",
                    "left_square_bracket": "["}.get(c.key.split(",")[0])
+        if display is None and "," in c.key:
+            display = c.key.split(",")[0]
         result.append(Binding(c.key, action, c.label, show=c.show, id=c.id, key_display=display))
     return result
 

@@ -49,7 +49,7 @@ class AuditScreen(TableScreen):
 
     def __init__(self) -> None:
         super().__init__()
-        self.offset = 0
+        self.page_offset = 0
         self.total = 0
         self.query_values: dict[str, str] = {k: "" for k in QUERY_FIELDS}
         self.events: dict[str, Any] = {}
@@ -64,7 +64,7 @@ class AuditScreen(TableScreen):
         }
 
     async def fetch(self) -> Any:
-        return await audit_service.list_events(self.core, self.actor, limit=PAGE, offset=self.offset,
+        return await audit_service.list_events(self.core, self.actor, limit=PAGE, offset=self.page_offset,
                                                **self._filters(self.query_values))
 
     def show(self, data: Any) -> None:
@@ -75,14 +75,14 @@ class AuditScreen(TableScreen):
             "object": e.object_name or e.object_type or "-", "outcome": status(e.outcome), "detail": e.detail or "",
         }) for e in events]
         self.set_rows(rows)
-        last = min(self.offset + PAGE, self.total)
-        self.sub_title = f"events {self.offset + 1 if self.total else 0}-{last} of {self.total}"
-        self.set_notice(f"Events {self.offset + 1 if self.total else 0}-{last} of {self.total}  ([ newer, ] older, f query, Enter details)")
+        last = min(self.page_offset + PAGE, self.total)
+        self.sub_title = f"events {self.page_offset + 1 if self.total else 0}-{last} of {self.total}"
+        self.set_notice(f"Events {self.page_offset + 1 if self.total else 0}-{last} of {self.total}  ([ newer, ] older, f query, Enter details)")
 
     def action_page(self, step: int) -> None:
-        new = self.offset + step * PAGE
+        new = self.page_offset + step * PAGE
         if 0 <= new < max(self.total, 1):
-            self.offset = new
+            self.page_offset = new
             self.action_refresh_now()
 
     def action_query(self) -> None:
@@ -93,7 +93,7 @@ class AuditScreen(TableScreen):
         def done(values: Any) -> None:
             if values and values is not True:
                 self.query_values = values
-                self.offset = 0
+                self.page_offset = 0
                 self.action_refresh_now()
 
         labels = {"actor_name": "Actor", "action": "Action", "object_name": "Object", "since": "Since", "until": "Until"}

@@ -29,6 +29,7 @@ class GgnetScreen(Screen):
         self._fetching = False
         self._again = False
         self._active = False
+        self.refreshes = 0  # completed fetches (tests wait on it)
 
     @property
     def core(self) -> Any:
@@ -90,13 +91,19 @@ class GgnetScreen(Screen):
         except Exception as exc:  # logged with an incident id; never a traceback on screen
             self.unavailable(self.app.incident(exc))  # type: ignore[attr-defined]
         finally:
+            self.refreshes += 1
             self._fetching = False
             if self._active and self.REFRESH:
-                if self._again:
+                if self._again:  # someone asked while this fetch ran: one more, right away
                     self._again = False
-                    self.call_later(self.action_refresh_now)
+                    self.action_refresh_now()
                 else:  # re-armed after each fetch, so fetches never overlap
                     self._timer = self.set_timer(self.app.refresh_seconds, self.action_refresh_now)  # type: ignore[attr-defined]
+
+    @property
+    def settled(self) -> bool:
+        """No fetch running or asked for (tests wait on it)."""
+        return not self._fetching and not self._again
 
     async def fetch(self) -> Any:
         return None

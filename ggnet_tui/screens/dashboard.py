@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from collections import Counter
 from typing import Any
 
@@ -53,9 +52,13 @@ class DashboardScreen(GgnetScreen):
         data["events"], _ = await audit_service.list_events(core, actor, limit=8)
         data["sessions"], data["sessions_error"] = await self._optional("sessions", "list_sessions", actor, live_state=False)
         data["images"], data["images_error"] = await self._optional("images", "list_images", actor)
-        data["drift"], data["drift_error"] = await self._optional("targets", "find_drift")
+        data["drift"], data["drift_error"] = None, None
+        data["targets"] = None
+        if self.app.backend_ok:  # type: ignore[attr-defined]
+            data["drift"], data["drift_error"] = await self._optional("targets", "find_drift")
+            data["targets"], _ = await self._optional("targets", "list_targets", actor)
         try:
-            usage = shutil.disk_usage(core.settings.data_dir if core.settings.data_dir.exists() else "/")
+            usage = self.app.disk_usage(core.settings.data_dir if core.settings.data_dir.exists() else "/")  # type: ignore[attr-defined]
             data["disk"] = (usage.free, usage.total)
         except OSError:
             data["disk"] = None
@@ -66,15 +69,18 @@ class DashboardScreen(GgnetScreen):
         states = Counter(statuses[m.name].state if m.name in statuses else "offline" for m in data["machines"])
         sessions = data["sessions"] or []
         by_state = Counter(s.state for s in sessions)
-        counts = Table.grid(padding=(0, 2))
-        counts.add_column(justify="right")
-        counts.add_column()
-        counts.add_row(Text("Machines", style="bold"), str(len(data["machines"])))
-        for state in ("booted", "booting", "online", "offline"):
-            counts.add_row(status(state), str(states.get(state, 0)))
-        counts.add_row(Text("Sessions", style="bold"),
-                       "-" if data["sessions"] is None else f"{by_state.get('active', 0)} active, {by_state.get('error', 0)} failed")
-        counts.add_row(Text("Images", style="bold"), "-" if data["images"] is None else str(len(data["images"])))
+        counts = Table.grid(padding=(0, 1))
+        for justify in ("right", "left", "right", "left"):
+            counts.add_column(justify=justify)
+        sessions_text = "-" if data["sessions"] is None else str(by_state.get("active", 0))
+        failed_text = "-" if data["sessions"] is None else str(by_state.get("error", 0))
+        images_text = "-" if data["images"] is None else str(len(data["images"]))
+        targets_text = "-" if data["targets"] is None else str(len(data["targets"]))
+        counts.add_row(Text("Machines", style="bold"), str(len(data["machines"])), Text("Sessions", style="bold"), sessions_text)
+        counts.add_row(status("booted"), str(states.get("booted", 0)), status("failed"), failed_text)
+        counts.add_row(status("booting"), str(states.get("booting", 0)), Text("Images", style="bold"), images_text)
+        counts.add_row(status("online"), str(states.get("online", 0)), Text("Targets", style="bold"), targets_text)
+        counts.add_row(status("offline"), str(states.get("offline", 0)), "", "")
         self.query_one("#counts", Static).update(counts)
 
         app = self.app
@@ -92,7 +98,7 @@ class DashboardScreen(GgnetScreen):
                           style="red" if free < total * LOW_DISK_FRACTION else "")
         self.query_one("#health", Static).update(health)
 
-        alerts = Text()
+        alerts = Text(no_wrap=True, overflow="ellipsis")
         alerts.append("Alerts\n", style="bold")
         lines = []
         if data["drift"]:
@@ -106,9 +112,12 @@ class DashboardScreen(GgnetScreen):
             if data[key]:
                 lines.append((data[key], "yellow"))
         if app.backend_ok is False:  # type: ignore[attr-defined]
-            lines.append((f"Target stack: {app.backend_text}", "yellow"))  # type: ignore[attr-defined]
-        for line, style in lines[:6] or [("None.", "green")]:
-            alerts.append(f"{line}\n", style=style)
+            lines.insert(0, (f"Target stack {app.backend_text}: {app.backend_detail}", "yellow"))  # type: ignore[attr-defined]
+        width = max(self.size.width - 4, 20)
+        for line, style in lines[:3] or [("None.", "green")]:
+            line = " ".join(str(line).split())
+            alerts.append((line if len(line) <= width else line[: width - 3] + "...") + "\n", style=style)
+        alerts.rstrip()
         self.query_one("#alerts", Static).update(alerts)
 
         recent = Table(title="Latest audit events", title_justify="left", expand=True, box=None, padding=(0, 1))

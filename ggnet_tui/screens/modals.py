@@ -182,7 +182,7 @@ class HelpScreen(ModalScreen[None]):
         with VerticalScroll(classes="dialog"):
             yield Label(f"Keys: {self.title_text}", classes="dialog-title")
             yield Static(lines)
-            yield Static("Esc closes. Remap keys in the config file: [keys] \"machines.add\" = \"n\"", classes="dim")
+            yield Static(Text('Esc closes. Remap keys in the config file: [keys] "machines.add" = "n"'), classes="dim")
 
     def action_close(self) -> None:
         self.dismiss(None)

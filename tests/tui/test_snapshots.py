@@ -1,0 +1,245 @@
+"""Screenshots of every screen and dialog at 80x24 and 120x40, on deterministic data:
+fixed timestamps in the database, a frozen clock, a fixed host name and free space, no
+target stack, no cursor blink, no animation, no toasts, isolated XDG directories (conftest).
+
+Update after an intended change with: pytest tests/tui/test_snapshots.py --snapshot-update
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Awaitable, Callable
+
+import pytest
+from sqlalchemy import text
+
+from core.context import Core
+from core.models import Role
+from core.services import images, machines
+from tests.conftest import make_database_url, make_settings, make_user
+from tests.tui.helpers import FROZEN, PASSWORD, FakeProbe, fill, log_in, make_app, quiet, wait_for
+
+SIZES = [pytest.param((80, 24), id="80x24"), pytest.param((120, 40), id="120x40")]
+IMPORT_DIR = Path("/tmp/ggnet-snapshot-files")  # a fixed path: the file picker shows it
+LOG_LINES = [
+    '{"event": "audit", "operation": "auth.login", "actor": "root-admin", "level": "info", "timestamp": "2026-03-14T09:30:00Z"}',
+    '{"event": "permission denied", "reason": "viewer \'vera\' may not manage machines", "level": "warning", "timestamp": "2026-03-14T09:31:00Z"}',
+    '{"event": "unexpected error in the console", "incident": "1a2b3c4d", "level": "error", "timestamp": "2026-03-14T09:32:00Z"}',
+]
+
+
+def _settings(tmp_path: Path, template_root: Path, seed: bool) -> Any:
+    url, _ = asyncio.run(make_database_url("sqlite", tmp_path, template_root))
+    settings = make_settings(tmp_path, url, refresh_seconds=600, idle_lock_minutes=0)
+    log = tmp_path / "console.log"
+    log.write_text("\n".join(LOG_LINES) + "\n")
+    settings.log_file = log  # what the Logs screen shows; the test run logs elsewhere
+
+    async def fill_database() -> None:
+        core = Core.open(settings)
+        admin = await make_user(core, "root-admin", Role.ADMIN)
+        await make_user(core, "oscar", Role.OPERATOR)
+        for i, (mode, ip) in enumerate([("bios", "10.0.0.21"), ("uefi", "10.0.0.22"), ("uefi-secure", None),
+                                         ("bios", "10.0.0.24"), ("uefi", "10.0.0.25")], start=1):
+            await machines.add_machine(core, admin, name=f"pc0{i}", mac=f"52:54:00:aa:00:0{i}", ip=ip, boot_mode=mode)
+        disk = tmp_path / "win11.raw"
+        subprocess.run(["qemu-img", "create", "-q", "-f", "raw", str(disk), "4M"], check=True)
+        await images.import_image(core, admin, disk, name="win11")
+        await images.assign_image(core, admin, "pc01", "win11")
+        await core.close()
+
+    if seed:
+        asyncio.run(fill_database())
+    return settings
+
+
+@pytest.fixture
+def seeded(tmp_path: Path, template_root: Path) -> Any:
+    return _settings(tmp_path, template_root, seed=True)
+
+
+@pytest.fixture
+def empty(tmp_path: Path, template_root: Path) -> Any:
+    return _settings(tmp_path, template_root, seed=False)
+
+
+async def freeze_times(core: Core) -> None:
+    """Every stored timestamp to the frozen clock, so screens show the same dates every run."""
+    at = FROZEN.replace(tzinfo=None).isoformat(sep=" ")
+    async with core.db.transaction() as session:
+        for statement in (
+            "UPDATE users SET created_at=:t, updated_at=:t, last_login_at=:t",
+            "UPDATE machines SET created_at=:t, updated_at=:t",
+            "UPDATE images SET created_at=:t, updated_at=:t",
+            "UPDATE image_versions SET created_at=:t",
+            "UPDATE audit_events SET at=:t",
+        ):
+            await session.execute(text(statement), {"t": at})
+
+
+def console(settings: Any) -> Any:
+    app = make_app(Core.open(settings), FakeProbe({"pc02", "pc04"}))
+    app.disk_usage = lambda _path: SimpleNamespace(free=40 * 2**30, total=100 * 2**30)
+    return app
+
+
+def logged_in(mode: str, then: Callable[[Any], Awaitable[None]] | None = None) -> Callable[[Any], Awaitable[None]]:
+    async def run_before(pilot: Any) -> None:
+        app = pilot.app
+        await log_in(pilot, "root-admin")
+        await wait_for(pilot, lambda: app.actor and app.monitor.polled_at)
+        await freeze_times(app.core)
+        await app.action_go(mode)
+        screen = app.screen
+        done = screen.refreshes
+        screen.action_refresh_now()
+        await wait_for(pilot, lambda: screen.refreshes > done and screen.settled)
+        if then is not None:
+            await then(pilot)
+        await pilot.pause()
+        quiet(app)
+
+    return run_before
+
+
+def snap(snap_compare: Any, settings: Any, size: tuple[int, int], run_before: Any) -> None:
+    app = console(settings)
+    assert snap_compare(app, terminal_size=size, run_before=run_before)
+
+
+async def _settled(pilot: Any) -> None:
+    await pilot.pause()
+    quiet(pilot.app)
+
+
+# --- screens -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_first_run(snap_compare, empty, size):
+    async def run_before(pilot: Any) -> None:
+        await wait_for(pilot, lambda: type(pilot.app.screen).__name__ == "FirstRunScreen")
+        await _settled(pilot)
+
+    snap(snap_compare, empty, size, run_before)
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_login_refused(snap_compare, seeded, size):
+    async def run_before(pilot: Any) -> None:
+        await log_in(pilot, "root-admin", "not-the-password")
+        await wait_for(pilot, lambda: "wrong" in str(pilot.app.screen.query_one("#message").render()))
+        await _settled(pilot)
+
+    snap(snap_compare, seeded, size, run_before)
+
+
+@pytest.mark.parametrize("mode", ["dashboard", "machines", "images", "sessions", "targets", "users", "audit", "logs"])
+@pytest.mark.parametrize("size", SIZES)
+def test_screen(snap_compare, seeded, size, mode):
+    snap(snap_compare, seeded, size, logged_in(mode))
+
+
+# --- dialogs -------------------------------------------------------------------
+
+
+async def _press(pilot: Any, *keys: str, ready: str) -> None:
+    await pilot.press(*keys)
+    await wait_for(pilot, lambda: pilot.app.screen.query(ready))
+
+
+async def _add_form(pilot: Any) -> None:
+    await _press(pilot, "a", ready="#save")
+
+
+async def _edit_with_error(pilot: Any) -> None:
+    await _press(pilot, "e", ready="#save")
+    await fill(pilot, "#f-ip", "10.0.0.300")
+    await pilot.press("enter")
+    await wait_for(pilot, lambda: "hidden" not in pilot.app.screen.query_one("#e-ip").classes)
+
+
+async def _delete_marked(pilot: Any) -> None:
+    await pilot.press("space", "space")
+    await _press(pilot, "ctrl+d", ready="#yes")
+
+
+async def _help(pilot: Any) -> None:
+    await _press(pilot, "question_mark", ready=".dialog-title")
+
+
+async def _csv_preview(pilot: Any) -> None:
+    csv = IMPORT_DIR / "machines.csv"
+    IMPORT_DIR.mkdir(exist_ok=True)
+    csv.write_text("name,mac,ip\npc06,52:54:00:aa:00:06,10.0.0.26\npc07,nonsense,\npc01,52:54:00:aa:00:08,\n")
+    await _press(pilot, "c", ready="#path")
+    await fill(pilot, "#path", str(csv))
+    await pilot.press("enter")
+    await wait_for(pilot, lambda: "bad row" in str(pilot.app.screen.query_one("#report").render()))
+
+
+async def _palette(pilot: Any) -> None:
+    await _press(pilot, "ctrl+p", ready="CommandInput")
+    await pilot.press(*"wake")
+    await wait_for(pilot, lambda: pilot.app.screen.query_one("CommandList").option_count == 1)
+    await pilot.pause(0.3)
+
+
+async def _lock(pilot: Any) -> None:
+    pilot.app.action_lock()
+    await wait_for(pilot, lambda: pilot.app.screen.query("#password"))
+    await fill(pilot, "#password", "wrong-password-1")
+    await pilot.press("enter")
+    await wait_for(pilot, lambda: "wrong" in str(pilot.app.screen.query_one("#message").render()))
+
+
+async def _audit_event(pilot: Any) -> None:
+    await _press(pilot, "enter", ready=".dialog-title")
+
+
+async def _import_dialog(pilot: Any) -> None:
+    IMPORT_DIR.mkdir(exist_ok=True)
+    (IMPORT_DIR / "game.vhdx").write_bytes(b"")
+    pilot.app.import_root = IMPORT_DIR
+    await _press(pilot, "a", ready="#tree")
+    await pilot.pause(0.3)
+
+
+async def _confirm_stop_logged_in(pilot: Any) -> None:
+    from ggnet_tui.screens.modals import ConfirmScreen
+
+    pilot.app.push_screen(ConfirmScreen(
+        "The client of pc02 is still logged in: stopping cuts its disk off while it runs.",
+        yes="Stop anyway", type_to_confirm="pc02"))
+    await wait_for(pilot, lambda: pilot.app.screen.query("#word"))
+
+
+DIALOGS = {
+    "machine_add": ("machines", _add_form),
+    "machine_edit_error": ("machines", _edit_with_error),
+    "machine_delete_confirm": ("machines", _delete_marked),
+    "machine_help": ("machines", _help),
+    "machine_csv_preview": ("machines", _csv_preview),
+    "palette": ("machines", _palette),
+    "lock": ("dashboard", _lock),
+    "audit_event": ("audit", _audit_event),
+    "image_import": ("images", _import_dialog),
+    "session_stop_confirm": ("sessions", _confirm_stop_logged_in),
+}
+
+
+@pytest.mark.parametrize("dialog", list(DIALOGS))
+@pytest.mark.parametrize("size", SIZES)
+def test_dialog(snap_compare, seeded, size, dialog):
+    mode, action = DIALOGS[dialog]
+    snap(snap_compare, seeded, size, logged_in(mode, action))
+
+
+def test_linux_console_theme(snap_compare, seeded):
+    """TERM=linux: the 16-colour ANSI theme and no eighth-block glyphs."""
+    app = console(seeded)
+    app._linux_console = True
+    assert snap_compare(app, terminal_size=(80, 24), run_before=logged_in("machines"))
