@@ -83,7 +83,7 @@ def a_disk(core: Core) -> str:
     """A small raw disk beside the data directory, for the image operations."""
     path = core.settings.data_dir.parent / "disk.raw"
     if not path.exists():
-        path.write_bytes(b"ggnet" * 200_000)
+        path.write_bytes(b"ggnet".ljust(1 << 20, b"\0"))
     return str(path)
 
 

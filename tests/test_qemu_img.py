@@ -215,7 +215,7 @@ async def test_protocol_and_json_names_are_plain_file_names(tmp_path: Path, monk
     with pytest.raises(Invalid, match="does not exist"):
         await qemu_img.probe("nbd://127.0.0.1:10809/disk")
     # a real file with a protocol-looking name is read as that file, nothing else
-    (tmp_path / "nbd:disk").write_bytes(b"plain raw data" * 100)
+    (tmp_path / "nbd:disk").write_bytes(b"plain raw data".ljust(MiB, b"\0"))
     probed = await qemu_img.probe("nbd:disk")
     assert probed.format == "raw" and probed.path == tmp_path / "nbd:disk"
 
@@ -249,9 +249,10 @@ async def test_other_formats_and_non_files_are_refused(tmp_path: Path) -> None:
         await qemu_img.probe(qed)
     with pytest.raises(Invalid, match="not a regular file"):
         await qemu_img.probe(tmp_path)
-    (tmp_path / "empty").write_bytes(b"")
-    with pytest.raises(Invalid, match="virtual size 0"):
-        await qemu_img.probe(tmp_path / "empty")
+    for name, size in (("empty", 0), ("shadow", 900), ("almost", MiB - 512)):
+        (tmp_path / name).write_bytes(b"x" * size)
+        with pytest.raises(Invalid, match="too small to be a disk"):
+            await qemu_img.probe(tmp_path / name)
 
 
 async def test_free_space_is_checked_against_the_virtual_size(tmp_path: Path) -> None:

@@ -446,7 +446,7 @@ async def remove_image(core: Core, actor: Actor, name: str, version: int | None 
         pinned = sorted({m for names in (await _pinned_by(op.session, ids)).values() for m in names})
         if pinned:
             raise Conflict(f"image '{image.name}'" + (f" version {version}" if version else "")
-                           + f" is pinned by {_names(pinned)}; unpin them first (ggnet machine set NAME --unpin)")
+                           + f" is pinned by {_names(pinned)}; unpin first (ggnet machine set NAME --unpin)")
         if version is None:
             assigned = (await _assigned_to(op.session, [image.id])).get(image.id, [])
             if assigned:
@@ -462,8 +462,8 @@ async def remove_image(core: Core, actor: Actor, name: str, version: int | None 
                 others = [str(v.number) for v in versions if v.id != target.id]
                 if others:
                     raise Conflict(f"version {version} is the active version of image '{image.name}'; activate "
-                                   f"another one first (versions {', '.join(others)}: "
-                                   f"ggnet image activate {image.name} {others[-1]})")
+                                   f"another one first (version {' or '.join(others)}), e.g. "
+                                   f"ggnet image activate {image.name} {others[-1]}")
                 raise Conflict(f"version {version} is the only version of image '{image.name}'; "
                                f"remove the whole image instead (ggnet image rm {image.name})")
             before = snapshot(target)

@@ -37,6 +37,7 @@ INFO_TIMEOUT = 60.0
 CHECK_TIMEOUT = 600.0
 # conversion has no total limit (a 500 GiB image takes long); it fails when qemu-img stays silent this long
 CONVERT_STALL_TIMEOUT = 900.0
+MIN_VIRTUAL_SIZE = 1 << 20
 
 # qemu's driver name -> the name operators know
 FORMATS = {"vpc": "vhd", "vhdx": "vhdx", "vmdk": "vmdk", "qcow2": "qcow2", "vdi": "vdi", "raw": "raw"}
@@ -279,8 +280,9 @@ async def probe(path: str | Path) -> ProbedImage:
         _check_extents(real, found.extents)
     if found.corrupt:
         raise Invalid("file", "is marked corrupt by qemu-img; repair it before importing")
-    if found.virtual_size <= 0:
-        raise Invalid("file", "is an empty disk (virtual size 0)")
+    if found.virtual_size < MIN_VIRTUAL_SIZE:
+        # no system fits; and it keeps small files that are not disks (a key, a password file) out
+        raise Invalid("file", f"is too small to be a disk ({found.virtual_size} bytes; at least 1 MiB)")
     if kind in CHECKABLE:
         result = await check(real, kind)
         if not result.ok:
