@@ -247,8 +247,9 @@ async def test_other_formats_and_non_files_are_refused(tmp_path: Path) -> None:
     qemu("create", "-f", "qed", str(qed), "1M")
     with pytest.raises(Invalid, match="qed format"):
         await qemu_img.probe(qed)
-    with pytest.raises(Invalid, match="not a regular file"):
-        await qemu_img.probe(tmp_path)
+    for special in (tmp_path, Path("/dev/zero"), Path("/proc/self/environ")):
+        with pytest.raises(Invalid, match="not a regular file"):
+            await qemu_img.probe(special)
     for name, size in (("empty", 0), ("shadow", 900), ("almost", MiB - 512)):
         (tmp_path / name).write_bytes(b"x" * size)
         with pytest.raises(Invalid, match="too small to be a disk"):

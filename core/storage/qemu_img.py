@@ -229,6 +229,10 @@ class ProbedImage:
         return self.info.format
 
 
+# kernel views that look like regular files (/proc/kcore is one, and huge)
+_PSEUDO_FS = ("/proc/", "/sys/", "/dev/")
+
+
 def _regular_file(path: str | Path) -> Path:
     text = os.fspath(path)
     if not text:
@@ -240,7 +244,7 @@ def _regular_file(path: str | Path) -> Path:
         raise Invalid("file", f"{text} does not exist") from None
     except OSError as exc:
         raise Invalid("file", f"cannot read {text}: {exc.strerror}") from None
-    if not stat.S_ISREG(st.st_mode):
+    if not stat.S_ISREG(st.st_mode) or str(real).startswith(_PSEUDO_FS):
         raise Invalid("file", f"{text} is not a regular file")
     if not os.access(real, os.R_OK):
         raise Invalid("file", f"cannot read {text}: permission denied")
