@@ -1,0 +1,105 @@
+"""The real `ggnet` process in a real terminal (tmux): log in, add a machine, see it, quit."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from core.models import Role
+from core.services import machines
+from tests.conftest import make_user
+from tests.tui.helpers import PASSWORD
+
+pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed (scripts/test.sh installs it)")
+
+
+class Tmux:
+    def __init__(self, tmp_path: Path) -> None:
+        self.socket = f"ggnet-test-{uuid.uuid4().hex[:8]}"
+        self.session = "console"
+        self.tmp_path = tmp_path
+
+    def run(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["tmux", "-L", self.socket, *args], capture_output=True, text=True, timeout=10)
+
+    def keys(self, *keys: str) -> None:
+        self.run("send-keys", "-t", self.session, *keys)
+        time.sleep(0.3)  # let the console move focus before the next keys (a person types slower)
+
+    def text(self, *keys: str) -> None:
+        self.run("send-keys", "-t", self.session, "-l", *keys)
+        time.sleep(0.3)
+
+    def screen(self) -> str:
+        return self.run("capture-pane", "-p", "-t", self.session).stdout
+
+    def alive(self) -> bool:
+        return self.run("has-session", "-t", self.session).returncode == 0
+
+    def wait_for(self, needle: str, tries: int = 100) -> str:
+        for _ in range(tries):
+            shown = self.screen()
+            if needle in shown:
+                return shown
+            time.sleep(0.1)
+        raise AssertionError(f"{needle!r} never appeared; the terminal shows:\n{self.screen()}")
+
+    def kill(self) -> None:
+        self.run("kill-server")
+
+
+async def test_log_in_add_machine_quit(sqlite_core, tmp_path: Path):
+    core = sqlite_core
+    admin = await make_user(core, "root-admin", Role.ADMIN)
+    env = {
+        "PATH": os.environ["PATH"],
+        "HOME": str(tmp_path),
+        "TERM": "xterm-256color",
+        "XDG_CONFIG_HOME": str(tmp_path / "config"),
+        "GGNET_DATA_DIR": str(core.settings.data_dir),
+        "GGNET_DATABASE_URL": core.settings.database_url,
+        "GGNET_LOG_FILE": str(tmp_path / "console.log"),
+        "GGNET_REFRESH_SECONDS": "0.5",
+        "GGNET_TGT_CONTROL_PORT": "65000",  # a port no tgtd listens on: never touch a system tgtd
+    }
+    ggnet = str(Path(sys.executable).parent / "ggnet")
+    command = " ".join(f"{k}='{v}'" for k, v in env.items()) + f" {ggnet}"
+    term = Tmux(tmp_path)
+    try:
+        term.run("new-session", "-d", "-s", term.session, "-x", "80", "-y", "24", f"env -i {command}")
+        term.run("set-option", "-t", term.session, "remain-on-exit", "failed")  # keep a crash on screen
+        term.wait_for("Log in to ggnet")
+        term.text("root-admin")
+        term.keys("Enter")
+        term.text(PASSWORD)
+        term.keys("Enter")
+        shown = term.wait_for("Dashboard")
+        assert "root-admin (admin)" in shown and "SQLite" in shown
+        term.keys("2")
+        term.wait_for("Name")
+        term.keys("a")
+        term.wait_for("Add a machine")
+        term.text("pc01")
+        term.keys("Tab")
+        term.text("5254.00aa.0001")
+        term.keys("Enter")
+        shown = term.wait_for("Machine pc01 added")
+        row = next(line for line in shown.splitlines() if line.strip().startswith("pc01"))
+        assert "offline" in row
+        term.keys("q")
+        for _ in range(300):
+            if not term.alive():
+                break
+            time.sleep(0.1)
+        status = term.run("display-message", "-p", "-t", term.session, "#{pane_dead_status}").stdout
+        assert not term.alive(), f"exit status {status}; log: {(tmp_path / 'console.log').read_text()[-2000:]}"
+    finally:
+        term.kill()
+    assert [m.name for m in await machines.list_machines(core, admin)] == ["pc01"]
