@@ -4,6 +4,7 @@ and the `ggnet boot dnsmasq` command."""
 from __future__ import annotations
 
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -174,3 +175,102 @@ def test_cli_boot_commands(tmp_path: Path) -> None:
 
     one_error(as_admin(["boot", "dnsmasq", "--mode", "proxy", "--subnet", "192.168.1.0/24",
                         "--interface", "eth1\ndhcp-script=/bin/sh"], env), "interface")
+
+
+# --- for real: dnsmasq serving ggnet's configuration to diskless iPXE clients -----------------
+
+
+def _network_unavailable() -> str | None:
+    import os
+
+    from tests.e2e import qemu_client
+
+    if os.geteuid() != 0:
+        return "creating a bridge and tap devices needs root"
+    if not Path("/dev/net/tun").exists() or shutil.which("ip") is None:
+        return "no /dev/net/tun or no ip command"
+    if shutil.which("dnsmasq") is None and not Path("/usr/sbin/dnsmasq").exists():
+        return "dnsmasq is not installed"
+    return qemu_client.available()
+
+
+def _ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True, timeout=30)
+
+
+@pytest.mark.e2e
+async def test_full_mode_serves_real_ipxe_clients(sqlite_core: Core, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """ggnet's full-mode file run by a real dnsmasq on a bridge: a registered iPXE client gets its
+    reservation, boot.ipxe and then its own script over dnsmasq's TFTP; an unregistered one gets an
+    address from the pool and is told it is not registered."""
+    import asyncio
+    import secrets
+
+    from tests.conftest import make_user
+    from tests.e2e import qemu_client
+    from tests.e2e.qemu_client import ClientSpec
+
+    why = _network_unavailable()
+    if why:
+        pytest.skip(why)
+    tag = secrets.token_hex(3)
+    bridge, taps = f"ggbr{tag}", {"52:54:00:77:00:01": f"ggta{tag}", "52:54:00:77:00:99": f"ggtb{tag}"}
+    sqlite_core.settings.tftp_root = tmp_path / "tftp"
+    admin = await make_user(sqlite_core, "root-admin", "admin")
+    await machines.add_machine(sqlite_core, admin, name="pc01", mac="52:54:00:77:00:01", ip="192.168.77.21")
+    await boot.render_boot_files(sqlite_core, admin)
+    conf = tmp_path / "dnsmasq.conf"
+    written = await boot.write_dnsmasq_config(sqlite_core, admin, conf, mode="full", subnet="192.168.77.0/24",
+                                              interface=bridge, range="192.168.77.100-192.168.77.150")
+    assert written.tested
+
+    original = qemu_client.qemu_command
+
+    def on_tap(spec: ClientSpec, *rest: Path) -> list[str]:
+        command = original(spec, *rest)
+        at = command.index("-nic")
+        command[at + 1] = f"tap,ifname={taps[spec.mac]},script=no,downscript=no,model=e1000,mac={spec.mac}"
+        return command
+
+    monkeypatch.setattr(qemu_client, "qemu_command", on_tap)
+    log = tmp_path / "dnsmasq.log"
+    dnsmasq_proc = None
+    try:
+        _ip("link", "add", bridge, "type", "bridge")
+        _ip("addr", "add", "192.168.77.1/24", "dev", bridge)
+        _ip("link", "set", bridge, "up")
+        for tap in taps.values():
+            _ip("tuntap", "add", "dev", tap, "mode", "tap")
+            _ip("link", "set", tap, "master", bridge)
+            _ip("link", "set", tap, "up")
+        # as root dnsmasq's TFTP serves only world-readable files: the 0644 scripts must get through
+        dnsmasq_proc = await asyncio.create_subprocess_exec(
+            "dnsmasq", "--keep-in-foreground", f"--conf-file={conf}", "--user=root", "--pid-file=",
+            f"--dhcp-leasefile={tmp_path / 'leases'}", f"--log-facility={log}",
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        )
+        for _ in range(100):
+            if log.exists() and "TFTP root is" in log.read_text():
+                break
+            await asyncio.sleep(0.05)
+        # the screen copy wraps at 80 columns: each phrase waited for fits on the first line
+        no_image = "GGNET-NO-SESSION: no image is assigned to pc01"
+        unknown = "GGNET-CHAIN-FAILED: could not load 52-54-00-77-00-99.ipxe"
+        registered, stranger = await qemu_client.boot_clients([
+            ClientSpec(tmp_path / "pc01", "52:54:00:77:00:01", tmp_path / "tftp",
+                       fail=(no_image, "GGNET-CHAIN-FAILED", "GGNET-SANBOOT-FAILED"), timeout=90),
+            ClientSpec(tmp_path / "stranger", "52:54:00:77:00:99", tmp_path / "tftp",
+                       fail=(unknown, "GGNET-NO-SESSION", "GGNET-SANBOOT-FAILED"), timeout=90),
+        ])
+    finally:
+        if dnsmasq_proc is not None and dnsmasq_proc.returncode is None:
+            dnsmasq_proc.terminate()  # by its own handle: only the dnsmasq this test started
+            await dnsmasq_proc.wait()
+        for device in (*taps.values(), bridge):
+            subprocess.run(["ip", "link", "del", device], capture_output=True, timeout=30, check=False)
+    served = log.read_text()
+    assert registered.reason == f"fail: {no_image}", (registered.reason, registered.com2_text[-2000:])
+    assert "DHCPACK(" in served and "192.168.77.21 52:54:00:77:00:01 pc01" in served
+    assert "52-54-00-77-00-01.ipxe" in served  # fetched over dnsmasq's TFTP
+    assert stranger.reason == f"fail: {unknown}", (stranger.reason, stranger.com2_text[-2000:])
