@@ -198,12 +198,33 @@ def _ip(*args: str) -> None:
     subprocess.run(["ip", *args], check=True, capture_output=True, timeout=30)
 
 
+async def _start_dnsmasq(conf: Path, work: Path, name: str) -> "asyncio.subprocess.Process":
+    import asyncio
+
+    log = work / f"{name}.log"
+    proc = await asyncio.create_subprocess_exec(
+        "dnsmasq", "--keep-in-foreground", f"--conf-file={conf}", "--user=root", "--pid-file=",
+        f"--dhcp-leasefile={work / (name + '.leases')}", f"--log-facility={log}",
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )
+    for _ in range(200):
+        if log.exists() and "started" in log.read_text():
+            break
+        await asyncio.sleep(0.05)
+    return proc
+
+
 @pytest.mark.e2e
-async def test_full_mode_serves_real_ipxe_clients(sqlite_core: Core, tmp_path: Path,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    """ggnet's full-mode file run by a real dnsmasq on a bridge: a registered iPXE client gets its
-    reservation, boot.ipxe and then its own script over dnsmasq's TFTP; an unregistered one gets an
-    address from the pool and is told it is not registered."""
+@pytest.mark.parametrize("mode", ["full", "proxy"])
+async def test_real_dnsmasq_serves_real_ipxe_clients(mode: str, sqlite_core: Core, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """ggnet's file run by a real dnsmasq on a bridge, two diskless QEMU clients with iPXE ROMs.
+
+    full: dnsmasq gives pc01 its reservation and an unknown MAC an address from the pool.
+    proxy: a second, plain dnsmasq (no boot options) gives the addresses, as the LAN's router
+    would; ggnet's proxy-DHCP adds the boot file. Either way pc01 loads boot.ipxe and then its own
+    script over ggnet's TFTP, and the unknown MAC is told it is not registered.
+    """
     import asyncio
     import secrets
 
@@ -220,10 +241,15 @@ async def test_full_mode_serves_real_ipxe_clients(sqlite_core: Core, tmp_path: P
     admin = await make_user(sqlite_core, "root-admin", "admin")
     await machines.add_machine(sqlite_core, admin, name="pc01", mac="52:54:00:77:00:01", ip="192.168.77.21")
     await boot.render_boot_files(sqlite_core, admin)
-    conf = tmp_path / "dnsmasq.conf"
-    written = await boot.write_dnsmasq_config(sqlite_core, admin, conf, mode="full", subnet="192.168.77.0/24",
-                                              interface=bridge, range="192.168.77.100-192.168.77.150")
+    conf = tmp_path / "ggnet.conf"
+    pool = {"range": "192.168.77.100-192.168.77.150"} if mode == "full" else {}
+    written = await boot.write_dnsmasq_config(sqlite_core, admin, conf, mode=mode, subnet="192.168.77.0/24",
+                                              interface=bridge, **pool)
     assert written.tested
+    lan_conf = tmp_path / "lan.conf"  # proxy mode: the LAN's own DHCP server, knowing nothing of booting
+    lan_conf.write_text(f"port=0\ninterface={bridge}\nbind-interfaces\nlog-dhcp\n"
+                        "dhcp-range=192.168.77.100,192.168.77.150,12h\n"
+                        "dhcp-host=52:54:00:77:00:01,192.168.77.21\n")
 
     original = qemu_client.qemu_command
 
@@ -234,8 +260,7 @@ async def test_full_mode_serves_real_ipxe_clients(sqlite_core: Core, tmp_path: P
         return command
 
     monkeypatch.setattr(qemu_client, "qemu_command", on_tap)
-    log = tmp_path / "dnsmasq.log"
-    dnsmasq_proc = None
+    servers = []
     try:
         _ip("link", "add", bridge, "type", "bridge")
         _ip("addr", "add", "192.168.77.1/24", "dev", bridge)
@@ -244,17 +269,11 @@ async def test_full_mode_serves_real_ipxe_clients(sqlite_core: Core, tmp_path: P
             _ip("tuntap", "add", "dev", tap, "mode", "tap")
             _ip("link", "set", tap, "master", bridge)
             _ip("link", "set", tap, "up")
-        # as root dnsmasq's TFTP serves only world-readable files: the 0644 scripts must get through
-        dnsmasq_proc = await asyncio.create_subprocess_exec(
-            "dnsmasq", "--keep-in-foreground", f"--conf-file={conf}", "--user=root", "--pid-file=",
-            f"--dhcp-leasefile={tmp_path / 'leases'}", f"--log-facility={log}",
-            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
-        )
-        for _ in range(100):
-            if log.exists() and "TFTP root is" in log.read_text():
-                break
-            await asyncio.sleep(0.05)
-        # the screen copy wraps at 80 columns: each phrase waited for fits on the first line
+        # as root, dnsmasq's TFTP serves only world-readable files: the 0644 scripts must get through
+        servers.append(await _start_dnsmasq(conf, tmp_path, "ggnet"))
+        if mode == "proxy":
+            servers.append(await _start_dnsmasq(lan_conf, tmp_path, "lan"))
+        # the screen copy wraps at 80 columns: each phrase waited for fits on its first line
         no_image = "GGNET-NO-SESSION: no image is assigned to pc01"
         unknown = "GGNET-CHAIN-FAILED: could not load 52-54-00-77-00-99.ipxe"
         registered, stranger = await qemu_client.boot_clients([
@@ -264,13 +283,18 @@ async def test_full_mode_serves_real_ipxe_clients(sqlite_core: Core, tmp_path: P
                        fail=(unknown, "GGNET-NO-SESSION", "GGNET-SANBOOT-FAILED"), timeout=90),
         ])
     finally:
-        if dnsmasq_proc is not None and dnsmasq_proc.returncode is None:
-            dnsmasq_proc.terminate()  # by its own handle: only the dnsmasq this test started
-            await dnsmasq_proc.wait()
+        for proc in servers:
+            if proc.returncode is None:
+                proc.terminate()  # by its own handle: only the dnsmasq this test started
+                await proc.wait()
         for device in (*taps.values(), bridge):
             subprocess.run(["ip", "link", "del", device], capture_output=True, timeout=30, check=False)
-    served = log.read_text()
+    served = (tmp_path / "ggnet.log").read_text()
     assert registered.reason == f"fail: {no_image}", (registered.reason, registered.com2_text[-2000:])
-    assert "DHCPACK(" in served and "192.168.77.21 52:54:00:77:00:01 pc01" in served
-    assert "52-54-00-77-00-01.ipxe" in served  # fetched over dnsmasq's TFTP
     assert stranger.reason == f"fail: {unknown}", (stranger.reason, stranger.com2_text[-2000:])
+    assert "sent " in served and "52-54-00-77-00-01.ipxe to 192.168.77.21" in served  # over ggnet's TFTP
+    if mode == "full":
+        assert "DHCPACK(" in served and "192.168.77.21 52:54:00:77:00:01 pc01" in served
+    else:
+        assert "DHCPACK(" not in served  # addresses came from the LAN's server
+        assert "192.168.77.21 52:54:00:77:00:01" in (tmp_path / "lan.log").read_text()
