@@ -48,6 +48,7 @@ DO $$ BEGIN
     CREATE ROLE ggnet_test LOGIN CREATEDB PASSWORD 'ggnet_test';
   END IF;
 END $$;
+GRANT pg_signal_backend TO ggnet_test;
 SQL
       export GGNET_TEST_PG_URL="postgresql+asyncpg://ggnet_test:ggnet_test@127.0.0.1:${port}/postgres"
     fi
