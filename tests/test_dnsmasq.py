@@ -3,6 +3,7 @@ and the `ggnet boot dnsmasq` command."""
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import subprocess
 from pathlib import Path
@@ -198,9 +199,7 @@ def _ip(*args: str) -> None:
     subprocess.run(["ip", *args], check=True, capture_output=True, timeout=30)
 
 
-async def _start_dnsmasq(conf: Path, work: Path, name: str) -> "asyncio.subprocess.Process":
-    import asyncio
-
+async def _start_dnsmasq(conf: Path, work: Path, name: str) -> asyncio.subprocess.Process:
     log = work / f"{name}.log"
     proc = await asyncio.create_subprocess_exec(
         "dnsmasq", "--keep-in-foreground", f"--conf-file={conf}", "--user=root", "--pid-file=",
@@ -225,7 +224,6 @@ async def test_real_dnsmasq_serves_real_ipxe_clients(mode: str, sqlite_core: Cor
     would; ggnet's proxy-DHCP adds the boot file. Either way pc01 loads boot.ipxe and then its own
     script over ggnet's TFTP, and the unknown MAC is told it is not registered.
     """
-    import asyncio
     import secrets
 
     from tests.conftest import make_user
