@@ -126,13 +126,28 @@ async def _spawn(args: list[str], **kw: Any) -> asyncio.subprocess.Process:
         raise BackendUnavailable("qemu-img is not installed; install the qemu-utils package") from None
 
 
+async def settle(awaitable: Any) -> None:
+    """Wait for a clean-up step to end, even if the caller is cancelled again meanwhile
+    (a second Ctrl-C, or a progress callback cancelling on every report): the clean-up must
+    finish, or a partial file is left behind. Its own outcome is ignored."""
+    future = asyncio.ensure_future(awaitable)
+    while not future.done():
+        try:
+            await asyncio.shield(future)
+        except asyncio.CancelledError:
+            continue  # we were cancelled again (or the clean-up was): look again
+        except BaseException:
+            break
+    if future.done() and not future.cancelled():
+        future.exception()  # retrieved, so asyncio does not log it as never retrieved
+
+
 async def _kill(proc: asyncio.subprocess.Process) -> None:
     """Kill qemu-img (and anything it started) and reap it."""
     if proc.returncode is None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
-    with contextlib.suppress(Exception):
-        await asyncio.shield(proc.wait())
+    await settle(proc.wait())
 
 
 async def _run(args: list[str], timeout: float) -> tuple[int, str, str]:
@@ -436,8 +451,7 @@ async def convert_to_raw(
         stop.cancel()
         if not work.done():  # cancelled from outside, or through ``cancel``: wait for the clean-up
             work.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await work
+            await settle(work)
     if work.cancelled():
         raise Cancelled("cancelled; nothing was written")
     work.result()
@@ -452,6 +466,7 @@ async def _convert(src: Path, dest: Path, fmt: str, progress: ProgressCallback |
     assert proc.stdout is not None and proc.stderr is not None
     errors = asyncio.ensure_future(proc.stderr.read())
     parser = ProgressParser()
+    placed = False
     try:
         while True:
             try:
@@ -472,11 +487,13 @@ async def _convert(src: Path, dest: Path, fmt: str, progress: ProgressCallback |
         if cancel is not None and cancel.is_set():  # cancelled while qemu-img was finishing
             raise Cancelled("cancelled; nothing was written")
         os.replace(partial, dest)
+        placed = True
         await asyncio.to_thread(fsync_dir, dest.parent)
         log.info("qemu-img convert done", source=str(src), format=fmt, dest=str(dest))
     except BaseException:
         await _kill(proc)
         errors.cancel()
-        with contextlib.suppress(FileNotFoundError):
-            partial.unlink()
+        for path in (partial, dest) if placed else (partial,):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
         raise

@@ -22,7 +22,7 @@ from typing import Any, Callable, Protocol, runtime_checkable
 from ..config import Settings
 from ..errors import BackendUnavailable, Invalid
 from ..log import get_logger
-from .qemu_img import Cancelled, fsync_dir, temp_name
+from .qemu_img import Cancelled, fsync_dir, settle, temp_name
 
 FICLONE = 0x40049409  # _IOW(0x94, 9, int) from linux/fs.h
 WRITEBACK_DIR = "writebacks"
@@ -77,10 +77,10 @@ class _FileDriver:
             await asyncio.shield(work)
         except asyncio.CancelledError:
             stop.set()  # the thread notices between chunks and removes its partial file
-            with contextlib.suppress(BaseException):
-                await work
+            await settle(work)
+            if not work.cancelled() and work.exception() is None:
                 # it finished before noticing: a cancelled create still leaves nothing
-                await asyncio.to_thread(Path(dest).unlink, missing_ok=True)
+                Path(dest).unlink(missing_ok=True)
             raise
 
     def _create_sync(self, source: Path, dest: Path, report: ProgressCallback, stop: threading.Event) -> None:
