@@ -209,7 +209,11 @@ async def _start_dnsmasq(conf: Path, work: Path, name: str) -> asyncio.subproces
     for _ in range(200):
         if log.exists() and "started" in log.read_text():
             break
+        if proc.returncode is not None:
+            break
         await asyncio.sleep(0.05)
+    if proc.returncode is not None:
+        pytest.fail(f"dnsmasq ({name}) exited with {proc.returncode}: {log.read_text() if log.exists() else ''}")
     return proc
 
 
@@ -288,8 +292,8 @@ async def test_real_dnsmasq_serves_real_ipxe_clients(mode: str, sqlite_core: Cor
         for device in (*taps.values(), bridge):
             subprocess.run(["ip", "link", "del", device], capture_output=True, timeout=30, check=False)
     served = (tmp_path / "ggnet.log").read_text()
-    assert registered.reason == f"fail: {no_image}", (registered.reason, registered.com2_text[-2000:])
-    assert stranger.reason == f"fail: {unknown}", (stranger.reason, stranger.com2_text[-2000:])
+    assert registered.reason == f"fail: {no_image}", (registered.reason, registered.com2_text[-2000:], served[-3000:])
+    assert stranger.reason == f"fail: {unknown}", (stranger.reason, stranger.com2_text[-2000:], served[-3000:])
     assert "sent " in served and "52-54-00-77-00-01.ipxe to 192.168.77.21" in served  # over ggnet's TFTP
     if mode == "full":
         assert "DHCPACK(" in served and "192.168.77.21 52:54:00:77:00:01 pc01" in served
