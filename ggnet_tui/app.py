@@ -2,6 +2,10 @@
 
 Screens are App modes (1-7 and Logs) created after login; the console holds no business
 rules: every action is a core service call made as the logged-in Actor.
+
+Start-up paints the login screen first and only then loads settings, SQLAlchemy and the
+database (about half a second), so the operator can start typing at once; heavy modules are
+imported where they are first needed.
 """
 
 from __future__ import annotations
@@ -13,22 +17,18 @@ import signal
 import socket
 import sys
 import uuid
-from datetime import datetime
+from datetime import datetime, timezone
 from functools import partial
+from importlib import import_module
 from time import monotonic
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from textual import events
 from textual.app import App
 from textual.command import DiscoveryHit, Hit, Hits, Provider
 from textual.scrollbar import ScrollBar, ScrollBarRender
 
-from core.auth import Permission
-from core.context import Core
 from core.errors import AuthenticationFailed, GgnetError
-from core.log import get_logger
-from core.models import utcnow
-from core.monitor import Monitor, PcProbe
 
 from .commands import COMMANDS, Command, bindings, commands_for
 from .screens.auth import FirstRunScreen, LockScreen, LoginScreen
@@ -36,30 +36,39 @@ from .screens.base import GgnetScreen, TableScreen
 from .screens.modals import ConfirmScreen, HelpScreen
 from .widgets.header import StatusHeader
 
+if TYPE_CHECKING:
+    from core.context import Core
+    from core.monitor import PcProbe
+
 HEALTH_EVERY_SECONDS = 15
 ACCOUNT_CHECK_SECONDS = 2  # a disabled user's console is logged out well within 5 s
 
 
-def _screens() -> dict[str, Callable[[], Any]]:
-    from .screens.audit import AuditScreen
-    from .screens.dashboard import DashboardScreen
-    from .screens.images import ImagesScreen
-    from .screens.logs import LogsScreen
-    from .screens.machines import MachinesScreen
-    from .screens.sessions import SessionsScreen
-    from .screens.targets import TargetsScreen
-    from .screens.users import UsersScreen
+SCREENS = {  # mode -> (module, class); imported when first shown
+    "dashboard": ("dashboard", "DashboardScreen"),
+    "machines": ("machines", "MachinesScreen"),
+    "images": ("images", "ImagesScreen"),
+    "sessions": ("sessions", "SessionsScreen"),
+    "targets": ("targets", "TargetsScreen"),
+    "users": ("users", "UsersScreen"),
+    "audit": ("audit", "AuditScreen"),
+    "logs": ("logs", "LogsScreen"),
+}
 
-    return {
-        "dashboard": DashboardScreen,
-        "machines": MachinesScreen,
-        "images": ImagesScreen,
-        "sessions": SessionsScreen,
-        "targets": TargetsScreen,
-        "users": UsersScreen,
-        "audit": AuditScreen,
-        "logs": LogsScreen,
-    }
+
+def _make_screen(mode: str) -> Any:
+    module, name = SCREENS[mode]
+    return getattr(import_module(f"ggnet_tui.screens.{module}"), name)()
+
+
+def get_logger() -> Any:
+    from core.log import get_logger as core_logger
+
+    return core_logger()
+
+
+def _utcnow() -> datetime:
+    return datetime.now(timezone.utc)
 
 
 class _AsciiScrollBar(ScrollBarRender):
@@ -108,18 +117,24 @@ class GgnetApp(App[int]):
 
     def __init__(
         self,
-        core: Core,
+        core: "Core | None" = None,
         *,
-        probe: PcProbe | None = None,
+        open_core: Callable[[], "Core"] | None = None,
+        probe: "PcProbe | None" = None,
         hostname: str | None = None,
-        clock: Callable[[], datetime] = utcnow,
+        clock: Callable[[], datetime] = _utcnow,
         term: str | None = None,
     ) -> None:
+        """``core``, or ``open_core`` to build it after the first paint (settings, database)."""
         super().__init__()
-        self.core = core
+        self.core: Any = core
+        self._open_core = open_core
+        self._probe = probe
+        self.monitor: Any = None
+        self.opened = asyncio.Event()
         self.clock = clock
         self.hostname = hostname or socket.gethostname()
-        self.db_kind = core.db.kind
+        self.db_kind = "..."
         self.backend_text = "not checked yet"
         self.backend_ok: bool | None = None
         self.backend_detail = ""
@@ -127,15 +142,14 @@ class GgnetApp(App[int]):
         self.actor: Any = None
         self.locked = False
         self.busy = 0
-        self.refresh_seconds = max(0.2, float(core.settings.refresh_seconds))
-        self.monitor = Monitor(core, probe, clock)
+        self.refresh_seconds = 2.0
         self.crash_incident: str | None = None
         self.close_core_on_exit = False
         self._last_input = monotonic()
         self._session_timers: list[Any] = []
         self._linux_console = (term if term is not None else os.environ.get("TERM", "")) == "linux"
-        for mode, factory in _screens().items():
-            self.add_mode(mode, factory)
+        for mode in SCREENS:
+            self.add_mode(mode, partial(_make_screen, mode))
 
     # --- start and stop -----------------------------------------------------
 
@@ -143,23 +157,38 @@ class GgnetApp(App[int]):
         if self._linux_console:  # 16 colours, no glyphs the Linux console cannot draw
             self.theme = "ansi-dark"
             ScrollBar.renderer = _AsciiScrollBar
-        self.set_keymap(dict(self.core.settings.keys))
         try:  # a vanished terminal (SSH dropped) ends the console cleanly
             asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.exit)
         except (NotImplementedError, RuntimeError, ValueError):
             pass
-        try:
-            await self.core.db.upgrade()
-            from core.services import users
+        await self.switch_mode("login")
+        # paint first, then load settings and the database behind the visible login screen
+        self.call_after_refresh(lambda: self.run_worker(self._open(), group="open"))
 
+    async def _open(self) -> None:
+        from core.monitor import Monitor
+        from core.services import users
+
+        try:
+            if self.core is None:
+                self.core = self._open_core()  # type: ignore[misc]
+            settings = self.core.settings
+            self.db_kind = self.core.db.kind
+            self.refresh_seconds = max(0.2, float(settings.refresh_seconds))
+            self.set_keymap(dict(settings.keys))
+            self.monitor = Monitor(self.core, self._probe, self.clock)
+            await self.core.db.upgrade()
             anyone = await users.count_users(self.core)
         except GgnetError as exc:
             self.exit(None, 1, message=f"error: {exc.message}")
             return
-        await self.switch_mode("login" if anyone else "first_run")
+        self.refresh_header()
+        if not anyone:
+            await self.switch_mode("first_run")
+        self.opened.set()
 
     async def on_unmount(self) -> None:
-        if self.close_core_on_exit:
+        if self.close_core_on_exit and self.core is not None:
             await self.core.close()
 
     def _handle_exception(self, error: Exception) -> None:
@@ -192,12 +221,14 @@ class GgnetApp(App[int]):
     async def first_run(self, username: str, password: str) -> None:
         from core.services import users
 
+        await self.opened.wait()
         await users.create_first_admin(self.core, username, password)
         await self.log_in(username, password)
 
     async def log_in(self, username: str, password: str) -> None:
         from core.services import users
 
+        await self.opened.wait()
         self.actor = await users.login(self.core, username, password)
         self.locked = False
         self._last_input = monotonic()
@@ -221,9 +252,9 @@ class GgnetApp(App[int]):
         self.workers.cancel_group(self, "monitor")
         self.locked = False
         await self.switch_mode("login")
-        for mode, factory in _screens().items():  # fresh screens for whoever logs in next
+        for mode in SCREENS:  # fresh screens for whoever logs in next
             await self.remove_mode(mode)
-            self.add_mode(mode, factory)
+            self.add_mode(mode, partial(_make_screen, mode))
         self.notify(reason, severity="warning", timeout=8)
         if actor is not None:
             try:
@@ -329,13 +360,13 @@ class GgnetApp(App[int]):
             if self.actor is None or self.locked:
                 return False
             if action == "go" and parameters and parameters[0] == "users":
-                return self.actor.can(Permission.MANAGE_USERS)
+                return self.actor.can("manage_users")
         return True
 
     async def action_go(self, mode: str) -> None:
         if self.actor is None or self.locked:
             return
-        if mode == "users" and not self.actor.can(Permission.MANAGE_USERS):
+        if mode == "users" and not self.actor.can("manage_users"):
             self.notify("Users is for admins.", severity="warning")
             return
         await self.switch_mode(mode)
@@ -358,16 +389,10 @@ class GgnetApp(App[int]):
 
 def run_console(state: Any) -> int:
     """``ggnet`` without a subcommand."""
-    try:
-        core = state.core
-    except GgnetError as exc:
-        print(f"error: {exc.message}", file=sys.stderr)
-        return 1
-    app = GgnetApp(core)
+    app = GgnetApp(open_core=lambda: state.core)  # settings errors are shown by _open
     app.close_core_on_exit = True
     app.run()
     return app.return_code or 0
 
 
-# keep the table importable for tools and tests
 __all__ = ["GgnetApp", "run_console", "COMMANDS"]

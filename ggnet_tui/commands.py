@@ -12,8 +12,6 @@ from dataclasses import dataclass
 
 from textual.binding import Binding
 
-from core.auth import Permission
-
 
 @dataclass(frozen=True)
 class Command:
@@ -22,7 +20,7 @@ class Command:
     action: str
     label: str
     help: str
-    permission: Permission | None = None
+    permission: str | None = None  # a core.auth.Permission value (a string: no core import at start-up)
     show: bool = True  # in the footer
 
     @property
@@ -30,13 +28,7 @@ class Command:
         return self.id.split(".", 1)[0]
 
 
-_M, _I, _S, _T, _U = (
-    Permission.MANAGE_MACHINES,
-    Permission.MANAGE_IMAGES,
-    Permission.MANAGE_SESSIONS,
-    Permission.MANAGE_TARGETS,
-    Permission.MANAGE_USERS,
-)
+_M, _I, _S, _T, _U = "manage_machines", "manage_images", "manage_sessions", "manage_targets", "manage_users"
 
 COMMANDS: tuple[Command, ...] = (
     # the whole console
@@ -64,7 +56,7 @@ COMMANDS: tuple[Command, ...] = (
     Command("machines.mark_all", "ctrl+a", "screen.mark_all", "Mark all", "Mark every shown row, or clear marks", show=False),
     Command("machines.start", "s", "screen.start", "Start", "Start sessions on the marked machines", _S),
     Command("machines.stop", "x", "screen.stop", "Stop", "Stop sessions on the marked machines", _S),
-    Command("machines.wake", "w", "screen.wake", "Wake", "Send wake-on-LAN to the marked machines", Permission.WAKE_MACHINES),
+    Command("machines.wake", "w", "screen.wake", "Wake", "Send wake-on-LAN to the marked machines", "wake_machines"),
     Command("machines.assign", "i", "screen.assign", "Image", "Assign an image to the marked machines", _M),
     Command("machines.import", "c", "screen.import_csv", "CSV", "Import machines from a CSV file", _M),
     # images

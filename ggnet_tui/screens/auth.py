@@ -41,7 +41,7 @@ class LoginScreen(_Form, Screen):
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         if event.input.id == "username":
-            self.query_one("#password", Input).focus()
+            self.set_focus(self.query_one("#password", Input))
         else:
             self._go()
 
@@ -92,7 +92,7 @@ class FirstRunScreen(_Form, Screen):
         order = ["username", "password", "again"]
         index = order.index(event.input.id or "again")
         if index < 2:
-            self.query_one(f"#{order[index + 1]}", Input).focus()
+            self.set_focus(self.query_one(f"#{order[index + 1]}", Input))
         else:
             self.run_worker(self._create(), exclusive=True, group="login")
 

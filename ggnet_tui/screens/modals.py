@@ -32,7 +32,8 @@ class FormScreen(ModalScreen[Any]):
     """Collects values and hands them to ``submit`` (a core call). Invalid errors appear under
     their field; other refusals above the buttons; the dialog closes only on success."""
 
-    BINDINGS = [Binding("escape", "cancel", "Cancel", id="dialog.cancel")]
+    BINDINGS = [Binding("escape", "cancel", "Cancel", id="dialog.cancel"),
+                Binding("ctrl+s", "save", "Save", id="dialog.save")]
     AUTO_FOCUS = "Input, Select"
 
     def __init__(self, title: str, fields: list[Field], submit: Callable[[dict[str, str]], Awaitable[Any]],

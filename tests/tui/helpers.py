@@ -62,7 +62,8 @@ async def fill(pilot: Any, selector: str, text: str, typed: bool = False) -> Non
 
 async def log_in(pilot: Any, username: str, password: str = PASSWORD) -> None:
     app = pilot.app
-    await wait_for(pilot, lambda: type(app.screen).__name__ == "LoginScreen")
+    await wait_for(pilot, lambda: app.opened.is_set() and type(app.screen).__name__ == "LoginScreen"
+                   and app.screen.query("#password"))
     await fill(pilot, "#username", username)
     await pilot.press("enter")
     await fill(pilot, "#password", password)

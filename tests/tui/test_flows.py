@@ -26,7 +26,7 @@ async def test_first_run_creates_the_admin(fast_settings):
     core = fast_settings
     app = make_app(core)
     async with app.run_test(size=(80, 24)) as pilot:
-        await wait_for(pilot, lambda: screen_name(app) == "FirstRunScreen")
+        await wait_for(pilot, lambda: screen_name(app) == "FirstRunScreen" and app.screen.query("#again"))
         await fill(pilot, "#username", "boss", typed=True)
         await fill(pilot, "#password", PASSWORD, typed=True)
         await fill(pilot, "#again", "something-else-1")
@@ -277,3 +277,79 @@ async def test_quit_asks_while_work_runs(fast_settings):
         app.busy = 0
         await pilot.press("q")
         await wait_for(pilot, lambda: not app.is_running)
+
+
+def _disk(path, megabytes: int) -> str:
+    import os
+
+    with open(path, "wb") as handle:  # real data, so qemu-img has something to convert
+        for _ in range(megabytes):
+            handle.write(os.urandom(1 << 20))
+    return str(path)
+
+
+async def test_image_import_with_progress_then_cancel(fast_settings, tmp_path, monkeypatch):
+    from core.services import images
+    from ggnet_tui.screens.images import ImportDialog, ProgressDialog
+
+    core = fast_settings
+    admin = await make_user(core, "root-admin", Role.ADMIN)
+    seen: list[float] = []
+    show_progress = ProgressDialog.progress
+    monkeypatch.setattr(ProgressDialog, "progress", lambda self, pct: (seen.append(pct), show_progress(self, pct)))
+    app = make_app(core)
+    app.import_root = tmp_path
+    async with app.run_test(size=(80, 24)) as pilot:
+        await log_in(pilot, "root-admin")
+        await wait_for(pilot, lambda: app.actor)
+        await pilot.press("3")
+        await wait_for(pilot, lambda: screen_name(app) == "ImagesScreen")
+        # import: file and name, then the progress dialog runs until it closes by itself
+        await pilot.press("a")
+        await wait_for(pilot, lambda: isinstance(app.screen, ImportDialog) and app.screen.query("#path"))
+        await fill(pilot, "#path", _disk(tmp_path / "win11.raw", 16))
+        await fill(pilot, "#name", "win11")
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: screen_name(app) == "ImagesScreen"
+                       and "ver:win11:1" in app.screen.table.rows_by_key)
+        assert seen and seen[-1] == 100
+        assert app.busy == 0
+
+        # a second import, cancelled with Esc: the dialog's worker is held until the key is in,
+        # so the cancel reaches the real conversion whatever this machine's speed
+        start_import = ProgressDialog.on_mount
+        held: list[ProgressDialog] = []
+        monkeypatch.setattr(ProgressDialog, "on_mount", lambda self: held.append(self))
+        files_before = sorted(p.name for p in core.settings.data_dir.rglob("*") if p.is_file())
+        await pilot.press("a")
+        await wait_for(pilot, lambda: isinstance(app.screen, ImportDialog) and app.screen.query("#path"))
+        await fill(pilot, "#path", _disk(tmp_path / "game.raw", 16))
+        await fill(pilot, "#name", "game")
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: held and app.screen is held[0])
+        await pilot.press("escape")
+        assert held[0].cancel.is_set()
+        start_import(held[0])
+        await wait_for(pilot, lambda: screen_name(app) == "ImagesScreen" and app.busy == 0)
+    assert [i.name for i in await images.list_images(core, admin)] == ["win11"]
+    assert sorted(p.name for p in core.settings.data_dir.rglob("*") if p.is_file()) == files_before
+
+
+async def test_session_start_refusal_is_shown_in_plain_words(fast_settings):
+    """Without a target stack, core refuses to start a session; the console says why."""
+    core = fast_settings
+    admin = await make_user(core, "root-admin", Role.ADMIN)
+    await machines.add_machine(core, admin, name="pc01", mac="52:54:00:aa:00:01")
+    app = make_app(core)
+    shown: list[str] = []
+    app.notify = lambda message, **kw: shown.append(message)  # type: ignore[method-assign]
+    async with app.run_test(size=(80, 24)) as pilot:
+        await log_in(pilot, "root-admin")
+        await wait_for(pilot, lambda: app.actor)
+        await _machines_screen(pilot, app)
+        await wait_for(pilot, lambda: app.screen.table.rows_by_key)
+        await pilot.press("s")
+        await wait_for(pilot, lambda: isinstance(app.screen, FormScreen) and app.screen.query("#save"))
+        await pilot.press("ctrl+s")  # the dialog holds only a choice: save by key
+        error = lambda: str(app.screen.query_one("#form-error", Static).render())  # noqa: E731
+        await wait_for(pilot, lambda: "no iSCSI target stack" in error())

@@ -121,7 +121,8 @@ async def _settled(pilot: Any) -> None:
 @pytest.mark.parametrize("size", SIZES)
 def test_first_run(snap_compare, empty, size):
     async def run_before(pilot: Any) -> None:
-        await wait_for(pilot, lambda: type(pilot.app.screen).__name__ == "FirstRunScreen")
+        await wait_for(pilot, lambda: type(pilot.app.screen).__name__ == "FirstRunScreen"
+                       and pilot.app.screen.query("#again"))
         await _settled(pilot)
 
     snap(snap_compare, empty, size, run_before)

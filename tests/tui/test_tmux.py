@@ -76,6 +76,7 @@ async def test_log_in_add_machine_quit(sqlite_core, tmp_path: Path):
         term.run("new-session", "-d", "-s", term.session, "-x", "80", "-y", "24", f"env -i {command}")
         term.run("set-option", "-t", term.session, "remain-on-exit", "failed")  # keep a crash on screen
         term.wait_for("Log in to ggnet")
+        term.wait_for("SQLite")  # the header names the database once it is open
         term.text("root-admin")
         term.keys("Enter")
         term.text(PASSWORD)

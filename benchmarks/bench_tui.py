@@ -1,0 +1,171 @@
+"""Console speed and size.
+
+    python benchmarks/bench_tui.py [--rounds 5] [--machines 1000]
+
+1. Start-up: wall time from spawning the process to the login screen being drawn in a real
+   terminal (tmux, 80x24), for `ggnet` and for a bare Textual app with one DataTable started the
+   same way (python -c ...) in the same run; median of --rounds each, and the ratio.
+2. Machines screen with N machines (headless Pilot, 120x40, SQLite, in a child process):
+   time to first paint; the UI cost of one refresh in which 50 statuses change (keyed diff and
+   the repaint it causes) and the whole refresh including the database read; peak RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+BARE_APP = """
+from textual.app import App
+from textual.widgets import DataTable, Footer, Header
+class Bare(App):
+    def compose(self):
+        yield Header()
+        table = DataTable()
+        table.add_columns("Name", "Status")
+        table.add_row("READY-MARKER", "ok")
+        yield table
+        yield Footer()
+Bare().run()
+"""
+
+
+def _time_to_text(command: str, needle: str, env: dict[str, str]) -> float:
+    socket = f"bench-{uuid.uuid4().hex[:8]}"
+    tmux = ["tmux", "-L", socket]
+    env_prefix = " ".join(f"{k}='{v}'" for k, v in env.items())
+    start = time.perf_counter()
+    subprocess.run([*tmux, "new-session", "-d", "-s", "b", "-x", "80", "-y", "24", f"env {env_prefix} {command}"],
+                   check=True)
+    try:
+        while time.perf_counter() - start < 30:
+            shown = subprocess.run([*tmux, "capture-pane", "-p", "-t", "b"], capture_output=True, text=True).stdout
+            if needle in shown:
+                return time.perf_counter() - start
+            time.sleep(0.005)
+        raise RuntimeError(f"{needle!r} never appeared")
+    finally:
+        subprocess.run([*tmux, "kill-server"], capture_output=True)
+
+
+def bench_startup(rounds: int) -> dict[str, float]:
+    data = Path(tempfile.mkdtemp(prefix="ggnet-bench-"))
+    env = {"GGNET_DATA_DIR": str(data), "GGNET_TGT_CONTROL_PORT": "65000", "TERM": "xterm-256color"}
+    # a database with one user, so ggnet opens on its login screen
+    subprocess.run([str(Path(sys.executable).parent / "ggnet"), "init", "--admin", "admin"], check=True,
+                   env={**os.environ, **env, "GGNET_NEW_PASSWORD": "correct-horse-1"}, capture_output=True)
+    ggnet = f"{Path(sys.executable).parent / 'ggnet'}"
+    bare_file = data / "bare.py"
+    bare_file.write_text(BARE_APP)
+    bare = f"{sys.executable} {bare_file}"
+    ggnet_times, bare_times = [], []
+    for _ in range(rounds):  # interleaved, so both see the same machine state
+        bare_times.append(_time_to_text(bare, "READY-MARKER", env))
+        ggnet_times.append(_time_to_text(ggnet, "Log in to ggnet", env))
+    g, b = statistics.median(ggnet_times), statistics.median(bare_times)
+    return {"ggnet_login_s": g, "bare_datatable_s": b, "ratio": g / b}
+
+
+async def _machines(count: int) -> dict[str, float]:
+    from core import auth
+    from core.config import Settings
+    from core.context import Core
+    from core.log import configure_logging
+    from core.models import Role
+    from core.services import machines, users
+    from tests.tui.helpers import FakeProbe, make_app, wait_for
+
+    auth.set_bcrypt_rounds(4)
+    data = Path(tempfile.mkdtemp(prefix="ggnet-bench-"))
+    settings = Settings(data_dir=data, refresh_seconds=600, idle_lock_minutes=0)
+    configure_logging(settings.log_file)
+    core = Core.open(settings)
+    await core.db.upgrade()
+    await users.create_first_admin(core, "admin", "correct-horse-1")
+    admin = await users.login(core, "admin", "correct-horse-1")
+    lines = ["name,mac,ip"] + [f"pc{i:04d},52:54:00:{i >> 16 & 255:02x}:{i >> 8 & 255:02x}:{i & 255:02x},"
+                               f"10.0.{i // 250}.{i % 250 + 1}" for i in range(1, count + 1)]
+    await machines.import_csv(core, admin, "\n".join(lines))
+    names = [f"pc{i:04d}" for i in range(1, count + 1)]
+    probe = FakeProbe(set(names[::2]))
+    app = make_app(core, probe)
+    result: dict[str, float] = {}
+    async with app.run_test(size=(120, 40)) as pilot:
+        await app.log_in("admin", "correct-horse-1")
+        await wait_for(pilot, lambda: app.monitor.polled_at)
+        start = time.perf_counter()
+        await app.action_go("machines")
+        screen = app.screen
+        await wait_for(pilot, lambda: screen.refreshes >= 1, delay=0.001, steps=100000)
+        await pilot.pause()  # the paint
+        result["first_paint_ms"] = (time.perf_counter() - start) * 1000
+        assert screen.table.row_count == count
+
+        # 50 PCs change state: the monitor has the new statuses; one refresh shows them
+        probe.online = set(names[::2]) ^ set(names[:50])  # the first 50 flip
+        await app.monitor.poll()
+        changed_before = sum(1 for n in names if screen.table.rows_by_key[n]["status"].plain !=
+                             app.monitor.statuses[n].state)
+        idle = []
+        for _ in range(3):  # what a Pilot pause costs when nothing changed (subtracted below)
+            start = time.perf_counter()
+            await pilot.pause()
+            idle.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        screen.rebuild()  # the keyed diff: update_cell for the changed statuses only
+        result["refresh_50_diff_ms"] = (time.perf_counter() - start) * 1000
+        await pilot.pause()  # the repaint it causes
+        result["refresh_50_ui_ms"] = (time.perf_counter() - start - min(idle)) * 1000
+        result["cells_changed"] = changed_before
+
+        probe.online = set(names[::2])
+        await app.monitor.poll()
+        done = screen.refreshes
+        start = time.perf_counter()
+        screen.action_refresh_now()  # database read of all machines + sessions, then the diff
+        await wait_for(pilot, lambda: screen.refreshes > done, delay=0.001, steps=100000)
+        await pilot.pause()
+        result["refresh_50_with_db_ms"] = (time.perf_counter() - start) * 1000
+    await core.close()
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--machines", type=int, default=1000)
+    parser.add_argument("--child-machines", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child_machines:
+        print(json.dumps(asyncio.run(_machines(args.child_machines))))
+        return
+    startup = bench_startup(args.rounds)
+    print(f"start-up to login screen: ggnet {startup['ggnet_login_s'] * 1000:.0f} ms, "
+          f"bare Textual+DataTable {startup['bare_datatable_s'] * 1000:.0f} ms, ratio {startup['ratio']:.2f}x "
+          f"(median of {args.rounds}; aim <= 2x)")
+    child = subprocess.run([sys.executable, __file__, "--child-machines", str(args.machines)],
+                           capture_output=True, text=True, check=True, cwd=ROOT)
+    figures = json.loads(child.stdout.strip().splitlines()[-1])
+    print(f"machines screen, {args.machines} machines: first paint {figures['first_paint_ms']:.0f} ms")
+    print(f"one refresh with {figures['cells_changed']:.0f} status changes: keyed diff "
+          f"{figures['refresh_50_diff_ms']:.1f} ms, diff + repaint {figures['refresh_50_ui_ms']:.1f} ms "
+          f"(aim < 30 ms); whole refresh with the database read {figures['refresh_50_with_db_ms']:.1f} ms")
+    print(f"peak memory (RSS) with {args.machines} machines: {figures['peak_rss_mb']:.0f} MB (aim < 150 MB)")
+
+
+if __name__ == "__main__":
+    main()
