@@ -268,6 +268,9 @@ async def test_viewer_may_not_render(core: Core, viewer: Actor) -> None:
     with pytest.raises(PermissionDenied):
         await boot.render_boot_files(core, viewer)
     assert not Path(core.settings.tftp_root).exists()  # type: ignore[arg-type]
+    async with core.db.session() as session:
+        denied = (await session.execute(select(AuditEvent).where(AuditEvent.outcome == "denied"))).scalars().all()
+    assert [(e.action, e.actor) for e in denied] == [("boot.render", "vera")]
 
 
 async def test_wildcard_portal_needs_a_boot_address(sqlite_core: Core) -> None:

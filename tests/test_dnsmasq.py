@@ -154,6 +154,9 @@ async def test_viewer_may_print_but_not_write(core: Core, admin: Actor, viewer: 
     with pytest.raises(PermissionDenied):
         await boot.write_dnsmasq_config(core, viewer, tmp_path / "x.conf", mode="proxy", subnet="192.168.1.0/24")
     assert not (tmp_path / "x.conf").exists()
+    async with core.db.session() as session:
+        denied = (await session.execute(select(AuditEvent).where(AuditEvent.outcome == "denied"))).scalars().all()
+    assert [(e.action, e.actor) for e in denied] == [("boot.dnsmasq", "vera")]
 
 
 @needs_dnsmasq
