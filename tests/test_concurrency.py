@@ -12,11 +12,13 @@ from sqlalchemy import func, select
 
 from core.auth import Actor
 from core.context import Core
+from core.db import Database, head_revision
 from core.errors import Conflict, PermissionDenied, StaleEdit
 from core.models import Machine, Role, User
 from core.services import machines, users
 
 from .conftest import PASSWORD, make_user
+from .test_migrations import empty_url  # noqa: F401 - a fixture
 
 ROUNDS = 5
 
@@ -130,3 +132,14 @@ async def test_two_admins_disabling_each_other_at_once(core: Core, other: Core, 
     # the loser is refused either as the last admin's guard or, when it ran second, as disabled itself
     assert isinstance(failed[0], (Conflict, PermissionDenied)), results
     assert "last active admin" in failed[0].message or "is disabled" in failed[0].message
+
+
+async def test_two_consoles_upgrading_a_new_database_at_once(empty_url: str) -> None:
+    first, second = Database(empty_url), Database(empty_url)
+    try:
+        results = await asyncio.gather(first.upgrade(), second.upgrade(), return_exceptions=True)
+        assert results == [None, None]
+        assert await first.current_revision() == await second.current_revision() == head_revision()
+    finally:
+        await first.dispose()
+        await second.dispose()
