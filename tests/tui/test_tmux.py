@@ -104,3 +104,28 @@ async def test_log_in_add_machine_quit(sqlite_core, tmp_path: Path):
     finally:
         term.kill()
     assert [m.name for m in await machines.list_machines(core, admin)] == ["pc01"]
+
+
+def test_console_exits_cleanly_when_the_terminal_goes_away(tmp_path: Path):
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "TERM": "linux",
+           "GGNET_DATA_DIR": str(tmp_path / "data"), "GGNET_TGT_CONTROL_PORT": "65000"}
+    ggnet = str(Path(sys.executable).parent / "ggnet")
+    term = Tmux(tmp_path)
+    try:
+        term.run("new-session", "-d", "-s", term.session, "-x", "80", "-y", "24",
+                 "env -i " + " ".join(f"{k}='{v}'" for k, v in env.items()) + f" {ggnet}")
+        term.wait_for("create the first admin")
+        pid = int(term.run("display-message", "-p", "-t", term.session, "#{pane_pid}").stdout)
+        term.kill()  # the terminal disappears: the console gets SIGHUP
+        for _ in range(100):
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.1)
+        else:
+            raise AssertionError("ggnet kept running after its terminal went away")
+    finally:
+        term.kill()
+    log = (tmp_path / "data" / "ggnet.log").read_text()
+    assert "Traceback" not in log and "unexpected error" not in log
