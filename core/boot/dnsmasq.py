@@ -229,6 +229,8 @@ def render(options: Options, hosts: list[Host]) -> str:
         for csa in ("x86PC", "BC_EFI", "x86-64_EFI"):
             out.append(f'pxe-service=tag:{TAG_IPXE},{csa},"ggnet: boot script",{BOOT_SCRIPT}')
     else:
+        out += ["# the only DHCP server on this LAN: answer clients whose lease it does not know (after a restart)",
+                "dhcp-authoritative"]
         if options.pool is not None:
             start, end = options.pool
             out += ["# addresses for clients without a reservation",
