@@ -202,10 +202,10 @@ def _ip(*args: str) -> None:
     subprocess.run(["ip", *args], check=True, capture_output=True, timeout=30)
 
 
-async def _start_dnsmasq(conf: Path, work: Path, name: str) -> asyncio.subprocess.Process:
+async def _start_dnsmasq(conf: Path, work: Path, name: str, *extra: str) -> asyncio.subprocess.Process:
     log = work / f"{name}.log"
     proc = await asyncio.create_subprocess_exec(
-        "dnsmasq", "--keep-in-foreground", f"--conf-file={conf}", "--user=root", "--pid-file=",
+        "dnsmasq", "--keep-in-foreground", f"--conf-file={conf}", "--user=root", "--pid-file=", *extra,
         f"--dhcp-leasefile={work / (name + '.leases')}", f"--log-facility={log}",
         stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
     )
@@ -269,13 +269,16 @@ async def test_real_dnsmasq_serves_real_ipxe_clients(mode: str, sqlite_core: Cor
     try:
         _ip("link", "add", bridge, "type", "bridge")
         _ip("addr", "add", "192.168.77.1/24", "dev", bridge)
+        _ip("-6", "addr", "add", "fd77::1/64", "dev", bridge, "nodad")
         _ip("link", "set", bridge, "up")
         for tap in taps.values():
             _ip("tuntap", "add", "dev", tap, "mode", "tap")
             _ip("link", "set", tap, "master", bridge)
             _ip("link", "set", tap, "up")
         # as root, dnsmasq's TFTP serves only world-readable files: the 0644 scripts must get through
-        servers.append(await _start_dnsmasq(conf, tmp_path, "ggnet"))
+        # router advertisements on the side (what the generated file's comment suggests): without one
+        # iPXE waits about 13 s for IPv6 before it fetches boot.ipxe
+        servers.append(await _start_dnsmasq(conf, tmp_path, "ggnet", "--enable-ra", "--dhcp-range=fd77::,ra-only"))
         if mode == "proxy":
             servers.append(await _start_dnsmasq(lan_conf, tmp_path, "lan"))
         # the screen copy wraps at 80 columns: each phrase waited for fits on its first line
