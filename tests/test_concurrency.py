@@ -143,3 +143,20 @@ async def test_two_consoles_upgrading_a_new_database_at_once(empty_url: str) -> 
     finally:
         await first.dispose()
         await second.dispose()
+
+
+async def test_import_racing_an_uncommitted_clash_imports_nothing(core: Core, other: Core, admin: Actor) -> None:
+    from core.services.machines import CsvRowError
+
+    csv = "name,mac\npc10,52:54:00:00:03:10\npc11,52:54:00:00:03:11\n"
+    async with other.db.transaction() as session:
+        session.add(Machine(name="first", mac="52:54:00:00:03:11", initiator_iqn="iqn.2024-01.lan.ggnet:first",
+                            chap_username="first", chap_secret="x" * 16, updated_by="test"))
+        await session.flush()
+        importing = asyncio.create_task(machines.import_csv(core, admin, csv))
+        await asyncio.sleep(0.3)  # let it reach the database and wait there (the result does not depend on it)
+    # PostgreSQL: the bulk INSERT hits the unique index (Conflict); SQLite: the import waited for
+    # the write lock and then found the clash (a bad row)
+    with pytest.raises((Conflict, CsvRowError)):
+        await importing
+    assert [m.name for m in await machines.list_machines(core, admin)] == ["first"]
