@@ -30,7 +30,7 @@ from textual.scrollbar import ScrollBar, ScrollBarRender
 
 from core.errors import AuthenticationFailed, GgnetError
 
-from .commands import COMMANDS, Command, bindings, commands_for
+from .commands import Command, bindings, commands_for
 from .screens.auth import FirstRunScreen, LockScreen, LoginScreen
 from .screens.base import GgnetScreen, TableScreen
 from .screens.modals import ConfirmScreen, HelpScreen
@@ -156,6 +156,7 @@ class GgnetApp(App[int]):
     async def on_mount(self) -> None:
         if self._linux_console:  # 16 colours, no glyphs the Linux console cannot draw
             self.theme = "ansi-dark"
+            self.add_class("-linux")
             ScrollBar.renderer = _AsciiScrollBar
         try:  # a vanished terminal (SSH dropped) ends the console cleanly
             asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.exit)
@@ -394,5 +395,3 @@ def run_console(state: Any) -> int:
     app.run()
     return app.return_code or 0
 
-
-__all__ = ["GgnetApp", "run_console", "COMMANDS"]

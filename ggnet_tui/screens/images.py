@@ -15,7 +15,7 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, DirectoryTree, Input, Label, ProgressBar, Select, Static
 
-from core.errors import GgnetError, Invalid
+from core.errors import GgnetError
 
 from ..commands import bindings
 from ..widgets.table import Column
@@ -256,5 +256,3 @@ class ImagesScreen(TableScreen):
 
         self.app.push_screen(ConfirmScreen(f"Delete {what}?", yes="Delete"), answer)
 
-
-__all__ = ["ImagesScreen", "ImportDialog", "ProgressDialog", "Invalid"]

@@ -12,7 +12,7 @@ from core.errors import GgnetError
 from ..commands import bindings
 from ..widgets.table import Column
 from .base import TableScreen
-from .common import NOT_AVAILABLE, full_time, service, status, when
+from .common import NOT_AVAILABLE, service, status, when
 from .modals import ConfirmScreen, Field, FormScreen
 
 
@@ -141,5 +141,3 @@ class SessionsScreen(TableScreen):
 class _Unavailable(GgnetError):
     pass
 
-
-__all__ = ["SessionsScreen", "stop_with_confirmation", "full_time"]

@@ -441,3 +441,35 @@ async def test_audit_query_and_event_details(fast_settings):
         await wait_for(pilot, lambda: screen_name(app) == "TextScreen")
         body = str(app.screen.body)
         assert '"ip": null' in body and '"ip": "10.0.0.21"' in body and "***" in body  # CHAP secret redacted
+
+
+async def test_csv_import_previews_bad_rows_before_writing(fast_settings, tmp_path):
+    from ggnet_tui.screens.modals import CsvImportScreen
+
+    core = fast_settings
+    admin = await make_user(core, "root-admin", Role.ADMIN)
+    bad = tmp_path / "bad.csv"
+    bad.write_text("name,mac,ip\npc01,52:54:00:aa:00:01,10.0.0.21\npc02,nonsense,\npc03,52:54:00:aa:00:03,10.0.0.21\n")
+    good = tmp_path / "good.csv"
+    good.write_text("name,mac\npc01,52:54:00:aa:00:01\npc02,52-54-00-aa-00-02\n")
+    app = make_app(core)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await log_in(pilot, "root-admin")
+        await wait_for(pilot, lambda: app.actor)
+        await _machines_screen(pilot, app)
+        await pilot.press("c")
+        await wait_for(pilot, lambda: isinstance(app.screen, CsvImportScreen) and app.screen.query("#path"))
+        report = lambda: str(app.screen.query_one("#report", Static).render())  # noqa: E731
+        await fill(pilot, "#path", str(bad))
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: "2 bad row(s)" in report())
+        assert "line 3" in report() and "line 4" in report()
+        assert app.screen.query_one("#import").disabled
+        assert await machines.list_machines(core, admin) == []
+        await fill(pilot, "#path", str(good))
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: "2 machine(s) ready" in report())
+        await pilot.click("#import")
+        await wait_for(pilot, lambda: screen_name(app) == "MachinesScreen"
+                       and sorted(app.screen.table.rows_by_key) == ["pc01", "pc02"])
+    assert [m.name for m in await machines.list_machines(core, admin)] == ["pc01", "pc02"]

@@ -8,6 +8,7 @@ Update after an intended change with: pytest tests/tui/test_snapshots.py --snaps
 from __future__ import annotations
 
 import asyncio
+import shutil
 import subprocess
 from pathlib import Path
 from types import SimpleNamespace
@@ -20,7 +21,7 @@ from core.context import Core
 from core.models import Role
 from core.services import images, machines
 from tests.conftest import make_database_url, make_settings, make_user
-from tests.tui.helpers import FROZEN, PASSWORD, FakeProbe, fill, log_in, make_app, quiet, wait_for
+from tests.tui.helpers import FROZEN, FakeProbe, fill, log_in, make_app, quiet, wait_for
 
 SIZES = [pytest.param((80, 24), id="80x24"), pytest.param((120, 40), id="120x40")]
 IMPORT_DIR = Path("/tmp/ggnet-snapshot-files")  # a fixed path: the file picker shows it
@@ -31,8 +32,15 @@ LOG_LINES = [
 ]
 
 
+_seeded_template: dict[str, Path] = {}
+
+
 def _settings(tmp_path: Path, template_root: Path, seed: bool) -> Any:
-    url, _ = asyncio.run(make_database_url("sqlite", tmp_path, template_root))
+    if seed and "db" in _seeded_template:  # seeded once per run, copied for each test
+        shutil.copy(_seeded_template["db"], tmp_path / "ggnet.db")
+        url = f"sqlite+aiosqlite:///{tmp_path / 'ggnet.db'}"
+    else:
+        url, _ = asyncio.run(make_database_url("sqlite", tmp_path, template_root))
     settings = make_settings(tmp_path, url, refresh_seconds=600, idle_lock_minutes=0)
     log = tmp_path / "console.log"
     log.write_text("\n".join(LOG_LINES) + "\n")
@@ -51,8 +59,10 @@ def _settings(tmp_path: Path, template_root: Path, seed: bool) -> Any:
         await images.assign_image(core, admin, "pc01", "win11")
         await core.close()
 
-    if seed:
+    if seed and "db" not in _seeded_template:
         asyncio.run(fill_database())
+        _seeded_template["db"] = template_root / "tui-seeded.db"
+        shutil.copy(tmp_path / "ggnet.db", _seeded_template["db"])
     return settings
 
 
