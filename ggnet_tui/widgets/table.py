@@ -64,7 +64,7 @@ class KeyedTable(DataTable):
         self._restore(cursor)
 
     def _values(self, cells: Cells) -> list[Any]:
-        return [cells.get(c.key, "") for c in self.shown]
+        return [_cell(cells.get(c.key, "")) for c in self.shown]
 
     # --- rows ---------------------------------------------------------------
 
@@ -104,7 +104,7 @@ class KeyedTable(DataTable):
                 for column in self.shown:
                     value = cells.get(column.key, "")
                     if _differs(old.get(column.key, ""), value):
-                        self.update_cell(key, column.key, value)
+                        self.update_cell(key, column.key, _cell(value))
                         changes += 1
             self.rows_by_key = new
             if added or order != [k for k in self.order if k in new]:
@@ -116,6 +116,11 @@ class KeyedTable(DataTable):
             self.order = order
             self._restore(cursor)
         return changes
+
+
+def _cell(value: Any) -> Any:
+    # plain text, never markup: a machine's notes or an audit detail may contain "[...]"
+    return Text(value, no_wrap=True, overflow="crop") if isinstance(value, str) else value
 
 
 def _differs(a: Any, b: Any) -> bool:
