@@ -377,6 +377,10 @@ class GgnetApp(App[int]):
         if isinstance(screen, GgnetScreen):
             self.push_screen(HelpScreen(screen.SCOPE, screen.TITLE))
 
+    async def action_quit(self) -> None:
+        # Textual's own priority ctrl+q lands here: it asks too while work runs
+        await self.action_request_quit()
+
     async def action_request_quit(self) -> None:
         if self.busy:
             def answer(yes: bool | None) -> None:

@@ -269,6 +269,10 @@ async def test_quit_asks_while_work_runs(fast_settings):
         await log_in(pilot, "root-admin")
         await wait_for(pilot, lambda: app.actor)
         app.busy = 1  # as while an image import runs
+        await pilot.press("ctrl+q")
+        await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen) and app.screen.query("#yes"))
+        await pilot.press("n")
+        await wait_for(pilot, lambda: not isinstance(app.screen, ConfirmScreen))
         await pilot.press("q")
         await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen) and app.screen.query("#yes"))
         await pilot.press("n")
