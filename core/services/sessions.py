@@ -274,8 +274,11 @@ async def start_sessions(core: Core, actor: Actor, names: list[str], *, all_mach
                          kind: SessionKind | str = SessionKind.NORMAL,
                          parallel: int = DEFAULT_PARALLEL) -> list[SessionResult]:
     """Start a session on each machine (several at once, at most ``parallel``); one result each."""
+    from .boot import boot_address
+
     kind = SessionKind(kind)
     await require(core, actor, Permission.MANAGE_SESSIONS, "session.start")
+    boot_address(core.settings)  # a boot script must be writable before anything is created
     if all_machines:
         names = sorted(set(names) | set(await _names_for_all(core, actor)))
     if not names:

@@ -99,7 +99,7 @@ def test_cli_provisions_and_real_clients_boot(tmp_path: Path, env: dict[str, str
     ggnet(env, "session", "stop", "pc01")
     assert not writeback_of(env, "pc01").exists()  # a normal session's writeback is discarded
     after_stop = asyncio.run(run_client(client(tmp_path, env, "pc01", "stopped", timeout=60,
-                                                fail=("GGNET-SANBOOT-FAILED", "no boot session"))))
+                                                fail=("GGNET-SANBOOT-FAILED", "GGNET-NO-SESSION"))))
     assert not after_stop.ok
     assert WRITE_OK not in after_stop.com1_text
 

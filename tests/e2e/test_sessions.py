@@ -200,3 +200,15 @@ async def test_stop_needs_force_while_the_client_is_logged_in(prov: Core, admin:
     assert live == ["pc01:True"]
     assert forced_ok
     assert await _target_iqns(prov) == set()
+
+
+async def test_start_refused_before_anything_exists_without_a_boot_address(prov: Core, admin: Actor) -> None:
+    from core.errors import Invalid
+
+    prov.settings.portal = "0.0.0.0:3260"
+    prov.settings.boot_address = None
+    with pytest.raises(Invalid, match="GGNET_BOOT_ADDRESS"):
+        await sessions.start_sessions(prov, admin, ["pc01"])
+    assert await _states(prov, admin) == {}
+    assert await _target_iqns(prov) == set()
+    assert not any((prov.settings.data_dir / "writebacks").glob("machine-*.raw"))
