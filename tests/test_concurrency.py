@@ -18,7 +18,7 @@ from core.models import Machine, Role, User
 from core.services import machines, users
 
 from .conftest import PASSWORD, make_user
-from .test_migrations import empty_url  # noqa: F401 - a fixture
+from .test_migrations import empty_url  # noqa: F401,F811 - a fixture
 
 ROUNDS = 5
 
@@ -134,7 +134,7 @@ async def test_two_admins_disabling_each_other_at_once(core: Core, other: Core, 
     assert "last active admin" in failed[0].message or "is disabled" in failed[0].message
 
 
-async def test_two_consoles_upgrading_a_new_database_at_once(empty_url: str) -> None:
+async def test_two_consoles_upgrading_a_new_database_at_once(empty_url: str) -> None:  # noqa: F811
     first, second = Database(empty_url), Database(empty_url)
     try:
         results = await asyncio.gather(first.upgrade(), second.upgrade(), return_exceptions=True)

@@ -11,7 +11,7 @@ from sqlalchemy import text
 
 from core.auth import Actor
 from core.context import Core
-from core.errors import AuthenticationFailed
+from core.errors import AuthenticationFailed, PermissionDenied
 from core.log import get_logger
 from core.models import Role
 from core.services import machines, users
@@ -82,7 +82,7 @@ async def test_lines_are_json_with_actor_and_operation(core: Core, admin: Actor)
     oscar = await make_user(core, "oscar", Role.OPERATOR)
     await machines.add_machine(core, oscar, name="pc01", mac="52:54:00:12:34:56")
     viewer = await make_user(core, "vera", Role.VIEWER)
-    with pytest.raises(Exception):
+    with pytest.raises(PermissionDenied):
         await machines.remove_machine(core, viewer, "pc01")
     lines = log_lines(core)
     assert lines and all({"event", "level", "timestamp"} <= set(line) for line in lines)
