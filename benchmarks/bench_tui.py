@@ -63,7 +63,7 @@ def _time_to_text(command: str, needle: str, env: dict[str, str]) -> float:
 
 def bench_startup(rounds: int) -> dict[str, float]:
     data = Path(tempfile.mkdtemp(prefix="ggnet-bench-"))
-    env = {"GGNET_DATA_DIR": str(data), "GGNET_TGT_CONTROL_PORT": "65000", "TERM": "xterm-256color"}
+    env = {"GGNET_DATA_DIR": str(data), "GGNET_TGT_CONTROL_PORT": "32000", "TERM": "xterm-256color"}
     # a database with one user, so ggnet opens on its login screen
     subprocess.run([str(Path(sys.executable).parent / "ggnet"), "init", "--admin", "admin"], check=True,
                    env={**os.environ, **env, "GGNET_NEW_PASSWORD": "correct-horse-1"}, capture_output=True)
@@ -84,7 +84,6 @@ async def _machines(count: int) -> dict[str, float]:
     from core.config import Settings
     from core.context import Core
     from core.log import configure_logging
-    from core.models import Role
     from core.services import machines, users
     from tests.tui.helpers import FakeProbe, make_app, wait_for
 

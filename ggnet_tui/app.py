@@ -190,7 +190,10 @@ class GgnetApp(App[int]):
 
     async def on_unmount(self) -> None:
         if self.close_core_on_exit and self.core is not None:
-            await self.core.close()
+            try:  # never hang the exit on a database that stopped answering
+                await asyncio.wait_for(self.core.close(), timeout=5)
+            except Exception as exc:
+                get_logger().warning("database not closed cleanly at exit", reason=str(exc) or type(exc).__name__)
 
     def _handle_exception(self, error: Exception) -> None:
         # a bug: log it with an id and show that id, never a traceback (Textual's shows locals)
