@@ -42,6 +42,7 @@ class MachinesScreen(TableScreen):
         self.marked: set[str] = set()
         self.machines: dict[str, Any] = {}
         self.sessions: dict[str, Any] = {}
+        self._row_cache: dict[str, tuple[Any, dict[str, Any]]] = {}
 
     def compose_extra(self) -> ComposeResult:
         yield Static("", id="details")
@@ -66,24 +67,35 @@ class MachinesScreen(TableScreen):
     def rebuild(self) -> None:
         statuses = self.app.monitor.statuses  # type: ignore[attr-defined]
         rows = []
+        cache: dict[str, tuple[Any, dict[str, Any]]] = {}
         for name, m in self.machines.items():
             live = statuses.get(name)
             session = self.sessions.get(name)
             seen = max((t for t in (m.last_seen_at, live.seen_at if live else None) if t), default=None)
-            image = m.image or "-"
-            if m.image and m.pinned_version:
-                image = f"{m.image} v{m.pinned_version}"
-            rows.append((name, {
-                "mark": Text("*", style="bold") if name in self.marked else "",
-                "name": name,
-                "status": status(live.state if live else "offline"),
-                "ip": m.ip or "-",
-                "session": status(session.state) if session else "-",
-                "image": image,
-                "mac": m.mac,
-                "boot": m.boot_mode,
-                "seen": when(seen),
-            }))
+            state = live.state if live else "offline"
+            signature = (m.row_version, m.image, m.pinned_version, state, seen,
+                         session.state if session else None, name in self.marked)
+            previous = self._row_cache.get(name)
+            if previous is not None and previous[0] == signature:
+                cells = previous[1]  # unchanged: the same object, so the table skips it at once
+            else:
+                image = m.image or "-"
+                if m.image and m.pinned_version:
+                    image = f"{m.image} v{m.pinned_version}"
+                cells = {
+                    "mark": Text("*", style="bold") if name in self.marked else "",
+                    "name": name,
+                    "status": status(state),
+                    "ip": m.ip or "-",
+                    "session": status(session.state) if session else "-",
+                    "image": image,
+                    "mac": m.mac,
+                    "boot": m.boot_mode,
+                    "seen": when(seen),
+                }
+            cache[name] = (signature, cells)
+            rows.append((name, cells))
+        self._row_cache = cache
         self.set_rows(rows)
 
     def on_rows_shown(self) -> None:

@@ -96,6 +96,8 @@ class KeyedTable(DataTable):
             added = False
             for key, cells in rows:
                 old = self.rows_by_key.get(key)
+                if old is cells:  # the caller reused the row: nothing changed
+                    continue
                 if old is None:
                     self.add_row(*self._values(cells), key=key)
                     added = True
