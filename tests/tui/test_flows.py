@@ -235,6 +235,16 @@ async def test_another_consoles_change_appears_and_cursor_stays(fast_settings):
         await wait_for(pilot, lambda: table.rows_by_key["pc04"]["status"].plain == "online")
         assert table.cursor_key == "pc04" and table.cursor_row == 2
 
+        # hidden screens do not poll; shown again, they catch up at once
+        machines_screen = app.screen
+        await pilot.press("1")
+        await wait_for(pilot, lambda: screen_name(app) == "DashboardScreen" and machines_screen.settled)
+        polls = machines_screen.refreshes
+        await pilot.pause(5 * core.settings.refresh_seconds)
+        assert machines_screen.refreshes == polls
+        await pilot.press("2")
+        await wait_for(pilot, lambda: machines_screen.refreshes > polls)
+
 
 async def test_keys_remapped_from_config_and_palette(fast_settings):
     core = fast_settings
