@@ -486,3 +486,34 @@ async def test_csv_import_previews_bad_rows_before_writing(fast_settings, tmp_pa
         await wait_for(pilot, lambda: screen_name(app) == "MachinesScreen"
                        and sorted(app.screen.table.rows_by_key) == ["pc01", "pc02"])
     assert [m.name for m in await machines.list_machines(core, admin)] == ["pc01", "pc02"]
+
+
+async def test_image_activate_and_guarded_delete(fast_settings, tmp_path):
+    from core.services import images
+
+    core = fast_settings
+    admin = await make_user(core, "root-admin", Role.ADMIN)
+    await images.import_image(core, admin, _disk(tmp_path / "a.raw", 1), name="win11")
+    await images.import_image(core, admin, _disk(tmp_path / "b.raw", 1), new_version_of="win11")
+    await machines.add_machine(core, admin, name="pc01", mac="52:54:00:aa:00:01")
+    await images.assign_image(core, admin, "pc01", "win11")
+    app = make_app(core)
+    shown: list[str] = []
+    notify = app.notify
+    app.notify = lambda message, **kw: (shown.append(message), notify(message, **kw))  # type: ignore[method-assign]
+    async with app.run_test(size=(120, 40)) as pilot:
+        await log_in(pilot, "root-admin")
+        await wait_for(pilot, lambda: app.actor)
+        await pilot.press("3")
+        await wait_for(pilot, lambda: screen_name(app) == "ImagesScreen" and "ver:win11:2" in app.screen.table.rows_by_key)
+        assert app.screen.table.order == ["img:win11", "ver:win11:1", "ver:win11:2"]
+        await pilot.press("down")  # v1
+        await pilot.press("v")
+        await wait_for(pilot, lambda: str(app.screen.table.rows_by_key["ver:win11:1"]["active"]) == "active")
+        await pilot.press("up")  # the image itself: assigned to pc01, so core refuses to delete it
+        await pilot.press("ctrl+d")
+        await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen) and app.screen.query("#yes"))
+        await pilot.press("y")
+        await wait_for(pilot, lambda: any("assigned to pc01" in m for m in shown))
+    listed = await images.list_images(core, admin)
+    assert [(i.name, i.active_version) for i in listed] == [("win11", 1)]
