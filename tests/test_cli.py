@@ -297,3 +297,49 @@ def test_console_without_subcommand_starts_with_no_users(tmp_path: Path) -> None
     assert output, "the console drew nothing"
     assert b"Traceback" not in output
     assert proc.returncode in (0, -9)
+
+
+def _converse(args: list[str], env: dict[str, str], answers: list[tuple[bytes, bytes]]) -> tuple[int, bytes]:
+    """Run ggnet on a pseudo-terminal, answering each prompt; returns exit status and all output."""
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([ggnet_executable(), *args], stdin=slave, stdout=slave, stderr=slave, env=env,
+                            close_fds=True)
+    os.close(slave)
+    output = b""
+    pending = list(answers)
+    deadline = time.monotonic() + 60
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 0.1)
+            if ready:
+                try:
+                    chunk = os.read(master, 4096)
+                except OSError:
+                    break
+                if not chunk:
+                    break
+                output += chunk
+            if pending and pending[0][0] in output:
+                os.write(master, pending.pop(0)[1])
+                output += b"\n"  # keep later prompts distinct from the one just answered
+            if proc.poll() is not None and not ready:
+                break
+        return proc.wait(timeout=10), output
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(master)
+
+
+def test_new_password_prompt_does_not_echo(site: dict[str, str]) -> None:
+    env = {**site, "GGNET_USER": "admin", "GGNET_PASSWORD": ADMIN_PW}
+    typed = b"typed-at-the-prompt-1"
+    status, output = _converse(["user", "add", "bob", "--role", "viewer"], env,
+                               [(b"new password for bob:", typed + b"\n"), (b"again:", typed + b"\n")])
+    assert status == 0, output
+    assert b"user 'bob' added as viewer" in output
+    assert typed not in output  # not echoed
+    ok(run_ggnet(["machine", "list"], site, GGNET_USER="bob", GGNET_PASSWORD=typed.decode()))
+    status, output = _converse(["user", "passwd", "bob"], env,
+                               [(b"new password for bob:", b"first-entry-1\n"), (b"again:", b"second-entry-2\n")])
+    assert status == 1 and b"error: password: the two entries differ" in output
