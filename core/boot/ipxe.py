@@ -31,6 +31,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..files import fsync_dir
 from ..errors import Invalid
 from ..validation import (
     mac_hyphens,
@@ -281,14 +282,6 @@ def write_atomic(path: Path, text: str, mode: int = SCRIPT_MODE) -> None:
         except FileNotFoundError:
             pass
         raise
-
-
-def fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 @dataclass

@@ -24,6 +24,7 @@ from ..auth import Actor, Permission
 from ..config import Settings
 from ..context import Core
 from ..errors import Conflict, Invalid, NotFound
+from ..files import fsync_dir
 from ..log import get_logger
 from ..models import LIVE_SESSION_STATES, BootSession, Image, ImageKind, ImageVersion, Machine, utcnow
 from ..storage import qemu_img
@@ -393,7 +394,7 @@ async def _move(source: Path, dest: Path) -> bool:
     """Rename (constant time); across file systems, copy then remove. True if renamed."""
     try:
         os.replace(source, dest)
-        qemu_img.fsync_dir(dest.parent)
+        fsync_dir(dest.parent)
         return True
     except OSError as exc:
         if exc.errno != errno.EXDEV:

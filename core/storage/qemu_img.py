@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from ..files import fsync_dir, fsync_file
 from ..errors import BackendUnavailable, Conflict, GgnetError, Invalid
 from ..log import get_logger
 
@@ -378,22 +379,6 @@ class ProgressParser:
         return values
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def remove_stale_partials(directory: Path, older_than: float = 2 * CONVERT_STALL_TIMEOUT) -> list[Path]:
     """Remove temporaries a crashed ggnet left behind. A running conversion keeps writing to its
     temporary, so one untouched for longer than the stall timeout belongs to nobody."""
@@ -483,7 +468,7 @@ async def _convert(src: Path, dest: Path, fmt: str, progress: ProgressCallback |
         if code != 0:
             raise Invalid("file", _message(stderr, f"qemu-img convert failed (exit status {code})"))
         os.chmod(partial, 0o600)
-        await asyncio.to_thread(_fsync, partial)
+        await asyncio.to_thread(fsync_file, partial)
         if cancel is not None and cancel.is_set():  # cancelled while qemu-img was finishing
             raise Cancelled("cancelled; nothing was written")
         os.replace(partial, dest)

@@ -22,7 +22,8 @@ from typing import Any, Callable, Protocol, runtime_checkable
 from ..config import Settings
 from ..errors import BackendUnavailable, Invalid
 from ..log import get_logger
-from .qemu_img import Cancelled, fsync_dir, settle, temp_name
+from ..files import fsync_dir
+from .qemu_img import Cancelled, settle, temp_name
 
 FICLONE = 0x40049409  # _IOW(0x94, 9, int) from linux/fs.h
 WRITEBACK_DIR = "writebacks"
