@@ -8,11 +8,11 @@ from pathlib import Path
 from typing import AsyncIterator
 
 from sqlalchemy import event
-from sqlalchemy.engine import Connection, make_url
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.engine import URL, Connection, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
-from .errors import BackendUnavailable, SchemaTooNew
+from .errors import BackendUnavailable, Invalid, SchemaTooNew
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 
@@ -39,17 +39,37 @@ def _sqlite_begin(conn: Connection) -> None:
 # hide_parameters: a database error's text would otherwise quote the statement's values
 # (password hashes, CHAP secrets) into the log
 def create_engine(url: str) -> AsyncEngine:
-    parsed = make_url(url)
+    parsed = _supported_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            try:
+                Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise BackendUnavailable(f"cannot create the directory of {parsed.database}: {exc.strerror}") from None
         engine = create_async_engine(
-            url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}, hide_parameters=True
+            parsed, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}, hide_parameters=True
         )
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         event.listen(engine.sync_engine, "begin", _sqlite_begin)
         return engine
-    return create_async_engine(url, pool_pre_ping=True, hide_parameters=True)
+    return create_async_engine(parsed, pool_pre_ping=True, hide_parameters=True)
+
+
+# the async drivers ggnet ships with; plain "sqlite://" and "postgresql://" mean these
+_DRIVERS = {"sqlite": "aiosqlite", "postgresql": "asyncpg"}
+
+
+def _supported_url(url: str) -> URL:
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise Invalid("database_url", "must be a URL such as sqlite+aiosqlite:///path/ggnet.db or "
+                      "postgresql+asyncpg://user:password@host/ggnet") from None
+    backend, _, driver = parsed.drivername.partition("+")
+    if backend not in _DRIVERS or driver not in ("", _DRIVERS[backend]):
+        raise Invalid("database_url", "must use SQLite (sqlite+aiosqlite://) or PostgreSQL (postgresql+asyncpg://), "
+                      f"not {parsed.drivername}")
+    return parsed.set(drivername=f"{backend}+{_DRIVERS[backend]}")
 
 
 class Database:

@@ -48,8 +48,14 @@ def configure_logging(log_file: Path | None, level: str = "INFO") -> None:
     if log_file is None:
         _log_stream = open("/dev/null", "a")
     else:
-        log_file.parent.mkdir(parents=True, exist_ok=True)
-        _log_stream = open(log_file, "a", encoding="utf-8", buffering=1)
+        try:
+            log_file.parent.mkdir(parents=True, exist_ok=True)
+            _log_stream = open(log_file, "a", encoding="utf-8", buffering=1)
+        except OSError as exc:
+            from .errors import Invalid
+
+            _log_stream = None
+            raise Invalid("log_file", f"cannot write {log_file}: {exc.strerror}") from None
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,

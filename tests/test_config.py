@@ -94,3 +94,46 @@ def test_bad_environment_value_is_a_clear_error(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("GGNET_TARGET_BACKEND", "iet")
     with pytest.raises(Invalid, match="target_backend"):
         load_settings()
+
+
+@pytest.mark.parametrize(
+    ("url", "phrase"),
+    [
+        ("mysql://root@db/ggnet", "must use SQLite (sqlite+aiosqlite://) or PostgreSQL"),
+        ("postgresql+psycopg2://u@db/ggnet", "not postgresql+psycopg2"),
+        ("not a url", "must be a URL such as"),
+    ],
+)
+def test_unsupported_database_url_is_a_clear_error(url: str, phrase: str) -> None:
+    from core.db import Database
+
+    with pytest.raises(Invalid) as caught:
+        Database(url)
+    assert list(caught.value.errors) == ["database_url"] and phrase in caught.value.message
+
+
+async def test_plain_urls_get_the_async_drivers(tmp_path: Path) -> None:
+    from core.db import Database
+
+    db = Database(f"sqlite:///{tmp_path / 'plain.db'}")
+    try:
+        assert db.engine.url.drivername == "sqlite+aiosqlite"
+        await db.upgrade()  # and it works
+    finally:
+        await db.dispose()
+    pg = Database("postgresql://u:p@db.example/ggnet")
+    assert pg.engine.url.drivername == "postgresql+asyncpg"
+    await pg.dispose()
+
+
+def test_unwritable_places_are_clear_errors(tmp_path: Path) -> None:
+    from core.db import Database
+    from core.errors import BackendUnavailable
+    from core.log import configure_logging
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(Invalid, match="log_file: cannot write"):
+        configure_logging(blocker / "ggnet.log")
+    with pytest.raises(BackendUnavailable, match="cannot create the directory"):
+        Database(f"sqlite+aiosqlite:///{blocker / 'sub' / 'ggnet.db'}")
