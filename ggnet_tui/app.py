@@ -16,6 +16,7 @@ import shutil
 import signal
 import socket
 import sys
+import threading
 import uuid
 from datetime import datetime, timezone
 from functools import partial
@@ -400,5 +401,14 @@ def run_console(state: Any) -> int:
     app = GgnetApp(open_core=lambda: state.core)  # settings errors are shown by _open
     app.close_core_on_exit = True
     app.run()
-    return app.return_code or 0
+    code = app.return_code or 0
+    # A read cut off by the exit can leave an aiosqlite worker thread (not a daemon) behind,
+    # which would keep the process alive after its screen is gone: nothing is left to do here.
+    leftover = [t for t in threading.enumerate() if t is not threading.main_thread() and t.is_alive() and not t.daemon]
+    if leftover:
+        get_logger().info("leaving with database threads still open", threads=len(leftover))
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
