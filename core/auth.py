@@ -10,16 +10,19 @@ Login throttling (per account, stored in the database so every console and the C
   The lock always expires by itself and any admin can lift it at once with
   ``ggnet user enable NAME``. A successful login resets the count.
 
-So guessing is held to a few tries per quarter hour per account. The price is that someone
-who keeps guessing (one wrong try after each lock ends re-locks it) can keep that account
-locked; the other admins are unaffected and can unlock it, and nothing is ever locked for
-good without such a person at work.
+So guessing is held to a few tries per quarter hour per account. Someone who keeps guessing
+(one wrong try after each lock ends re-locks it) can keep an account locked, even every admin
+account; so there is always a way back that no guessing can block: the boot server's own root
+(``sudo ggnet user enable NAME --local`` / ``user passwd NAME --local``) acts without a ggnet
+login, audited as ``root (local recovery)``. ggnet has no network login of its own, so anyone
+who can try passwords already has a shell on the server; the lock slows them down, root stops them.
 """
 
 from __future__ import annotations
 
 import enum
 import hmac
+import os
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -131,3 +134,16 @@ class Actor:
 
 # used by ggnet itself (reconcile at boot, init) where no person is acting
 SYSTEM = Actor(user_id=None, username="system", role=Role.ADMIN)
+
+
+LOCAL_RECOVERY = "root (local recovery)"
+
+
+def local_recovery_actor() -> Actor:
+    """Break-glass: the server's root may lift locks and reset passwords without a ggnet login.
+    Root can read the database file (or its URL's credentials) anyway, so this grants nothing new."""
+    from .errors import PermissionDenied
+
+    if os.geteuid() != 0:
+        raise PermissionDenied("local recovery (--local) needs root on the boot server: run it with sudo")
+    return Actor(user_id=None, username=LOCAL_RECOVERY, role=Role.ADMIN)

@@ -343,3 +343,28 @@ def test_new_password_prompt_does_not_echo(site: dict[str, str]) -> None:
     status, output = _converse(["user", "passwd", "bob"], env,
                                [(b"new password for bob:", b"first-entry-1\n"), (b"again:", b"second-entry-2\n")])
     assert status == 1 and b"error: password: the two entries differ" in output
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="break-glass recovery is for root")
+def test_root_recovers_a_locked_admin_without_a_ggnet_login(site: dict[str, str]) -> None:
+    """Even if someone keeps every admin locked, the server's root gets back in (and it is audited)."""
+    db = sqlite3.connect(Path(site["GGNET_DATA_DIR"]) / "ggnet.db")
+    db.execute("UPDATE users SET failed_logins = 10, locked_until = '2999-01-01 00:00:00.000000' WHERE username = 'admin'")
+    db.commit()
+    db.close()
+    one_error(as_admin(["machine", "list"], site), "too many failed logins")
+    ok(run_ggnet(["user", "enable", "admin", "--local"], site))
+    ok(run_ggnet(["user", "passwd", "admin", "--local"], site, GGNET_NEW_PASSWORD="fresh-admin-pass"))
+    events = json.loads(ok(run_ggnet(["audit", "list", "--limit", "5", "--json"], site,
+                                     GGNET_USER="admin", GGNET_PASSWORD="fresh-admin-pass")).stdout)
+    assert [(e["actor"], e["action"]) for e in events[1:3]] == [
+        ("root (local recovery)", "user.passwd"), ("root (local recovery)", "user.enable")]
+
+
+def test_local_recovery_is_refused_to_anyone_but_root(monkeypatch: pytest.MonkeyPatch) -> None:
+    from core.auth import local_recovery_actor
+    from core.errors import PermissionDenied
+
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)  # the OS identity is the boundary here
+    with pytest.raises(PermissionDenied, match="needs root"):
+        local_recovery_actor()

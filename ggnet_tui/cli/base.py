@@ -66,6 +66,15 @@ class State:
             password = getpass.getpass(f"password for {username}: ")
         return core, await users.login(core, username, password)
 
+    async def login_or_local(self, local: bool) -> Any:
+        """``--local``: the server's root acts without a ggnet login (break-glass, audited)."""
+        if not local:
+            return await self.login()
+        from core.auth import local_recovery_actor
+
+        actor = local_recovery_actor()
+        return await self.open(), actor
+
     async def close(self) -> None:
         if self._core is not None:
             await self._core.close()

@@ -73,14 +73,20 @@ async def user_show(state: State, name: str, as_json: bool) -> None:
     emit_json(data) if as_json else details(data)
 
 
+local_option = click.option(
+    "--local", is_flag=True, help="Break-glass: as root on the boot server, without a ggnet login (audited)."
+)
+
+
 @user.command("passwd")
 @click.argument("name")
+@local_option
 @run
-async def user_passwd(state: State, name: str) -> None:
+async def user_passwd(state: State, name: str, local: bool) -> None:
     """Set a password (admins: anyone's; others: their own)."""
     from core.services import users
 
-    core, actor = await state.login()
+    core, actor = await state.login_or_local(local)
     changed = await users.set_password(core, actor, name, new_password(name))
     click.echo(f"password of '{changed.username}' changed")
 
@@ -111,12 +117,13 @@ async def user_disable(state: State, name: str) -> None:
 
 @user.command("enable")
 @click.argument("name")
+@local_option
 @run
-async def user_enable(state: State, name: str) -> None:
+async def user_enable(state: State, name: str, local: bool) -> None:
     """Enable an account (also lifts a login lock)."""
     from core.services import users
 
-    core, actor = await state.login()
+    core, actor = await state.login_or_local(local)
     changed = await users.enable_user(core, actor, name)
     click.echo(f"user '{changed.username}' enabled")
 
