@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -41,7 +42,8 @@ class Tmux:
         return self.run("capture-pane", "-p", "-t", self.session).stdout
 
     def alive(self) -> bool:
-        return self.run("has-session", "-t", self.session).returncode == 0
+        dead = self.run("display-message", "-p", "-t", self.session, "#{pane_dead}")
+        return dead.returncode == 0 and dead.stdout.strip() == "0"
 
     def wait_for(self, needle: str, tries: int = 100) -> str:
         for _ in range(tries):
@@ -67,6 +69,7 @@ async def test_log_in_add_machine_quit(sqlite_core, tmp_path: Path):
         "GGNET_DATABASE_URL": core.settings.database_url,
         "GGNET_LOG_FILE": str(tmp_path / "console.log"),
         "GGNET_REFRESH_SECONDS": "0.5",
+        "PYTHONFAULTHANDLER": "1",
         "GGNET_TGT_CONTROL_PORT": "32000",  # a port no tgtd listens on: never touch a system tgtd
     }
     ggnet = str(Path(sys.executable).parent / "ggnet")
@@ -74,7 +77,7 @@ async def test_log_in_add_machine_quit(sqlite_core, tmp_path: Path):
     term = Tmux(tmp_path)
     try:
         term.run("new-session", "-d", "-s", term.session, "-x", "80", "-y", "24", f"env -i {command}")
-        term.run("set-option", "-t", term.session, "remain-on-exit", "failed")  # keep a crash on screen
+        term.run("set-option", "-t", term.session, "remain-on-exit", "on")  # keep a crash on screen
         term.wait_for("Log in to ggnet")
         term.wait_for("SQLite")  # the header names the database once it is open
         term.text("root-admin")
@@ -99,8 +102,12 @@ async def test_log_in_add_machine_quit(sqlite_core, tmp_path: Path):
             if not term.alive():
                 break
             time.sleep(0.1)
-        status = term.run("display-message", "-p", "-t", term.session, "#{pane_dead_status}").stdout
-        assert not term.alive(), f"exit status {status}; screen:\n{term.screen()}"
+        if term.alive():  # still running: make Python print where it is stuck (PYTHONFAULTHANDLER)
+            pid = int(term.run("display-message", "-p", "-t", term.session, "#{pane_pid}").stdout or 0)
+            if pid:
+                os.kill(pid, signal.SIGABRT)
+                time.sleep(1)
+        assert not term.alive(), f"ggnet did not exit after q; screen:\n{term.screen()}"
     finally:
         term.kill()
     assert [m.name for m in await machines.list_machines(core, admin)] == ["pc01"]
