@@ -68,6 +68,11 @@ def get_logger() -> Any:
     return core_logger()
 
 
+def _preload() -> None:
+    for module in ("core.monitor", "core.services.users", "core.db"):
+        import_module(module)
+
+
 def _utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
@@ -168,12 +173,15 @@ class GgnetApp(App[int]):
         self.call_after_refresh(lambda: self.run_worker(self._open(), group="open"))
 
     async def _open(self) -> None:
-        from core.monitor import Monitor
-        from core.services import users
-
         try:
+            # settings, SQLAlchemy and the services load in a thread: the login screen is
+            # already drawn and keeps answering keys meanwhile
             if self.core is None:
-                self.core = self._open_core()  # type: ignore[misc]
+                self.core = await asyncio.to_thread(self._open_core)  # type: ignore[arg-type]
+            await asyncio.to_thread(_preload)
+            from core.monitor import Monitor
+            from core.services import users
+
             settings = self.core.settings
             self.db_kind = self.core.db.kind
             self.refresh_seconds = max(0.2, float(settings.refresh_seconds))
