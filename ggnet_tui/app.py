@@ -153,6 +153,7 @@ class GgnetApp(App[int]):
         self.close_core_on_exit = False
         self._last_input = monotonic()
         self._session_timers: list[Any] = []
+        self._reconciled_at_start = False
         self._linux_console = (term if term is not None else os.environ.get("TERM", "")) == "linux"
         for mode in SCREENS:
             self.add_mode(mode, partial(_make_screen, mode))
@@ -252,6 +253,7 @@ class GgnetApp(App[int]):
         ]
         self.run_worker(self._check_health(), group="health")
         self.run_worker(self._monitor_loop(), group="monitor", exclusive=True)
+        self.run_worker(self._reconcile_at_start(), group="reconcile")
         await self.switch_mode("dashboard")
         self.notify(f"Logged in as {self.actor.username} ({self.actor.role.value}). Press ? for keys.", timeout=3)
 
@@ -338,6 +340,29 @@ class GgnetApp(App[int]):
             except Exception as exc:
                 get_logger().warning("liveness poll failed", reason=str(exc))
             await asyncio.sleep(self.refresh_seconds)
+
+    async def _reconcile_at_start(self) -> None:
+        """LIO and tgtd forget their targets when they restart: the first login that may manage
+        targets repairs the drift (viewers see it on the Targets screen instead)."""
+        from core.auth import Permission
+        from core.services import targets
+
+        if self._reconciled_at_start or self.actor is None or not self.actor.can(Permission.MANAGE_TARGETS):
+            return
+        backend, _health = await self.core.target_backend()
+        if backend is None:
+            return
+        self._reconciled_at_start = True
+        try:
+            report = await self.run_work(targets.reconcile(self.core, self.actor))
+        except GgnetError as exc:
+            self.notify(f"Reconcile at start failed: {exc.message}", severity="error", timeout=8)
+            return
+        if report.errors:
+            self.notify(f"Reconcile at start: {len(report.errors)} repairs failed; see Targets (5).",
+                        severity="error", timeout=8)
+        elif report.drift:
+            self.notify(f"Reconcile at start repaired {len(report.repaired)} drift items.", timeout=5)
 
     async def _check_health(self) -> None:
         try:

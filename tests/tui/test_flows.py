@@ -429,6 +429,42 @@ async def test_session_start_and_stop_on_a_real_tgtd(fast_settings, tmp_path):
         daemon.stop()
 
 
+async def test_login_reconciles_what_the_target_stack_forgot(fast_settings, tmp_path):
+    from core.iscsi.tgt import TgtBackend
+    from core.services import images, sessions
+    from tests.e2e.tgtd import start_private_tgtd, unavailable
+
+    if unavailable():
+        pytest.skip(unavailable())
+    core = fast_settings
+    admin = await make_user(core, "root-admin", Role.ADMIN)
+    daemon = start_private_tgtd(tmp_path)
+    try:
+        core.settings.portal = f"127.0.0.1:{daemon.portal_port}"
+        core.settings.tgt_control_port = daemon.control_port
+        core.settings.writeback_driver = "copy"
+        core.use_backend(TgtBackend(daemon.control_port))
+        await images.import_image(core, admin, _disk(tmp_path / "disk.raw", 4), name="disk")
+        await machines.add_machine(core, admin, name="pc01", mac="52:54:00:aa:00:01")
+        await images.assign_image(core, admin, "pc01", "disk")
+        [started] = await sessions.start_sessions(core, admin, ["pc01"])
+        assert started.ok
+        daemon.restart_empty()  # the target service restarted: its targets are gone
+        backend, _ = await core.target_backend()
+        assert await backend.list_targets() == []
+        app = make_app(core)
+        core.use_backend(TgtBackend(daemon.control_port))  # after make_app, which pins "no backend"
+        async with app.run_test(size=(120, 40)) as pilot:
+            await log_in(pilot, "root-admin")
+            for _ in range(200):
+                if [t.iqn for t in await backend.list_targets()] == ["iqn.2024-01.lan.ggnet:pc01"]:
+                    break
+                await pilot.pause(0.05)
+            assert [t.iqn for t in await backend.list_targets()] == ["iqn.2024-01.lan.ggnet:pc01"]
+    finally:
+        daemon.stop()
+
+
 async def test_audit_query_and_event_details(fast_settings):
     core = fast_settings
     admin = await make_user(core, "root-admin", Role.ADMIN)
