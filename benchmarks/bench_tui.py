@@ -123,11 +123,13 @@ async def _machines(count: int) -> dict[str, float]:
             start = time.perf_counter()
             await pilot.pause()
             idle.append(time.perf_counter() - start)
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         screen.rebuild()  # the keyed diff: update_cell for the changed statuses only
         result["refresh_50_diff_ms"] = (time.perf_counter() - start) * 1000
         await pilot.pause()  # the repaint it causes
         result["refresh_50_ui_ms"] = (time.perf_counter() - start - min(idle)) * 1000
+        # the CPU it cost (the wall figure above also holds Textual's frame pacing and the loop's waits)
+        result["refresh_50_cpu_ms"] = (time.process_time() - cpu_start) * 1000
         result["cells_changed"] = changed_before
 
         # for comparison: one status change (DataTable repaints every visible row after any change)
@@ -170,7 +172,8 @@ def main() -> None:
     print(f"machines screen, {args.machines} machines: first paint {figures['first_paint_ms']:.0f} ms")
     print(f"one refresh with {figures['cells_changed']:.0f} status changes: keyed diff "
           f"{figures['refresh_50_diff_ms']:.1f} ms, diff + repaint {figures['refresh_50_ui_ms']:.1f} ms "
-          f"(aim < 30 ms; one change alone: {figures['refresh_1_ui_ms']:.1f} ms); "
+          f"(aim < 30 ms; one change alone: {figures['refresh_1_ui_ms']:.1f} ms), "
+          f"CPU {figures['refresh_50_cpu_ms']:.1f} ms; "
           f"whole refresh with the database read {figures['refresh_50_with_db_ms']:.1f} ms")
     print(f"peak memory (RSS) with {args.machines} machines: {figures['peak_rss_mb']:.0f} MB (aim < 150 MB)")
 
