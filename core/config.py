@@ -78,19 +78,12 @@ class Settings(BaseSettings):
     @property
     def portal_address(self) -> tuple[str, int]:
         """GGNET_PORTAL as (host, port); the port defaults to 3260."""
-        host, sep, port_text = self.portal.strip().rpartition(":")
-        if not sep:
-            host, port_text = self.portal.strip(), "3260"
-        try:
-            import ipaddress
+        from .validation import parse_host_port
 
-            ipaddress.IPv4Address(host)
-            port = int(port_text)
-            if not 1 <= port <= 65535:
-                raise ValueError
-        except ValueError:
-            raise ValueError(f"portal: must be IPv4-address:port such as 0.0.0.0:3260, got {self.portal!r}") from None
-        return host, port
+        try:
+            return parse_host_port(self.portal, 3260, "0.0.0.0:3260")
+        except ValueError as exc:
+            raise ValueError(f"portal: {exc}") from None
 
     @property
     def boot_host(self) -> str | None:

@@ -68,6 +68,21 @@ def normalize_ipv4(value: str) -> str:
     return str(address)
 
 
+def parse_host_port(text: str, default_port: int, example: str) -> tuple[str, int]:
+    """``IPv4[:port]`` as (address, port) for settings such as GGNET_PORTAL and GGNET_WOL_ADDRESS."""
+    host, sep, port_text = str(text).strip().rpartition(":")
+    if not sep:
+        host, port_text = str(text).strip(), str(default_port)
+    try:
+        ipaddress.IPv4Address(host)
+        port = int(port_text)
+    except ValueError:
+        port = 0
+    if not 1 <= port <= 65535:
+        raise ValueError(f"must be IPv4-address:port such as {example}, got {text!r}")
+    return host, port
+
+
 # --- names -----------------------------------------------------------------
 
 _MACHINE_NAME = re.compile(r"^[a-z0-9-]{1,15}\Z")

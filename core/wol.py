@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import socket
 
 from .errors import BackendUnavailable, Invalid
+from .validation import parse_host_port
 
 DEFAULT_PORT = 9
 
@@ -25,17 +25,10 @@ def magic_packet(mac: str) -> bytes:
 
 def parse_address(text: str) -> tuple[str, int]:
     """GGNET_WOL_ADDRESS as (IPv4, port); the port defaults to 9."""
-    host, sep, port_text = text.strip().rpartition(":")
-    if not sep:
-        host, port_text = text.strip(), str(DEFAULT_PORT)
     try:
-        ipaddress.IPv4Address(host)
-        port = int(port_text)
-        if not 1 <= port <= 65535:
-            raise ValueError
-    except ValueError:
-        raise Invalid("wol_address", f"must be IPv4-address:port such as 255.255.255.255:9, got {text!r}") from None
-    return host, port
+        return parse_host_port(text, DEFAULT_PORT, "255.255.255.255:9")
+    except ValueError as exc:
+        raise Invalid("wol_address", str(exc)) from None
 
 
 async def send_magic_packets(macs: list[str], address: str) -> None:
