@@ -66,8 +66,8 @@ def xfs_mount(workdir: Path) -> Iterator[Path]:
         subprocess.run(["umount", str(mountpoint)], check=False)
 
 
-async def run_driver(driver: str, data_dir: Path, log_file: Path, image: Path, counts: list[int], tgtd_port: int,
-                     portal_port: int) -> None:
+async def open_site(data_dir: Path, log_file: Path, driver: str, tgtd_port: int, portal_port: int):  # type: ignore[no-untyped-def]
+    """A fresh ggnet site on the private tgtd, and its admin."""
     # the log stays open for the process's life: keep it off the loop-mounted file system
     settings = Settings(data_dir=data_dir, portal=f"127.0.0.1:{portal_port}", boot_address="10.0.2.2",
                         tgt_control_port=tgtd_port, writeback_driver=driver, target_backend="tgt",
@@ -77,7 +77,12 @@ async def run_driver(driver: str, data_dir: Path, log_file: Path, image: Path, c
     core.use_backend(TgtBackend(tgtd_port))
     await core.db.upgrade()
     await users.create_first_admin(core, "bench", "bench-password")
-    admin = await users.login(core, "bench", "bench-password")
+    return core, await users.login(core, "bench", "bench-password")
+
+
+async def run_driver(driver: str, data_dir: Path, log_file: Path, image: Path, counts: list[int], tgtd_port: int,
+                     portal_port: int) -> None:
+    core, admin = await open_site(data_dir, log_file, driver, tgtd_port, portal_port)
     t0 = time.perf_counter()
     await images.import_image(core, admin, image, name="win", kind="system")
     print(f"  [{driver}] import of the 2 GiB image: {time.perf_counter() - t0:.2f} s")
@@ -102,15 +107,8 @@ async def run_driver(driver: str, data_dir: Path, log_file: Path, image: Path, c
 
 
 async def boot_storm(workdir: Path, image: Path, clients: int, tgtd_port: int, portal_port: int) -> None:
-    data_dir = workdir / "storm"
-    settings = Settings(data_dir=data_dir, portal=f"127.0.0.1:{portal_port}", boot_address="10.0.2.2",
-                        tgt_control_port=tgtd_port, writeback_driver="auto", target_backend="tgt")
-    configure_logging(settings.log_file)
-    core = Core.open(settings)
-    core.use_backend(TgtBackend(tgtd_port))
-    await core.db.upgrade()
-    await users.create_first_admin(core, "bench", "bench-password")
-    admin = await users.login(core, "bench", "bench-password")
+    core, admin = await open_site(workdir / "storm", workdir / "storm.log", "auto", tgtd_port, portal_port)
+    settings = core.settings
     await images.import_image(core, admin, image, name="win", kind="system")
     macs = [f"52:54:00:5a:00:{i:02x}" for i in range(1, clients + 1)]
     for i, mac in enumerate(macs, 1):

@@ -368,9 +368,10 @@ async def test_session_start_refusal_is_shown_in_plain_words(fast_settings):
         await wait_for(pilot, lambda: "no iSCSI target stack" in error())
 
 
-async def test_session_start_and_stop_on_a_real_tgtd(fast_settings, tmp_path):
-    from core.iscsi.tgt import TgtBackend
-    from core.services import images, sessions
+@pytest.fixture
+async def tgtd_site(fast_settings, tmp_path):
+    """A private tgtd, an image 'disk' and machine pc01 assigned to it; yields (core, admin, daemon)."""
+    from core.services import images
     from tests.e2e.tgtd import start_private_tgtd, unavailable
 
     if unavailable():
@@ -385,84 +386,78 @@ async def test_session_start_and_stop_on_a_real_tgtd(fast_settings, tmp_path):
         await images.import_image(core, admin, _disk(tmp_path / "disk.raw", 4), name="disk")
         await machines.add_machine(core, admin, name="pc01", mac="52:54:00:aa:00:01")
         await images.assign_image(core, admin, "pc01", "disk")
-        app = make_app(core)
-        core.use_backend(TgtBackend(daemon.control_port))  # after make_app, which pins "no backend"
-        async with app.run_test(size=(120, 40)) as pilot:
-            await log_in(pilot, "root-admin")
-            await wait_for(pilot, lambda: app.actor)
-            await _machines_screen(pilot, app)
-            await wait_for(pilot, lambda: app.screen.table.rows_by_key)
-            await pilot.press("s")
-            await wait_for(pilot, lambda: isinstance(app.screen, FormScreen) and app.screen.query("#save"))
-            await pilot.press("ctrl+s")
-            await wait_for(pilot, lambda: screen_name(app) == "MachinesScreen"
-                           and str(app.screen.table.rows_by_key["pc01"]["session"]) == "active")
-            await pilot.press("4")
-            await wait_for(pilot, lambda: screen_name(app) == "SessionsScreen" and app.screen.table.rows_by_key)
-            row = next(iter(app.screen.table.rows_by_key.values()))
-            assert row["machine"] == "pc01" and str(row["state"]) == "active" and str(row["login"]) == "no"
-
-            # the target vanishes behind ggnet's back (a tgtd restart): Targets shows the drift,
-            # reconcile recreates it
-            daemon.delete_all_targets()
-            await pilot.press("5")
-            await wait_for(pilot, lambda: screen_name(app) == "TargetsScreen" and any(
-                str(r["state"]) == "missing-target" for r in app.screen.table.rows_by_key.values()))
-            await pilot.press("R")
-            await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen) and app.screen.query("#yes"))
-            await pilot.press("y")
-            await wait_for(pilot, lambda: screen_name(app) == "TextScreen")
-            await pilot.press("escape")
-            await wait_for(pilot, lambda: screen_name(app) == "TargetsScreen" and [
-                str(r["state"]) for r in app.screen.table.rows_by_key.values()] == ["ok"])
-
-            await pilot.press("4")
-            await wait_for(pilot, lambda: screen_name(app) == "SessionsScreen" and app.screen.table.rows_by_key)
-            await pilot.press("x")
-            await wait_for(pilot, lambda: isinstance(app.screen, FormScreen) and app.screen.query("#save"))
-            await pilot.press("ctrl+s")
-            await wait_for(pilot, lambda: screen_name(app) == "SessionsScreen" and not app.screen.table.rows_by_key)
-        assert await sessions.list_sessions(core, admin, live_state=False) == []
-        backend, _ = await core.target_backend()
-        assert await backend.list_targets() == []
+        yield core, admin, daemon
     finally:
         daemon.stop()
 
 
-async def test_login_reconciles_what_the_target_stack_forgot(fast_settings, tmp_path):
+async def test_session_start_and_stop_on_a_real_tgtd(tgtd_site):
     from core.iscsi.tgt import TgtBackend
-    from core.services import images, sessions
-    from tests.e2e.tgtd import start_private_tgtd, unavailable
+    from core.services import sessions
 
-    if unavailable():
-        pytest.skip(unavailable())
-    core = fast_settings
-    admin = await make_user(core, "root-admin", Role.ADMIN)
-    daemon = start_private_tgtd(tmp_path)
-    try:
-        core.settings.portal = f"127.0.0.1:{daemon.portal_port}"
-        core.settings.tgt_control_port = daemon.control_port
-        core.settings.writeback_driver = "copy"
-        core.use_backend(TgtBackend(daemon.control_port))
-        await images.import_image(core, admin, _disk(tmp_path / "disk.raw", 4), name="disk")
-        await machines.add_machine(core, admin, name="pc01", mac="52:54:00:aa:00:01")
-        await images.assign_image(core, admin, "pc01", "disk")
-        [started] = await sessions.start_sessions(core, admin, ["pc01"])
-        assert started.ok
-        daemon.restart_empty()  # the target service restarted: its targets are gone
-        backend, _ = await core.target_backend()
-        assert await backend.list_targets() == []
-        app = make_app(core)
-        core.use_backend(TgtBackend(daemon.control_port))  # after make_app, which pins "no backend"
-        async with app.run_test(size=(120, 40)) as pilot:
-            await log_in(pilot, "root-admin")
-            for _ in range(200):
-                if [t.iqn for t in await backend.list_targets()] == ["iqn.2024-01.lan.ggnet:pc01"]:
-                    break
-                await pilot.pause(0.05)
-            assert [t.iqn for t in await backend.list_targets()] == ["iqn.2024-01.lan.ggnet:pc01"]
-    finally:
-        daemon.stop()
+    core, admin, daemon = tgtd_site
+    app = make_app(core)
+    core.use_backend(TgtBackend(daemon.control_port))  # after make_app, which pins "no backend"
+    async with app.run_test(size=(120, 40)) as pilot:
+        await log_in(pilot, "root-admin")
+        await wait_for(pilot, lambda: app.actor)
+        await _machines_screen(pilot, app)
+        await wait_for(pilot, lambda: app.screen.table.rows_by_key)
+        await pilot.press("s")
+        await wait_for(pilot, lambda: isinstance(app.screen, FormScreen) and app.screen.query("#save"))
+        await pilot.press("ctrl+s")
+        await wait_for(pilot, lambda: screen_name(app) == "MachinesScreen"
+                       and str(app.screen.table.rows_by_key["pc01"]["session"]) == "active")
+        await pilot.press("4")
+        await wait_for(pilot, lambda: screen_name(app) == "SessionsScreen" and app.screen.table.rows_by_key)
+        row = next(iter(app.screen.table.rows_by_key.values()))
+        assert row["machine"] == "pc01" and str(row["state"]) == "active" and str(row["login"]) == "no"
+
+        # the target vanishes behind ggnet's back (a tgtd restart): Targets shows the drift,
+        # reconcile recreates it
+        daemon.delete_all_targets()
+        await pilot.press("5")
+        await wait_for(pilot, lambda: screen_name(app) == "TargetsScreen" and any(
+            str(r["state"]) == "missing-target" for r in app.screen.table.rows_by_key.values()))
+        await pilot.press("R")
+        await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen) and app.screen.query("#yes"))
+        await pilot.press("y")
+        await wait_for(pilot, lambda: screen_name(app) == "TextScreen")
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: screen_name(app) == "TargetsScreen" and [
+            str(r["state"]) for r in app.screen.table.rows_by_key.values()] == ["ok"])
+
+        await pilot.press("4")
+        await wait_for(pilot, lambda: screen_name(app) == "SessionsScreen" and app.screen.table.rows_by_key)
+        await pilot.press("x")
+        await wait_for(pilot, lambda: isinstance(app.screen, FormScreen) and app.screen.query("#save"))
+        await pilot.press("ctrl+s")
+        await wait_for(pilot, lambda: screen_name(app) == "SessionsScreen" and not app.screen.table.rows_by_key)
+    assert await sessions.list_sessions(core, admin, live_state=False) == []
+    backend, _ = await core.target_backend()
+    assert await backend.list_targets() == []
+
+
+async def test_login_reconciles_what_the_target_stack_forgot(tgtd_site):
+    from core.iscsi.tgt import TgtBackend
+    from core.services import sessions
+
+    core, admin, daemon = tgtd_site
+    core.use_backend(TgtBackend(daemon.control_port))
+    [started] = await sessions.start_sessions(core, admin, ["pc01"])
+    assert started.ok
+    daemon.restart_empty()  # the target service restarted: its targets are gone
+    backend, _ = await core.target_backend()
+    assert await backend.list_targets() == []
+    app = make_app(core)
+    core.use_backend(TgtBackend(daemon.control_port))  # after make_app, which pins "no backend"
+    async with app.run_test(size=(120, 40)) as pilot:
+        await log_in(pilot, "root-admin")
+        for _ in range(200):
+            if [t.iqn for t in await backend.list_targets()] == ["iqn.2024-01.lan.ggnet:pc01"]:
+                break
+            await pilot.pause(0.05)
+        assert [t.iqn for t in await backend.list_targets()] == ["iqn.2024-01.lan.ggnet:pc01"]
 
 
 async def test_audit_query_and_event_details(fast_settings):
