@@ -184,7 +184,25 @@ async def viewer(core: Core, admin: Actor) -> Actor:
     return await make_user(core, "vera", Role.VIEWER)
 
 
+# In CI a skipped test is a missing install step, not a pass: the run fails unless the skip
+# says it is optional (something this machine legitimately cannot show).
+OPTIONAL_SKIP = "optional: "
+_ci_skips: list[str] = []
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if IN_CI and report.skipped:
+        reason = str(report.longrepr[-1]) if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        if "Skipped: " + OPTIONAL_SKIP not in reason and not reason.startswith(OPTIONAL_SKIP):
+            _ci_skips.append(f"{report.nodeid}: {reason}")
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if _ci_skips:
+        print("\nCI=true: these tests were skipped, which CI counts as failures:")
+        for line in _ci_skips:
+            print("  " + line)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
     template = _templates.get("pg")
     if template and PG_URL:
         try:

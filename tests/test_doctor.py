@@ -111,7 +111,7 @@ def test_reconcile_unit_is_valid_and_runs_after_the_target_service(tmp_path: Pat
         assert needed in text, needed
     analyze = shutil.which("systemd-analyze")
     if analyze is None:
-        pytest.skip("systemd-analyze is not installed")
+        pytest.skip("optional: systemd-analyze is not installed")
     # systemd checks that ExecStart exists: point it at the ggnet installed beside this Python
     unit = tmp_path / "ggnet-reconcile.service"
     unit.write_text(text.replace("ExecStart=ggnet ", f"ExecStart={Path(sys.executable).parent / 'ggnet'} "))

@@ -273,7 +273,7 @@ async def test_a_failure_midway_leaves_nothing_behind(tgtd_daemon: TgtDaemon, tm
     spec = spec_for(tgtd_daemon, tmp_path, "pc01")
     # tgtd cannot open an immutable file read-write, even as root: the LUN step fails after the target exists
     if not chattr("+i", spec.backing_file):
-        pytest.skip("chattr +i is not supported on this file system")
+        pytest.skip("optional: chattr +i is not supported on this file system")
     try:
         with pytest.raises(BackendUnavailable, match="tgtd cannot serve .* as LUN 1"):
             await backend.create_target(spec)

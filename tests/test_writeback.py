@@ -109,7 +109,7 @@ async def test_discard_removes_and_tolerates_missing(tmp_path: Path) -> None:
 
 async def test_choose_driver_on_a_file_system_without_reflink(tmp_path: Path) -> None:
     if writeback.reflink_works(tmp_path, tmp_path):
-        pytest.skip("this tmp directory supports reflink; the fallback cannot be shown here")
+        pytest.skip("optional: this tmp directory supports reflink; the fallback cannot be shown here")
     data = tmp_path / "data"
     assert (await choose_driver(data, "auto")).name == "copy"
     assert (await choose_driver(data, "copy")).name == "copy"
