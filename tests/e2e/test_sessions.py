@@ -212,3 +212,34 @@ async def test_start_refused_before_anything_exists_without_a_boot_address(prov:
     assert await _states(prov, admin) == {}
     assert await _target_iqns(prov) == set()
     assert not any((prov.settings.data_dir / "writebacks").glob("machine-*.raw"))
+
+
+async def test_sessions_and_reconcile_permissions(prov: Core, admin: Actor) -> None:
+    """Viewers are refused before anything happens (and the refusal is audited); operators may."""
+    from sqlalchemy import select
+
+    from core.errors import PermissionDenied
+    from core.models import AuditEvent, Role
+    from tests.conftest import make_user
+
+    vera = await make_user(prov, "vera", Role.VIEWER)
+    oscar = await make_user(prov, "oscar", Role.OPERATOR)
+    refused = [
+        (sessions.start_sessions(prov, vera, ["pc01"]), "session.start"),
+        (sessions.stop_sessions(prov, vera, ["pc01"]), "session.stop"),
+        (targets.reconcile(prov, vera), "target.reconcile"),
+    ]
+    for call, action in refused:
+        with pytest.raises(PermissionDenied, match="viewer 'vera' may not"):
+            await call
+        async with prov.db.session() as s:
+            last = (await s.execute(select(AuditEvent).order_by(AuditEvent.id.desc()).limit(1))).scalar_one()
+        assert (last.actor, last.action, last.outcome) == ("vera", action, "denied")
+    assert await _target_iqns(prov) == set()
+    assert (await targets.reconcile(prov, vera, dry_run=True)).drift == []  # reading the drift is allowed
+
+    [started] = await sessions.start_sessions(prov, oscar, ["pc01"])
+    assert started.ok
+    assert (await targets.reconcile(prov, oscar)).errors == []
+    [stopped] = await sessions.stop_sessions(prov, oscar, ["pc01"])
+    assert stopped.ok

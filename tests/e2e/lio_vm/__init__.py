@@ -15,14 +15,12 @@ host's file (9p without a cache): what a client writes can be checked in the hos
 
 from __future__ import annotations
 
-import atexit
 import functools
 import hashlib
 import json
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -31,6 +29,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+# the VM's PID joins the clients' registry: whatever is left when the tests exit is killed
+from tests.e2e.qemu_client import _live
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[2]
@@ -46,16 +47,6 @@ MODULES = (
 READY = "LIOVM: agent ready"
 FAILED = ("LIOVM: FAILED", "Kernel panic", "Traceback (most recent call last)")
 
-_live: set[int] = set()
-
-
-@atexit.register
-def _kill_leftovers() -> None:
-    for pid in list(_live):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 class LioVmError(RuntimeError):
