@@ -276,7 +276,10 @@ async def start_sessions(core: Core, actor: Actor, names: list[str], *, all_mach
     """Start a session on each machine (several at once, at most ``parallel``); one result each."""
     from .boot import boot_address
 
-    kind = SessionKind(kind)
+    try:
+        kind = SessionKind(kind)
+    except ValueError:
+        raise Invalid("kind", "must be one of normal, keep, maintenance") from None
     await require(core, actor, Permission.MANAGE_SESSIONS, "session.start")
     boot_address(core.settings)  # a boot script must be writable before anything is created
     if all_machines:

@@ -243,3 +243,11 @@ async def test_sessions_and_reconcile_permissions(prov: Core, admin: Actor) -> N
     assert (await targets.reconcile(prov, oscar)).errors == []
     [stopped] = await sessions.stop_sessions(prov, oscar, ["pc01"])
     assert stopped.ok
+
+
+async def test_unknown_session_kind_is_a_clear_error(prov: Core, admin: Actor) -> None:
+    from core.errors import Invalid
+
+    with pytest.raises(Invalid, match="kind: must be one of normal, keep, maintenance"):
+        await sessions.start_sessions(prov, admin, ["pc01"], kind="turbo")
+    assert await _states(prov, admin) == {}
