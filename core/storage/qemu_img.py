@@ -447,7 +447,14 @@ async def _convert(src: Path, dest: Path, fmt: str, progress: ProgressCallback |
     log = get_logger()
     partial = temp_name(dest)
     args = ["convert", "-p", "-O", "raw", _pinned_source(src, fmt), str(partial)]
-    proc = await _spawn(args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    try:
+        proc = await _spawn(args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    except BaseException:
+        # cancelled while starting: asyncio has killed and reaped qemu-img, which may already
+        # have created the partial file
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(partial)
+        raise
     assert proc.stdout is not None and proc.stderr is not None
     errors = asyncio.ensure_future(proc.stderr.read())
     parser = ProgressParser()
