@@ -9,16 +9,14 @@ not exist is reported, not created.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import fcntl
 import os
 import shutil
-import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
 from .config import Settings
+from .storage.writeback import reflink_works
 
 Status = Literal["ok", "warn", "fail"]
 COMMAND_TIMEOUT = 10.0
@@ -27,7 +25,6 @@ GIB = 1 << 30
 FREE_FAIL_BYTES = 2 * GIB
 FREE_WARN_BYTES = 20 * GIB
 LIO_CONFIGFS = Path("/sys/kernel/config/target")
-FICLONE = 0x40049409
 IPXE_BINARIES = ("undionly.kpxe", "ipxe.efi", "snponly.efi")
 
 
@@ -128,10 +125,8 @@ async def check_tgtd(settings: Settings) -> Check:
 
 
 async def check_target_stack(settings: Settings) -> Check:
-    try:
-        from .iscsi.select import select_backend
-    except ImportError as exc:
-        return Check("target stack", "warn", f"cannot choose a target backend in this build ({exc})")
+    from .iscsi.select import select_backend
+
     backend, health = await select_backend(settings)
     if backend is None or not health.ok:
         return Check("target stack", "fail", f"sessions cannot start: {health.detail}")
@@ -160,28 +155,6 @@ def filesystem_type(path: Path) -> str | None:
         return None
 
 
-def _reflink_probe(directory: Path) -> bool:
-    try:
-        from .storage.writeback import reflink_works
-    except ImportError:
-        reflink_works = None
-    if reflink_works is not None:
-        return bool(reflink_works(directory, directory))
-    tag = uuid.uuid4().hex[:12]
-    src, dst = directory / f".reflink-probe-{tag}.src", directory / f".reflink-probe-{tag}.dst"
-    try:
-        src.write_bytes(b"ggnet" * 1024)
-        with open(src, "rb") as s, open(dst, "wb") as d:
-            fcntl.ioctl(d.fileno(), FICLONE, s.fileno())
-        return True
-    except OSError:
-        return False
-    finally:
-        for path in (src, dst):
-            with contextlib.suppress(OSError):
-                path.unlink()
-
-
 async def check_data_dir(settings: Settings) -> list[Check]:
     data = Path(settings.data_dir)
     if not data.is_dir():
@@ -193,7 +166,7 @@ async def check_data_dir(settings: Settings) -> list[Check]:
     fs = filesystem_type(data) or "unknown"
     checks = [Check("data directory", "ok", f"{data} on {fs}")]
     probe_dir = data / "images" if (data / "images").is_dir() else data
-    works = await asyncio.to_thread(_reflink_probe, probe_dir)
+    works = await asyncio.to_thread(reflink_works, probe_dir, probe_dir)
     if works:
         checks.append(Check("reflink", "ok", f"{fs} makes reflink clones: writebacks are created in constant time"))
     else:

@@ -135,7 +135,7 @@ class Monitor:
             if backend is None:
                 return None
             targets = await backend.list_targets()
-        except (ImportError, GgnetError, OSError) as exc:  # no target stack (yet): liveness from probes only
+        except (GgnetError, OSError) as exc:  # no target stack (yet): liveness from probes only
             get_logger().debug("monitor: target stack not asked", reason=str(exc))
             return None
         return {

@@ -372,7 +372,7 @@ class GgnetApp(App[int]):
             self.backend_ok = health.ok and backend is not None
             self.backend_text = f"{backend.name} {'ok' if health.ok else 'DOWN'}" if backend is not None else "unavailable"
             self.backend_detail = health.detail
-        except (ImportError, GgnetError, OSError) as exc:
+        except (GgnetError, OSError) as exc:
             self.backend_ok = False
             self.backend_text = "unavailable"
             self.backend_detail = str(exc)

@@ -22,6 +22,7 @@ from core.context import Core
 from core.db import Database
 from core.log import configure_logging
 from core.models import Role
+from tests import cli
 
 auth.set_bcrypt_rounds(4)  # fast hashes in tests; verification honours the cost stored in each hash
 
@@ -195,6 +196,26 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
         reason = str(report.longrepr[-1]) if isinstance(report.longrepr, tuple) else str(report.longrepr)
         if "Skipped: " + OPTIONAL_SKIP not in reason and not reason.startswith(OPTIONAL_SKIP):
             _ci_skips.append(f"{report.nodeid}: {reason}")
+
+
+# --- an initialised site for command-line tests ----------------------------------------
+
+@pytest.fixture(scope="module")
+def site_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Built once per module through the CLI itself; each test gets a copy."""
+    root = tmp_path_factory.mktemp("cli-site")
+    env = cli.ggnet_env(root)
+    cli.ok(cli.run_ggnet(["init", "--admin", "admin"], env, GGNET_NEW_PASSWORD=cli.ADMIN_PW))
+    cli.ok(cli.as_admin(["user", "add", "vera", "--role", "viewer"], env, GGNET_NEW_PASSWORD=cli.VIEWER_PW))
+    cli.ok(cli.as_admin(["machine", "add", "pc01", "--mac", "52:54:00:12:34:56"], env))
+    return root / "data"
+
+
+@pytest.fixture
+def site(site_template: Path, tmp_path: Path) -> dict[str, str]:
+    """An initialised SQLite site with admin 'admin', viewer 'vera' and machine pc01."""
+    shutil.copytree(site_template, tmp_path / "data")
+    return cli.ggnet_env(tmp_path)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

@@ -10,10 +10,8 @@ import json
 import os
 import pty
 import select
-import shutil
 import sqlite3
 import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -23,87 +21,17 @@ import pytest
 
 from .conftest import _pg_admin, _pg_url_for, require_pg
 
-ADMIN_PW = "admin-pass-1"
-VIEWER_PW = "viewer-pass-1"
-
-
-def ggnet_executable() -> str:
-    """The ggnet installed beside this Python (.venv or /work/venv), else the one on PATH."""
-    beside = Path(sys.executable).parent / "ggnet"
-    if beside.exists():
-        return str(beside)
-    found = shutil.which("ggnet")
-    if found is None:
-        pytest.fail("the ggnet command is not installed (pip install -e .)")
-    return found
-
-
-def ggnet_env(tmp_path: Path, **extra: str) -> dict[str, str]:
-    """A clean environment: the data directory in tmp, no GGNET_* from the caller's shell."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GGNET_")}
-    env.update(GGNET_DATA_DIR=str(tmp_path / "data"), HOME=str(tmp_path / "home"), **extra)
-    return env
-
-
-def run_ggnet(args: list[str], env: dict[str, str], **more_env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [ggnet_executable(), *args],
-        env={**env, **more_env},
-        stdin=subprocess.DEVNULL,  # never a terminal: nothing may wait for a prompt
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-
-
-def as_admin(args: list[str], env: dict[str, str], **more: str) -> subprocess.CompletedProcess[str]:
-    return run_ggnet(args, env, GGNET_USER="admin", GGNET_PASSWORD=ADMIN_PW, **more)
-
-
-def ok(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
-    assert result.returncode == 0, result.stderr
-    assert result.stderr == ""
-    return result
-
-
-def one_error(result: subprocess.CompletedProcess[str], phrase: str) -> str:
-    """Exit 1 with exactly one ``error: <sentence>`` line on stderr containing ``phrase``."""
-    assert result.returncode == 1, (result.stdout, result.stderr)
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1, lines
-    assert lines[0].startswith("error: ")
-    assert phrase in lines[0]
-    assert "Traceback" not in result.stderr + result.stdout
-    return lines[0]
-
-
-def sqlite_counts(env: dict[str, str]) -> dict[str, int]:
-    """Rows per table, leaving out the login events every command writes by design."""
-    with sqlite3.connect(Path(env["GGNET_DATA_DIR"]) / "ggnet.db") as conn:
-        tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")]
-        counts = {t: conn.execute(f'SELECT count(*) FROM "{t}"').fetchone()[0] for t in tables}
-        counts["audit_events"] = conn.execute(
-            "SELECT count(*) FROM audit_events WHERE action != 'auth.login'"
-        ).fetchone()[0]
-    return counts
-
-
-@pytest.fixture(scope="module")
-def site_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Built once per module through the CLI itself; each test gets a copy."""
-    root = tmp_path_factory.mktemp("cli-site")
-    env = ggnet_env(root)
-    ok(run_ggnet(["init", "--admin", "admin"], env, GGNET_NEW_PASSWORD=ADMIN_PW))
-    ok(as_admin(["user", "add", "vera", "--role", "viewer"], env, GGNET_NEW_PASSWORD=VIEWER_PW))
-    ok(as_admin(["machine", "add", "pc01", "--mac", "52:54:00:12:34:56"], env))
-    return root / "data"
-
-
-@pytest.fixture
-def site(site_template: Path, tmp_path: Path) -> dict[str, str]:
-    """An initialised SQLite site with admin 'admin', viewer 'vera' and machine pc01."""
-    shutil.copytree(site_template, tmp_path / "data")
-    return ggnet_env(tmp_path)
+from .cli import (
+    ADMIN_PW,
+    VIEWER_PW,
+    as_admin,
+    ggnet_env,
+    ggnet_executable,
+    ok,
+    one_error,
+    run_ggnet,
+    sqlite_counts,
+)
 
 
 def _happy_path(env: dict[str, str]) -> None:

@@ -161,7 +161,7 @@ async def test_viewer_may_print_but_not_write(core: Core, admin: Actor, viewer: 
 
 @needs_dnsmasq
 def test_cli_boot_commands(tmp_path: Path) -> None:
-    from .test_cli import ADMIN_PW, as_admin, ggnet_env, ok, one_error, run_ggnet
+    from .cli import ADMIN_PW, as_admin, ggnet_env, ok, one_error, run_ggnet
 
     env = ggnet_env(tmp_path, GGNET_BOOT_ADDRESS="192.168.1.2")
     ok(run_ggnet(["init", "--admin", "admin"], env, GGNET_NEW_PASSWORD=ADMIN_PW))

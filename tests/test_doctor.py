@@ -17,7 +17,7 @@ from core.doctor import failed, run_checks
 from core.log import configure_logging
 from tests.conftest import make_database_url
 from tests.e2e.tgtd import TgtDaemon, tgtd_daemon  # noqa: F401 - the fixture
-from tests.test_cli import ggnet_env, run_ggnet
+from tests.cli import ggnet_env, run_ggnet
 
 UNIT = Path(__file__).parent.parent / "core" / "systemd" / "ggnet-reconcile.service"
 

@@ -26,7 +26,7 @@ from core.models import AuditEvent, BootSession, Image, ImageVersion, Machine, u
 from core.services import images, machines
 from core.storage.qemu_img import Cancelled
 
-from .test_cli import ADMIN_PW, as_admin, ggnet_executable, ok, one_error, run_ggnet, site, site_template  # noqa: F401
+from .cli import ADMIN_PW, as_admin, ggnet_executable, ok, one_error
 from .test_qemu_img import MiB, SOURCES, make_original, qemu
 
 pytestmark = pytest.mark.skipif(shutil.which("qemu-img") is None, reason="qemu-img (qemu-utils) is not installed")

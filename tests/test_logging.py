@@ -17,7 +17,7 @@ from core.models import Role
 from core.services import machines, users
 
 from .conftest import PASSWORD, make_user
-from .test_cli import ggnet_env, run_ggnet
+from .cli import ggnet_env, run_ggnet
 
 LOGIN_PW = "login-secret-1"
 NEW_USER_PW = "new-user-secret-2"

@@ -18,7 +18,7 @@ from core.errors import SchemaTooNew
 from core.models import Base
 
 from .conftest import _pg_admin, _pg_url_for
-from .test_cli import ggnet_env, run_ggnet
+from .cli import ggnet_env, run_ggnet
 
 
 def _diff(connection) -> list:  # type: ignore[no-untyped-def]

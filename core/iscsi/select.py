@@ -50,8 +50,6 @@ async def _try_lio() -> tuple[TargetBackend | None, BackendHealth]:
         return None, BackendHealth(False, f"kernel LIO is not available: {LIO_CONFIGFS} does not exist")
     try:
         backend = _lio_backend()
-    except ImportError as exc:
-        return None, BackendHealth(False, f"the LIO backend cannot be loaded: {exc}")
     except GgnetError as exc:
         return None, BackendHealth(False, exc.message)
     return backend, await _health(backend)

@@ -57,16 +57,3 @@ async def attempt(screen: Any, coro: Any, done: str | None = None) -> Any:
     if done:
         app.notify(done, timeout=4)
     return result if result is not None else True
-
-
-def service(name: str) -> Any:
-    """A core service module that may not exist in this build yet (images, sessions, targets)."""
-    import importlib
-
-    try:
-        return importlib.import_module(f"core.services.{name}")
-    except ImportError:
-        return None
-
-
-NOT_AVAILABLE = "{what} is not available in this build of ggnet (core service '{name}' is missing)."

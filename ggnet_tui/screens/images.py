@@ -20,7 +20,7 @@ from core.errors import GgnetError
 from ..commands import bindings
 from ..widgets.table import Column
 from .base import TableScreen
-from .common import NOT_AVAILABLE, attempt, service, when
+from .common import attempt, when
 from .modals import ConfirmScreen
 
 KINDS = ("system", "game")
@@ -124,7 +124,8 @@ class ProgressDialog(ModalScreen[Any]):
         )
 
     async def _run(self) -> None:
-        images = service("images")
+        from core.services import images
+
         app = self.app
         try:
             result = await app.run_work(images.import_image(  # type: ignore[attr-defined, union-attr]
@@ -161,9 +162,8 @@ class ImagesScreen(TableScreen):
     ]
 
     async def fetch(self) -> Any:
-        images = service("images")
-        if images is None:
-            raise GgnetError(NOT_AVAILABLE.format(what="Images", name="images"))
+        from core.services import images
+
         found = await images.list_images(self.core, self.actor)
         versions = {i.name: await images.list_versions(self.core, self.actor, i.name) for i in found}
         return found, versions
@@ -199,10 +199,6 @@ class ImagesScreen(TableScreen):
         return entry
 
     def action_import_image(self) -> None:
-        if service("images") is None:
-            self.notify(NOT_AVAILABLE.format(what="Importing images", name="images"), severity="warning")
-            return
-
         def finished(result: Any) -> None:
             if result == "cancelled":
                 self.notify("Import cancelled; nothing was left behind.", severity="warning", timeout=6)
@@ -229,7 +225,7 @@ class ImagesScreen(TableScreen):
         if number is None:
             self.notify("Put the cursor on a version (v1, v2 ...) to activate it.", severity="warning")
             return
-        images = service("images")
+        from core.services import images
 
         async def go() -> None:
             if await attempt(self, images.activate_version(self.core, self.actor, name, number),
@@ -243,7 +239,8 @@ class ImagesScreen(TableScreen):
         if entry is None:
             return
         name, number = entry
-        images = service("images")
+        from core.services import images
+
         what = f"version {number} of image {name}" if number else f"image {name} with all its versions"
 
         async def go() -> None:

@@ -14,7 +14,7 @@ from core.services import machines as machine_service
 from ..commands import bindings
 from ..widgets.table import Column
 from .base import TableScreen
-from .common import NOT_AVAILABLE, attempt, full_time, service, status, when
+from .common import attempt, full_time, status, when
 from .modals import ConfirmScreen, CsvImportScreen, Field, FormScreen
 
 BOOT_MODES = ("bios", "uefi", "uefi-secure")
@@ -48,14 +48,15 @@ class MachinesScreen(TableScreen):
         yield Static("", id="details")
 
     async def fetch(self) -> Any:
+        from core.services import sessions as session_service
+
         found = await machine_service.list_machines(self.core, self.actor)
         sessions: dict[str, Any] = {}
-        module = service("sessions")
-        if module is not None:
-            try:
-                sessions = {s.machine: s for s in await module.list_sessions(self.core, self.actor, live_state=False)}
-            except Exception as exc:  # sessions are extra information here; the table still shows
-                self.app.log.warning(f"sessions not listed: {exc}")
+        try:
+            listed = await session_service.list_sessions(self.core, self.actor, live_state=False)
+            sessions = {s.machine: s for s in listed}
+        except Exception as exc:  # sessions are extra information here; the table still shows
+            self.app.log.warning(f"sessions not listed: {exc}")
         return found, sessions
 
     def show(self, data: Any) -> None:
@@ -254,11 +255,9 @@ class MachinesScreen(TableScreen):
 
     def action_start(self) -> None:
         names = self.chosen()
-        module = service("sessions")
+        from core.services import sessions as module
+
         if not names:
-            return
-        if module is None:
-            self.notify(NOT_AVAILABLE.format(what="Starting sessions", name="sessions"), severity="warning")
             return
 
         async def submit(values: dict[str, str]) -> Any:
@@ -290,11 +289,9 @@ class MachinesScreen(TableScreen):
 
     def action_assign(self) -> None:
         names = self.chosen()
-        images = service("images")
+        from core.services import images
+
         if not names:
-            return
-        if images is None or not hasattr(images, "assign_image"):
-            self.notify(NOT_AVAILABLE.format(what="Assigning images", name="images"), severity="warning")
             return
 
         async def go() -> None:

@@ -12,16 +12,14 @@ from core.errors import GgnetError
 from ..commands import bindings
 from ..widgets.table import Column
 from .base import TableScreen
-from .common import NOT_AVAILABLE, service, status, when
+from .common import status, when
 from .modals import ConfirmScreen, Field, FormScreen
 
 
 def stop_with_confirmation(screen: Any, names: list[str], done: Callable[[Any], None]) -> None:
     """Ask for options; if a client is still logged in, the operator types its name to force."""
-    module = service("sessions")
-    if module is None:
-        screen.notify(NOT_AVAILABLE.format(what="Stopping sessions", name="sessions"), severity="warning")
-        return
+    from core.services import sessions as module
+
     app = screen.app
 
     async def stop(options: dict[str, str], force: bool) -> Any:
@@ -96,9 +94,8 @@ class SessionsScreen(TableScreen):
         self.show_ended = False
 
     async def fetch(self) -> Any:
-        module = service("sessions")
-        if module is None:
-            raise _Unavailable(NOT_AVAILABLE.format(what="Sessions", name="sessions"))
+        from core.services import sessions as module
+
         return await module.list_sessions(self.core, self.actor, include_ended=self.show_ended)
 
     def show(self, data: Any) -> None:
@@ -137,7 +134,4 @@ class SessionsScreen(TableScreen):
                 self.notify(r.message, severity="information" if r.ok else "error", timeout=6)
         self.action_refresh_now()
 
-
-class _Unavailable(GgnetError):
-    pass
 

@@ -6,12 +6,11 @@ from typing import Any
 
 from rich.text import Text
 
-from core.errors import GgnetError
 
 from ..commands import bindings
 from ..widgets.table import Column
 from .base import TableScreen
-from .common import NOT_AVAILABLE, attempt, service
+from .common import attempt
 from .modals import ConfirmScreen, TextScreen
 
 
@@ -29,9 +28,8 @@ class TargetsScreen(TableScreen):
     ]
 
     async def fetch(self) -> Any:
-        module = service("targets")
-        if module is None:
-            raise GgnetError(NOT_AVAILABLE.format(what="Targets", name="targets"))
+        from core.services import targets as module
+
         views = await module.list_targets(self.core, self.actor)
         drift = await module.find_drift(self.core)
         return views, drift
@@ -58,10 +56,7 @@ class TargetsScreen(TableScreen):
         self.sub_title = f"{len(views)} targets, {len(drift)} drift"
 
     def action_reconcile(self) -> None:
-        module = service("targets")
-        if module is None:
-            self.notify(NOT_AVAILABLE.format(what="Reconcile", name="targets"), severity="warning")
-            return
+        from core.services import targets as module
 
         async def go() -> None:
             report = await attempt(self, module.reconcile(self.core, self.actor))
