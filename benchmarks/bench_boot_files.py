@@ -21,12 +21,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core.auth import set_bcrypt_rounds  # noqa: E402
-from core.boot import dnsmasq  # noqa: E402
-from core.config import Settings  # noqa: E402
-from core.context import Core  # noqa: E402
-from core.log import configure_logging  # noqa: E402
-from core.services import boot, machines, users  # noqa: E402
+from core.auth import set_bcrypt_rounds
+from core.boot import dnsmasq
+from core.config import Settings
+from core.context import Core
+from core.log import configure_logging
+from core.services import boot, machines, users
 
 PASSWORD = "bench-pass-1"
 
@@ -55,8 +55,10 @@ async def one_size(count: int, work: Path) -> None:
         await machines.update_machine(core, actor, "pc00001", boot_mode="uefi-secure", mac="52:54:aa:00:00:01")
         start = time.perf_counter()
         report = await boot.render_boot_files(core, actor)
-        figures.append(f"one machine changed {time.perf_counter() - start:.3f} s "
-                       f"({len(report.written)} written, {len(report.removed)} removed)")
+        figures.append(
+            f"one machine changed {time.perf_counter() - start:.3f} s "
+            f"({len(report.written)} written, {len(report.removed)} removed)"
+        )
         start = time.perf_counter()
         text = await boot.dnsmasq_config(core, actor, mode="full", subnet="10.0.0.0/8")
         rendered = time.perf_counter() - start

@@ -49,7 +49,9 @@ def csv_file(directory: Path, first: int, count: int) -> Path:
     lines = ["name,mac,ip,boot_mode"]
     for i in range(first, first + count):
         ip = f"10.{i // 250 // 250}.{i // 250 % 250}.{i % 250 + 1}"
-        lines.append(f"pc{i:05d},52:54:{i >> 24 & 255:02x}:{i >> 16 & 255:02x}:{i >> 8 & 255:02x}:{i & 255:02x},{ip},bios")
+        lines.append(
+            f"pc{i:05d},52:54:{i >> 24 & 255:02x}:{i >> 16 & 255:02x}:{i >> 8 & 255:02x}:{i & 255:02x},{ip},bios"
+        )
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
 
@@ -73,9 +75,13 @@ def bench(kind: str, env: dict[str, str], work: Path, repeat: int) -> None:
     env = {**env, "GGNET_USER": "admin", "GGNET_PASSWORD": PASSWORD}
     print(f"\n{kind}")
     print(f"  machine list --json,      0 machines : {timed(['machine', 'list', '--json'], env, repeat, 0)}")
-    print(f"  machine import  1,000-row CSV         : {timed(['machine', 'import', str(csv_file(work, 0, 1000))], env, 1)}")
+    print(
+        f"  machine import  1,000-row CSV         : {timed(['machine', 'import', str(csv_file(work, 0, 1000))], env, 1)}"
+    )
     print(f"  machine list --json,  1,000 machines : {timed(['machine', 'list', '--json'], env, repeat, 1000)}")
-    print(f"  machine import  9,000-row CSV         : {timed(['machine', 'import', str(csv_file(work, 1000, 9000))], env, 1)}")
+    print(
+        f"  machine import  9,000-row CSV         : {timed(['machine', 'import', str(csv_file(work, 1000, 9000))], env, 1)}"
+    )
     print(f"  machine list --json, 10,000 machines : {timed(['machine', 'list', '--json'], env, repeat, 10000)}")
     print(f"  machine list (table), 10,000 machines: {timed(['machine', 'list'], env, repeat)}")
 

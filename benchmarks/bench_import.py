@@ -22,12 +22,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core.auth import SYSTEM  # noqa: E402
-from core.config import Settings  # noqa: E402
-from core.context import Core  # noqa: E402
-from core.log import configure_logging  # noqa: E402
-from core.services import images  # noqa: E402
-from core.storage import qemu_img  # noqa: E402
+from core.auth import SYSTEM
+from core.config import Settings
+from core.context import Core
+from core.log import configure_logging
+from core.services import images
+from core.storage import qemu_img
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -93,12 +93,17 @@ async def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="ggnet-bench-import-", dir=args.dir))
     try:
         virtual, data = int(args.virtual_gib * GiB), int(args.data_gib * GiB)
-        print(f"scratch: {root} ({subprocess.run(['df', '--output=fstype', str(root)], capture_output=True, text=True).stdout.split()[-1]})")
+        print(
+            f"scratch: {root} ({subprocess.run(['df', '--output=fstype', str(root)], capture_output=True, text=True).stdout.split()[-1]})"
+        )
         print(f"source: qcow2, {virtual / GiB:.1f} GiB virtual, {data / GiB:.1f} GiB data ... ", end="", flush=True)
         source = make_source(root, virtual, data)
         print(f"{source.stat().st_size / MiB:.0f} MiB file")
-        settings = Settings(data_dir=root / "data", database_url=f"sqlite+aiosqlite:///{root / 'data' / 'ggnet.db'}",
-                            log_file=root / "ggnet.log")
+        settings = Settings(
+            data_dir=root / "data",
+            database_url=f"sqlite+aiosqlite:///{root / 'data' / 'ggnet.db'}",
+            log_file=root / "ggnet.log",
+        )
         configure_logging(settings.log_file)
         core = Core.open(settings)
         await core.db.upgrade()
@@ -114,8 +119,10 @@ async def main() -> None:
         await core.close()
         mb = data / 1e6
         print(f"cp:     {mb / best_cp:8.1f} MB/s  ({best_cp:.2f} s, best of {args.rounds})")
-        print(f"import: {mb / best_import:8.1f} MB/s  ({best_import:.2f} s, best of {args.rounds}; probe, check, "
-              "convert, fsync, sha256, database)")
+        print(
+            f"import: {mb / best_import:8.1f} MB/s  ({best_import:.2f} s, best of {args.rounds}; probe, check, "
+            "convert, fsync, sha256, database)"
+        )
         print(f"ratio import/cp throughput: {best_cp / best_import:.2f}")
     finally:
         shutil.rmtree(root, ignore_errors=True)

@@ -20,21 +20,21 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from core import auth  # noqa: E402
-from core.config import Settings  # noqa: E402
-from core.context import Core  # noqa: E402
-from core.iscsi.tgt import TgtBackend  # noqa: E402
-from core.log import configure_logging  # noqa: E402
-from core.services import images, machines, sessions, users  # noqa: E402
-from tests.e2e.bootdisk import boot_image  # noqa: E402
-from tests.e2e.qemu_client import ClientSpec, boot_clients  # noqa: E402
-from tests.e2e.tgtd import start_private_tgtd  # noqa: E402
+from core import auth
+from core.config import Settings
+from core.context import Core
+from core.iscsi.tgt import TgtBackend
+from core.log import configure_logging
+from core.services import images, machines, sessions, users
+from tests.e2e.bootdisk import boot_image
+from tests.e2e.qemu_client import ClientSpec, boot_clients
+from tests.e2e.tgtd import start_private_tgtd
 
 GIB = 1 << 30
 
@@ -69,9 +69,15 @@ def xfs_mount(workdir: Path) -> Iterator[Path]:
 async def open_site(data_dir: Path, log_file: Path, driver: str, tgtd_port: int, portal_port: int):  # type: ignore[no-untyped-def]
     """A fresh ggnet site on the private tgtd, and its admin."""
     # the log stays open for the process's life: keep it off the loop-mounted file system
-    settings = Settings(data_dir=data_dir, portal=f"127.0.0.1:{portal_port}", boot_address="10.0.2.2",
-                        tgt_control_port=tgtd_port, writeback_driver=driver, target_backend="tgt",
-                        log_file=log_file)
+    settings = Settings(
+        data_dir=data_dir,
+        portal=f"127.0.0.1:{portal_port}",
+        boot_address="10.0.2.2",
+        tgt_control_port=tgtd_port,
+        writeback_driver=driver,
+        target_backend="tgt",
+        log_file=log_file,
+    )
     configure_logging(settings.log_file)
     core = Core.open(settings)
     core.use_backend(TgtBackend(tgtd_port))
@@ -80,8 +86,9 @@ async def open_site(data_dir: Path, log_file: Path, driver: str, tgtd_port: int,
     return core, await users.login(core, "bench", "bench-password")
 
 
-async def run_driver(driver: str, data_dir: Path, log_file: Path, image: Path, counts: list[int], tgtd_port: int,
-                     portal_port: int) -> None:
+async def run_driver(
+    driver: str, data_dir: Path, log_file: Path, image: Path, counts: list[int], tgtd_port: int, portal_port: int
+) -> None:
     core, admin = await open_site(data_dir, log_file, driver, tgtd_port, portal_port)
     t0 = time.perf_counter()
     await images.import_image(core, admin, image, name="win", kind="system")
@@ -90,7 +97,9 @@ async def run_driver(driver: str, data_dir: Path, log_file: Path, image: Path, c
     for count in counts:
         while made < count:
             made += 1
-            await machines.add_machine(core, admin, name=f"pc{made:03d}", mac=f"52:54:00:be:{made >> 8:02x}:{made & 255:02x}")
+            await machines.add_machine(
+                core, admin, name=f"pc{made:03d}", mac=f"52:54:00:be:{made >> 8:02x}:{made & 255:02x}"
+            )
             await images.assign_image(core, admin, f"pc{made:03d}", "win", None)
         names = [f"pc{i:03d}" for i in range(1, count + 1)]
         t0 = time.perf_counter()
@@ -101,8 +110,10 @@ async def run_driver(driver: str, data_dir: Path, log_file: Path, image: Path, c
         stopped = await sessions.stop_sessions(core, admin, names)
         t_stop = time.perf_counter() - t0
         failed += [r.message for r in stopped if not r.ok]
-        print(f"  [{driver}] {count:4d} machines: start {t_start:7.2f} s ({t_start / count * 1000:6.0f} ms each), "
-              f"stop {t_stop:6.2f} s" + (f"  FAILURES: {failed[:3]}" if failed else ""))
+        print(
+            f"  [{driver}] {count:4d} machines: start {t_start:7.2f} s ({t_start / count * 1000:6.0f} ms each), "
+            f"stop {t_stop:6.2f} s" + (f"  FAILURES: {failed[:3]}" if failed else "")
+        )
     await core.close()
 
 
@@ -118,12 +129,15 @@ async def boot_storm(workdir: Path, image: Path, clients: int, tgtd_port: int, p
     await sessions.start_sessions(core, admin, [f"storm{i}" for i in range(1, clients + 1)])
     t_prov = time.perf_counter() - t0
     t0 = time.perf_counter()
-    results = await boot_clients([ClientSpec(workdir / f"client{i}", mac, settings.tftp_root, timeout=180)
-                                  for i, mac in enumerate(macs)])
+    results = await boot_clients(
+        [ClientSpec(workdir / f"client{i}", mac, settings.tftp_root, timeout=180) for i, mac in enumerate(macs)]
+    )
     t_boot = time.perf_counter() - t0
     ok = sum(r.ok for r in results)
-    print(f"  boot storm: {clients} clients, sessions started in {t_prov:.2f} s, all booted in {t_boot:.2f} s "
-          f"({ok}/{clients} ok; each {', '.join(f'{r.elapsed:.1f}' for r in results)} s)")
+    print(
+        f"  boot storm: {clients} clients, sessions started in {t_prov:.2f} s, all booted in {t_boot:.2f} s "
+        f"({ok}/{clients} ok; each {', '.join(f'{r.elapsed:.1f}' for r in results)} s)"
+    )
     await sessions.stop_sessions(core, admin, [f"storm{i}" for i in range(1, clients + 1)], force=True)
     await core.close()
 
@@ -144,15 +158,21 @@ def main() -> None:
         daemon = start_private_tgtd(workdir)
         try:
             port, portal = daemon.control_port, daemon.portal_port
-            print(f"session start/stop on tgt, 2 GiB image with {args.data_mib} MiB of data, "
-                  f"parallelism {sessions.DEFAULT_PARALLEL}")
+            print(
+                f"session start/stop on tgt, 2 GiB image with {args.data_mib} MiB of data, "
+                f"parallelism {sessions.DEFAULT_PARALLEL}"
+            )
             if "reflink" in args.drivers:
                 with xfs_mount(workdir) as xfs:
                     image = make_image(xfs / "master.raw", args.data_mib)
-                    asyncio.run(run_driver("reflink", xfs / "data", workdir / "reflink.log", image, counts, port, portal))
+                    asyncio.run(
+                        run_driver("reflink", xfs / "data", workdir / "reflink.log", image, counts, port, portal)
+                    )
             if "copy" in args.drivers:
                 image = make_image(workdir / "master.raw", args.data_mib)
-                asyncio.run(run_driver("copy", workdir / "copy-data", workdir / "copy.log", image, counts, port, portal))
+                asyncio.run(
+                    run_driver("copy", workdir / "copy-data", workdir / "copy.log", image, counts, port, portal)
+                )
             if args.storm:
                 image = make_image(workdir / "storm.raw", 8)
                 asyncio.run(boot_storm(workdir, image, args.storm, port, portal))

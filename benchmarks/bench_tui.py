@@ -48,8 +48,9 @@ def _time_to_text(command: str, needle: str, env: dict[str, str]) -> float:
     tmux = ["tmux", "-L", socket]
     env_prefix = " ".join(f"{k}='{v}'" for k, v in env.items())
     start = time.perf_counter()
-    subprocess.run([*tmux, "new-session", "-d", "-s", "b", "-x", "80", "-y", "24", f"env {env_prefix} {command}"],
-                   check=True)
+    subprocess.run(
+        [*tmux, "new-session", "-d", "-s", "b", "-x", "80", "-y", "24", f"env {env_prefix} {command}"], check=True
+    )
     try:
         while time.perf_counter() - start < 30:
             shown = subprocess.run([*tmux, "capture-pane", "-p", "-t", "b"], capture_output=True, text=True).stdout
@@ -65,8 +66,12 @@ def bench_startup(rounds: int) -> dict[str, float]:
     data = Path(tempfile.mkdtemp(prefix="ggnet-bench-"))
     env = {"GGNET_DATA_DIR": str(data), "GGNET_TGT_CONTROL_PORT": "32000", "TERM": "xterm-256color"}
     # a database with one user, so ggnet opens on its login screen
-    subprocess.run([str(Path(sys.executable).parent / "ggnet"), "init", "--admin", "admin"], check=True,
-                   env={**os.environ, **env, "GGNET_NEW_PASSWORD": "correct-horse-1"}, capture_output=True)
+    subprocess.run(
+        [str(Path(sys.executable).parent / "ggnet"), "init", "--admin", "admin"],
+        check=True,
+        env={**os.environ, **env, "GGNET_NEW_PASSWORD": "correct-horse-1"},
+        capture_output=True,
+    )
     ggnet = f"{Path(sys.executable).parent / 'ggnet'}"
     bare_file = data / "bare.py"
     bare_file.write_text(BARE_APP)
@@ -95,8 +100,10 @@ async def _machines(count: int) -> dict[str, float]:
     await core.db.upgrade()
     await users.create_first_admin(core, "admin", "correct-horse-1")
     admin = await users.login(core, "admin", "correct-horse-1")
-    lines = ["name,mac,ip"] + [f"pc{i:04d},52:54:00:{i >> 16 & 255:02x}:{i >> 8 & 255:02x}:{i & 255:02x},"
-                               f"10.0.{i // 250}.{i % 250 + 1}" for i in range(1, count + 1)]
+    lines = ["name,mac,ip"] + [
+        f"pc{i:04d},52:54:00:{i >> 16 & 255:02x}:{i >> 8 & 255:02x}:{i & 255:02x},10.0.{i // 250}.{i % 250 + 1}"
+        for i in range(1, count + 1)
+    ]
     await machines.import_csv(core, admin, "\n".join(lines))
     names = [f"pc{i:04d}" for i in range(1, count + 1)]
     probe = FakeProbe(set(names[::2]))
@@ -116,8 +123,9 @@ async def _machines(count: int) -> dict[str, float]:
         # 50 PCs change state: the monitor has the new statuses; one refresh shows them
         probe.online = set(names[::2]) ^ set(names[:50])  # the first 50 flip
         await app.monitor.poll()
-        changed_before = sum(1 for n in names if screen.table.rows_by_key[n]["status"].plain !=
-                             app.monitor.statuses[n].state)
+        changed_before = sum(
+            1 for n in names if screen.table.rows_by_key[n]["status"].plain != app.monitor.statuses[n].state
+        )
         idle = []
         for _ in range(3):  # what a Pilot pause costs when nothing changed (subtracted below)
             start = time.perf_counter()
@@ -163,18 +171,27 @@ def main() -> None:
         print(json.dumps(asyncio.run(_machines(args.child_machines))))
         return
     startup = bench_startup(args.rounds)
-    print(f"start-up to login screen: ggnet {startup['ggnet_login_s'] * 1000:.0f} ms, "
-          f"bare Textual+DataTable {startup['bare_datatable_s'] * 1000:.0f} ms, ratio {startup['ratio']:.2f}x "
-          f"(median of {args.rounds}; aim <= 2x)")
-    child = subprocess.run([sys.executable, __file__, "--child-machines", str(args.machines)],
-                           capture_output=True, text=True, check=True, cwd=ROOT)
+    print(
+        f"start-up to login screen: ggnet {startup['ggnet_login_s'] * 1000:.0f} ms, "
+        f"bare Textual+DataTable {startup['bare_datatable_s'] * 1000:.0f} ms, ratio {startup['ratio']:.2f}x "
+        f"(median of {args.rounds}; aim <= 2x)"
+    )
+    child = subprocess.run(
+        [sys.executable, __file__, "--child-machines", str(args.machines)],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+    )
     figures = json.loads(child.stdout.strip().splitlines()[-1])
     print(f"machines screen, {args.machines} machines: first paint {figures['first_paint_ms']:.0f} ms")
-    print(f"one refresh with {figures['cells_changed']:.0f} status changes: keyed diff "
-          f"{figures['refresh_50_diff_ms']:.1f} ms, diff + repaint {figures['refresh_50_ui_ms']:.1f} ms "
-          f"(aim < 30 ms; one change alone: {figures['refresh_1_ui_ms']:.1f} ms), "
-          f"CPU {figures['refresh_50_cpu_ms']:.1f} ms; "
-          f"whole refresh with the database read {figures['refresh_50_with_db_ms']:.1f} ms")
+    print(
+        f"one refresh with {figures['cells_changed']:.0f} status changes: keyed diff "
+        f"{figures['refresh_50_diff_ms']:.1f} ms, diff + repaint {figures['refresh_50_ui_ms']:.1f} ms "
+        f"(aim < 30 ms; one change alone: {figures['refresh_1_ui_ms']:.1f} ms), "
+        f"CPU {figures['refresh_50_cpu_ms']:.1f} ms; "
+        f"whole refresh with the database read {figures['refresh_50_with_db_ms']:.1f} ms"
+    )
     print(f"peak memory (RSS) with {args.machines} machines: {figures['peak_rss_mb']:.0f} MB (aim < 150 MB)")
 
 

@@ -58,7 +58,7 @@ class Settings(BaseSettings):
     keys: dict[str, str] = Field(default_factory=dict)
 
     @model_validator(mode="after")
-    def _derive_defaults(self) -> "Settings":
+    def _derive_defaults(self) -> Settings:
         self.data_dir = Path(self.data_dir).expanduser()
         if not self.database_url:
             self.database_url = f"sqlite+aiosqlite:///{self.data_dir / 'ggnet.db'}"
@@ -66,7 +66,7 @@ class Settings(BaseSettings):
             self.log_file = self.data_dir / "ggnet.log"
         if self.tftp_root is None:
             self.tftp_root = self.data_dir / "tftp"
-        self.portal_address  # refuse a malformed GGNET_PORTAL when settings are read
+        _ = self.portal_address  # refuse a malformed GGNET_PORTAL when settings are read
         from .validation import normalize_iqn
 
         try:

@@ -17,22 +17,22 @@ class Core:
     settings: Settings
     db: Database
     extras: dict[str, Any] = field(default_factory=dict)
-    _backend: "TargetBackend | None" = None
-    _backend_health: "BackendHealth | None" = None
+    _backend: TargetBackend | None = None
+    _backend_health: BackendHealth | None = None
 
     @classmethod
-    def open(cls, settings: Settings) -> "Core":
+    def open(cls, settings: Settings) -> Core:
         return cls(settings=settings, db=Database(settings.database_url))
 
     async def close(self) -> None:
         await self.db.dispose()
 
-    def use_backend(self, backend: "TargetBackend | None", health: "BackendHealth | None" = None) -> None:
+    def use_backend(self, backend: TargetBackend | None, health: BackendHealth | None = None) -> None:
         """Pin the target backend (tests, or after the operator chose one)."""
         self._backend = backend
         self._backend_health = health
 
-    async def target_backend(self, refresh: bool = False) -> tuple["TargetBackend | None", "BackendHealth"]:
+    async def target_backend(self, refresh: bool = False) -> tuple[TargetBackend | None, BackendHealth]:
         """The configured target stack and its health; selected once, then cached."""
         from .iscsi.base import BackendHealth
         from .iscsi.select import select_backend

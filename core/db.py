@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import AsyncIterator
 
 from sqlalchemy import event
 from sqlalchemy.engine import URL, Connection, make_url
@@ -63,12 +63,16 @@ def _supported_url(url: str) -> URL:
     try:
         parsed = make_url(url)
     except ArgumentError:
-        raise Invalid("database_url", "must be a URL such as sqlite+aiosqlite:///path/ggnet.db or "
-                      "postgresql+asyncpg://user:password@host/ggnet") from None
+        raise Invalid(
+            "database_url",
+            "must be a URL such as sqlite+aiosqlite:///path/ggnet.db or postgresql+asyncpg://user:password@host/ggnet",
+        ) from None
     backend, _, driver = parsed.drivername.partition("+")
     if backend not in _DRIVERS or driver not in ("", _DRIVERS[backend]):
-        raise Invalid("database_url", "must use SQLite (sqlite+aiosqlite://) or PostgreSQL (postgresql+asyncpg://), "
-                      f"not {parsed.drivername}")
+        raise Invalid(
+            "database_url",
+            f"must use SQLite (sqlite+aiosqlite://) or PostgreSQL (postgresql+asyncpg://), not {parsed.drivername}",
+        )
     return parsed.set(drivername=f"{backend}+{_DRIVERS[backend]}")
 
 
@@ -96,10 +100,9 @@ class Database:
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:
         """A session inside one transaction: committed on success, rolled back on error."""
-        async with self.sessions() as session:
-            async with session.begin():
-                await session.connection(execution_options={"sqlite_immediate": True})
-                yield session
+        async with self.sessions() as session, session.begin():
+            await session.connection(execution_options={"sqlite_immediate": True})
+            yield session
 
     async def dispose(self) -> None:
         await self.engine.dispose()

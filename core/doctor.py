@@ -45,13 +45,17 @@ def failed(checks: list[Check]) -> bool:
 async def _command(*args: str) -> tuple[int, str, str] | None:
     """(exit status, stdout, stderr) of a program, or None when it is not installed."""
     program = shutil.which(args[0]) or next(
-        (p for p in (f"/usr/sbin/{args[0]}", f"/sbin/{args[0]}") if os.access(p, os.X_OK)), None)
+        (p for p in (f"/usr/sbin/{args[0]}", f"/sbin/{args[0]}") if os.access(p, os.X_OK)), None
+    )
     if program is None:
         return None
     try:
         proc = await asyncio.create_subprocess_exec(
-            program, *args[1:], stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            program,
+            *args[1:],
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
         )
     except OSError as exc:
         return 126, "", str(exc)
@@ -74,21 +78,27 @@ def _first_line(text: str) -> str:
 async def check_qemu_img() -> Check:
     result = await _command("qemu-img", "--version")
     if result is None:
-        return Check("qemu-img", "fail", "qemu-img is not installed: images cannot be imported; "
-                     "install it with apt-get install qemu-utils")
+        return Check(
+            "qemu-img",
+            "fail",
+            "qemu-img is not installed: images cannot be imported; install it with apt-get install qemu-utils",
+        )
     code, out, err = result
     if code != 0:
-        return Check("qemu-img", "fail", f"qemu-img --version failed: {_first_line(err or out)}; "
-                     "reinstall qemu-utils")
+        return Check("qemu-img", "fail", f"qemu-img --version failed: {_first_line(err or out)}; reinstall qemu-utils")
     return Check("qemu-img", "ok", _first_line(out))
 
 
 async def check_dnsmasq() -> Check:
     result = await _command("dnsmasq", "--version")
     if result is None:
-        return Check("dnsmasq", "warn", "dnsmasq is not installed: `ggnet boot dnsmasq` cannot test its "
-                     "configuration and this server cannot answer PXE; install it with apt-get install dnsmasq "
-                     "(not needed when another DHCP/TFTP server loads iPXE)")
+        return Check(
+            "dnsmasq",
+            "warn",
+            "dnsmasq is not installed: `ggnet boot dnsmasq` cannot test its "
+            "configuration and this server cannot answer PXE; install it with apt-get install dnsmasq "
+            "(not needed when another DHCP/TFTP server loads iPXE)",
+        )
     return Check("dnsmasq", "ok", _first_line(result[1]) or "installed")
 
 
@@ -102,10 +112,18 @@ def check_lio(settings: Settings) -> Check:
     if LIO_CONFIGFS.is_dir():
         return Check("lio", "ok", f"kernel LIO is available ({LIO_CONFIGFS} exists)")
     if Path("/sys/module/target_core_mod").is_dir():
-        return Check("lio", severity, f"target_core_mod is loaded but {LIO_CONFIGFS} is missing: mount configfs "
-                     "with mount -t configfs none /sys/kernel/config")
-    return Check("lio", severity, "kernel LIO is not loaded (no target_core_mod): run modprobe target_core_mod "
-                 "iscsi_target_mod, or use tgtd instead (GGNET_TARGET_BACKEND=tgt)")
+        return Check(
+            "lio",
+            severity,
+            f"target_core_mod is loaded but {LIO_CONFIGFS} is missing: mount configfs "
+            "with mount -t configfs none /sys/kernel/config",
+        )
+    return Check(
+        "lio",
+        severity,
+        "kernel LIO is not loaded (no target_core_mod): run modprobe target_core_mod "
+        "iscsi_target_mod, or use tgtd instead (GGNET_TARGET_BACKEND=tgt)",
+    )
 
 
 async def check_tgtd(settings: Settings) -> Check:
@@ -115,12 +133,17 @@ async def check_tgtd(settings: Settings) -> Check:
         return Check("tgtd", "ok", "not used (GGNET_TARGET_BACKEND=lio)")
     result = await _command("tgtadm", "-C", str(port), "--mode", "system", "--op", "show")
     if result is None:
-        return Check("tgtd", severity, "tgtadm is not installed: install tgt (apt-get install tgt), "
-                     "or use kernel LIO instead")
+        return Check(
+            "tgtd", severity, "tgtadm is not installed: install tgt (apt-get install tgt), or use kernel LIO instead"
+        )
     code, out, err = result
     if code != 0:
-        return Check("tgtd", severity, f"tgtd does not answer on control port {port} ({_first_line(err or out)}): "
-                     "start it with systemctl start tgt, or set GGNET_TGT_CONTROL_PORT to the port it uses")
+        return Check(
+            "tgtd",
+            severity,
+            f"tgtd does not answer on control port {port} ({_first_line(err or out)}): "
+            "start it with systemctl start tgt, or set GGNET_TGT_CONTROL_PORT to the port it uses",
+        )
     return Check("tgtd", "ok", f"tgtd answers on control port {port}")
 
 
@@ -130,8 +153,9 @@ async def check_target_stack(settings: Settings) -> Check:
     backend, health = await select_backend(settings)
     if backend is None or not health.ok:
         return Check("target stack", "fail", f"sessions cannot start: {health.detail}")
-    return Check("target stack", "ok", f"{backend.name} (GGNET_TARGET_BACKEND={settings.target_backend}): "
-                 f"{health.detail}")
+    return Check(
+        "target stack", "ok", f"{backend.name} (GGNET_TARGET_BACKEND={settings.target_backend}): {health.detail}"
+    )
 
 
 # --- data directory ------------------------------------------------------------
@@ -147,8 +171,9 @@ def filesystem_type(path: Path) -> str | None:
                 left, _, right = line.partition(" - ")
                 fields = left.split()
                 mount_point = fields[4].encode().decode("unicode_escape")  # \040 for spaces
-                if (target == mount_point or target.startswith(mount_point.rstrip("/") + "/")) and \
-                        len(mount_point) >= len(best):
+                if (target == mount_point or target.startswith(mount_point.rstrip("/") + "/")) and len(
+                    mount_point
+                ) >= len(best):
                     best, kind = mount_point, right.split()[0]
         return kind
     except (OSError, IndexError):
@@ -158,11 +183,22 @@ def filesystem_type(path: Path) -> str | None:
 async def check_data_dir(settings: Settings) -> list[Check]:
     data = Path(settings.data_dir)
     if not data.is_dir():
-        return [Check("data directory", "fail", f"{data} does not exist: run ggnet init, which creates it, "
-                      "or set GGNET_DATA_DIR to where images and writebacks should live")]
+        return [
+            Check(
+                "data directory",
+                "fail",
+                f"{data} does not exist: run ggnet init, which creates it, "
+                "or set GGNET_DATA_DIR to where images and writebacks should live",
+            )
+        ]
     if not os.access(data, os.W_OK | os.X_OK):
-        return [Check("data directory", "fail", f"{data} is not writable by this user: fix its owner or run "
-                      "ggnet as the user that owns it")]
+        return [
+            Check(
+                "data directory",
+                "fail",
+                f"{data} is not writable by this user: fix its owner or run ggnet as the user that owns it",
+            )
+        ]
     fs = filesystem_type(data) or "unknown"
     checks = [Check("data directory", "ok", f"{data} on {fs}")]
     probe_dir = data / "images" if (data / "images").is_dir() else data
@@ -171,17 +207,35 @@ async def check_data_dir(settings: Settings) -> list[Check]:
         checks.append(Check("reflink", "ok", f"{fs} makes reflink clones: writebacks are created in constant time"))
     else:
         severity: Status = "fail" if settings.writeback_driver == "reflink" else "warn"
-        checks.append(Check("reflink", severity, f"{fs} cannot make reflink clones: every writeback is a full copy "
-                            "(slow, and it uses the image's size per machine); put GGNET_DATA_DIR on XFS "
-                            "(mkfs.xfs -m reflink=1) or btrfs"))
+        checks.append(
+            Check(
+                "reflink",
+                severity,
+                f"{fs} cannot make reflink clones: every writeback is a full copy "
+                "(slow, and it uses the image's size per machine); put GGNET_DATA_DIR on XFS "
+                "(mkfs.xfs -m reflink=1) or btrfs",
+            )
+        )
     usage = shutil.disk_usage(data)
     free = f"{usage.free / GIB:.1f} GiB free of {usage.total / GIB:.1f} GiB"
     if usage.free < FREE_FAIL_BYTES:
-        checks.append(Check("free space", "fail", f"{free} under {data}: imports and writebacks will fail; "
-                            "free space or move GGNET_DATA_DIR to a larger file system"))
+        checks.append(
+            Check(
+                "free space",
+                "fail",
+                f"{free} under {data}: imports and writebacks will fail; "
+                "free space or move GGNET_DATA_DIR to a larger file system",
+            )
+        )
     elif usage.free < FREE_WARN_BYTES or usage.free < usage.total // 10:
-        checks.append(Check("free space", "warn", f"{free} under {data}: little room for images and writebacks; "
-                            "free space or move GGNET_DATA_DIR to a larger file system"))
+        checks.append(
+            Check(
+                "free space",
+                "warn",
+                f"{free} under {data}: little room for images and writebacks; "
+                "free space or move GGNET_DATA_DIR to a larger file system",
+            )
+        )
     else:
         checks.append(Check("free space", "ok", f"{free} under {data}"))
     return checks
@@ -195,11 +249,22 @@ def check_tftp_root(settings: Settings) -> list[Check]:
 
     root = Path(settings.tftp_root or Path(settings.data_dir) / "tftp")
     if not root.is_dir():
-        return [Check("tftp root", "fail", f"{root} does not exist: run ggnet boot render (it creates it and writes "
-                      "the boot scripts), or set GGNET_TFTP_ROOT to the directory your TFTP server serves")]
+        return [
+            Check(
+                "tftp root",
+                "fail",
+                f"{root} does not exist: run ggnet boot render (it creates it and writes "
+                "the boot scripts), or set GGNET_TFTP_ROOT to the directory your TFTP server serves",
+            )
+        ]
     if not os.access(root, os.W_OK | os.X_OK):
-        return [Check("tftp root", "fail", f"{root} is not writable by this user: boot scripts cannot be updated; "
-                      "fix its owner or permissions")]
+        return [
+            Check(
+                "tftp root",
+                "fail",
+                f"{root} is not writable by this user: boot scripts cannot be updated; fix its owner or permissions",
+            )
+        ]
     checks = []
     if (root / BOOT_SCRIPT).is_file():
         checks.append(Check("tftp root", "ok", f"{root} is writable and holds {BOOT_SCRIPT}"))
@@ -207,8 +272,14 @@ def check_tftp_root(settings: Settings) -> list[Check]:
         checks.append(Check("tftp root", "warn", f"{root} has no {BOOT_SCRIPT}: run ggnet boot render"))
     missing = [name for name in IPXE_BINARIES if not (root / name).is_file()]
     if missing:
-        checks.append(Check("ipxe binaries", "warn", f"{root} lacks {', '.join(missing)}: PXE firmware served by "
-                            "this server cannot load iPXE; copy them from /usr/lib/ipxe/ (apt-get install ipxe)"))
+        checks.append(
+            Check(
+                "ipxe binaries",
+                "warn",
+                f"{root} lacks {', '.join(missing)}: PXE firmware served by "
+                "this server cannot load iPXE; copy them from /usr/lib/ipxe/ (apt-get install ipxe)",
+            )
+        )
     else:
         checks.append(Check("ipxe binaries", "ok", f"{', '.join(IPXE_BINARIES)} present"))
     return checks
@@ -221,8 +292,12 @@ def check_boot_address(settings: Settings) -> Check:
         return Check("boot address", "fail", f"{exc}: fix GGNET_PORTAL")
     boot_host = settings.boot_host
     if boot_host is None:
-        return Check("boot address", "fail", f"GGNET_PORTAL listens on {host} and GGNET_BOOT_ADDRESS is not set: "
-                     "boot scripts cannot name this server; set GGNET_BOOT_ADDRESS to the address clients reach it at")
+        return Check(
+            "boot address",
+            "fail",
+            f"GGNET_PORTAL listens on {host} and GGNET_BOOT_ADDRESS is not set: "
+            "boot scripts cannot name this server; set GGNET_BOOT_ADDRESS to the address clients reach it at",
+        )
     return Check("boot address", "ok", f"clients boot from iscsi:{boot_host}::{port} (targets listen on {host}:{port})")
 
 
@@ -238,8 +313,13 @@ async def check_database(settings: Settings) -> list[Check]:
     try:
         url = make_url(settings.database_url)
     except Exception:
-        return [Check("database", "fail", "GGNET_DATABASE_URL is not a database URL; fix it "
-                      "(e.g. postgresql+asyncpg://user@host/ggnet)")]
+        return [
+            Check(
+                "database",
+                "fail",
+                "GGNET_DATABASE_URL is not a database URL; fix it (e.g. postgresql+asyncpg://user@host/ggnet)",
+            )
+        ]
     safe = url.render_as_string(hide_password=True)
     sqlite_file = url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:")
     if sqlite_file and not Path(str(url.database)).is_file():  # connecting would create an empty file
@@ -252,11 +332,22 @@ async def check_database(settings: Settings) -> list[Check]:
         try:
             revision = await asyncio.wait_for(db.current_revision(), DB_TIMEOUT)
         except TimeoutError:
-            return [Check("database", "fail", f"{safe} did not answer within {DB_TIMEOUT:.0f} s: "
-                          "check that the database server runs and is reachable")]
+            return [
+                Check(
+                    "database",
+                    "fail",
+                    f"{safe} did not answer within {DB_TIMEOUT:.0f} s: "
+                    "check that the database server runs and is reachable",
+                )
+            ]
         except Exception as exc:  # any driver error is the answer here, not a crash
-            return [Check("database", "fail", f"cannot open {safe}: {_reason(exc)}; check GGNET_DATABASE_URL and "
-                          "that the database server runs")]
+            return [
+                Check(
+                    "database",
+                    "fail",
+                    f"cannot open {safe}: {_reason(exc)}; check GGNET_DATABASE_URL and that the database server runs",
+                )
+            ]
         checks = [Check("database", "ok", f"{db.kind} at {safe} answers")]
         if revision is None:
             checks.append(Check("schema", "fail", "the database is empty: run ggnet init"))
@@ -276,8 +367,12 @@ async def check_database(settings: Settings) -> list[Check]:
 
 async def run_checks(settings: Settings) -> list[Check]:
     """Every check, in the order an operator would fix things."""
-    checks = [await check_qemu_img(), check_lio(settings), await check_tgtd(settings),
-              await check_target_stack(settings)]
+    checks = [
+        await check_qemu_img(),
+        check_lio(settings),
+        await check_tgtd(settings),
+        await check_target_stack(settings),
+    ]
     checks += await check_data_dir(settings)
     checks += check_tftp_root(settings)
     checks.append(check_boot_address(settings))

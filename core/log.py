@@ -46,11 +46,11 @@ def configure_logging(log_file: Path | None, level: str = "INFO") -> None:
     if _log_stream is not None and _log_stream not in (sys.stdout, sys.stderr):
         _log_stream.close()
     if log_file is None:
-        _log_stream = open("/dev/null", "a")
+        _log_stream = open("/dev/null", "a")  # noqa: SIM115 - lives as long as the process logs
     else:
         try:
             log_file.parent.mkdir(parents=True, exist_ok=True)
-            _log_stream = open(log_file, "a", encoding="utf-8", buffering=1)
+            _log_stream = open(log_file, "a", encoding="utf-8", buffering=1)  # noqa: SIM115
         except OSError as exc:
             from .errors import Invalid
 

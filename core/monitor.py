@@ -8,10 +8,11 @@ the PC probe (``Monitor(core, probe=...)``): pinging PCs that do not exist canno
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Protocol
 
 from sqlalchemy import select
 
@@ -65,14 +66,22 @@ async def ping(ip: str, timeout: float = PING_TIMEOUT_SECONDS) -> bool:
     """One ICMP echo through the system ping (an argument list, never a shell)."""
     try:
         proc = await asyncio.create_subprocess_exec(
-            "ping", "-n", "-q", "-c", "1", "-W", str(int(max(1, timeout))), ip,
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+            "ping",
+            "-n",
+            "-q",
+            "-c",
+            "1",
+            "-W",
+            str(int(max(1, timeout))),
+            ip,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
         )
     except OSError:
         return False
     try:
         return await asyncio.wait_for(proc.wait(), timeout + 1) == 0
-    except asyncio.TimeoutError:
+    except TimeoutError:
         proc.kill()
         await proc.wait()
         return False
@@ -138,9 +147,7 @@ class Monitor:
         except (GgnetError, OSError) as exc:  # no target stack (yet): liveness from probes only
             get_logger().debug("monitor: target stack not asked", reason=str(exc))
             return None
-        return {
-            t.iqn.lower(): next((s.address for s in t.sessions if s.address), None) for t in targets if t.sessions
-        }
+        return {t.iqn.lower(): next((s.address for s in t.sessions if s.address), None) for t in targets if t.sessions}
 
     async def poll(self) -> dict[str, MachineStatus]:
         async with self._lock:  # one poll at a time, whoever asks

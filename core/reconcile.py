@@ -54,8 +54,11 @@ def compare_targets(desired: list[DesiredTarget], actual: list[ActualTarget], iq
         if found is None:
             drift.append(Drift("missing-target", item.spec.iqn, item.machine, "create the target"))
         elif not _matches(found, item.spec):
-            drift.append(Drift("wrong-target", item.spec.iqn, item.machine,
-                               "recreate the target with the machine's disk and ACL"))
+            drift.append(
+                Drift(
+                    "wrong-target", item.spec.iqn, item.machine, "recreate the target with the machine's disk and ACL"
+                )
+            )
     for target in actual:
         if owns(target.iqn, iqn_base) and target.iqn.lower() not in wanted:
             drift.append(Drift("stray-target", target.iqn, None, "delete the target (no session wants it)"))
@@ -67,8 +70,14 @@ def compare_writebacks(desired: list[DesiredTarget], kept: set[Path], writeback_
     drift: list[Drift] = []
     for item in desired:
         if not item.spec.backing_file.exists():
-            drift.append(Drift("missing-writeback", str(item.spec.backing_file), item.machine,
-                               "recreate the writeback from the image version"))
+            drift.append(
+                Drift(
+                    "missing-writeback",
+                    str(item.spec.backing_file),
+                    item.machine,
+                    "recreate the writeback from the image version",
+                )
+            )
     in_use = {d.spec.backing_file for d in desired} | kept
     if writeback_dir.is_dir():
         for path in sorted(writeback_dir.iterdir()):

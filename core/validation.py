@@ -130,9 +130,7 @@ _IMAGE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
 def normalize_image_name(value: str) -> str:
     text = str(value).strip()
     if not _IMAGE_NAME.match(text):
-        raise ValueError(
-            "must be 1-64 characters: letters, digits, '.', '_' and '-', starting with a letter or digit"
-        )
+        raise ValueError("must be 1-64 characters: letters, digits, '.', '_' and '-', starting with a letter or digit")
     return text
 
 
@@ -211,6 +209,7 @@ def normalize_iqn(value: str) -> str:
 
 
 # --- pydantic glue ---------------------------------------------------------
+
 
 def _str_only(value: Any) -> Any:
     if not isinstance(value, str):

@@ -42,6 +42,6 @@ async def send_magic_packets(macs: list[str], address: str) -> None:
         try:
             for packet in packets:
                 await asyncio.wait_for(loop.sock_sendto(sock, packet, (host, port)), timeout=2)
-        except (OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, OSError) as exc:
             reason = getattr(exc, "strerror", None) or type(exc).__name__
             raise BackendUnavailable(f"cannot send wake-on-LAN packets to {host}:{port}: {reason}") from None

@@ -18,11 +18,12 @@ import socket
 import sys
 import threading
 import uuid
-from datetime import datetime, timezone
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
 from functools import partial
 from importlib import import_module
 from time import monotonic
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
 from textual import events
 from textual.app import App
@@ -74,7 +75,7 @@ def _preload() -> None:
 
 
 def _utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class _AsciiScrollBar(ScrollBarRender):
@@ -123,10 +124,10 @@ class GgnetApp(App[int]):
 
     def __init__(
         self,
-        core: "Core | None" = None,
+        core: Core | None = None,
         *,
-        open_core: Callable[[], "Core"] | None = None,
-        probe: "PcProbe | None" = None,
+        open_core: Callable[[], Core] | None = None,
+        probe: PcProbe | None = None,
         hostname: str | None = None,
         clock: Callable[[], datetime] = _utcnow,
         term: str | None = None,
@@ -213,8 +214,10 @@ class GgnetApp(App[int]):
     def _print_error_renderables(self) -> None:
         if self._exit_renderables and self.crash_incident:
             self._exit_renderables.clear()
-            print(f"ggnet: unexpected error (incident {self.crash_incident}); details are in the ggnet log",
-                  file=sys.stderr)
+            print(
+                f"ggnet: unexpected error (incident {self.crash_incident}); details are in the ggnet log",
+                file=sys.stderr,
+            )
         super()._print_error_renderables()
 
     @staticmethod
@@ -359,8 +362,11 @@ class GgnetApp(App[int]):
             self.notify(f"Reconcile at start failed: {exc.message}", severity="error", timeout=8)
             return
         if report.errors:
-            self.notify(f"Reconcile at start: {len(report.errors)} repairs failed; see Targets (5).",
-                        severity="error", timeout=8)
+            self.notify(
+                f"Reconcile at start: {len(report.errors)} repairs failed; see Targets (5).",
+                severity="error",
+                timeout=8,
+            )
         elif report.drift:
             self.notify(f"Reconcile at start repaired {len(report.repaired)} drift items.", timeout=5)
 
@@ -370,7 +376,9 @@ class GgnetApp(App[int]):
             if backend is not None:
                 health = await backend.health()
             self.backend_ok = health.ok and backend is not None
-            self.backend_text = f"{backend.name} {'ok' if health.ok else 'DOWN'}" if backend is not None else "unavailable"
+            self.backend_text = (
+                f"{backend.name} {'ok' if health.ok else 'DOWN'}" if backend is not None else "unavailable"
+            )
             self.backend_detail = health.detail
         except (GgnetError, OSError) as exc:
             self.backend_ok = False
@@ -420,6 +428,7 @@ class GgnetApp(App[int]):
 
     async def action_request_quit(self) -> None:
         if self.busy:
+
             def answer(yes: bool | None) -> None:
                 if yes:
                     self.exit(0)
@@ -444,4 +453,3 @@ def run_console(state: Any) -> int:
         sys.stderr.flush()
         os._exit(code)
     return code
-

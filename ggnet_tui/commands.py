@@ -53,7 +53,9 @@ COMMANDS: tuple[Command, ...] = (
     Command("machines.edit", "e", "screen.edit", "Edit", "Edit the machine under the cursor", _M),
     Command("machines.delete", "ctrl+d", "screen.delete", "Delete", "Delete the marked machines (asks first)", _M),
     Command("machines.mark", "space", "screen.mark", "Mark", "Mark or unmark the row for a bulk action"),
-    Command("machines.mark_all", "ctrl+a", "screen.mark_all", "Mark all", "Mark every shown row, or clear marks", show=False),
+    Command(
+        "machines.mark_all", "ctrl+a", "screen.mark_all", "Mark all", "Mark every shown row, or clear marks", show=False
+    ),
     Command("machines.start", "s", "screen.start", "Start", "Start sessions on the marked machines", _S),
     Command("machines.stop", "x", "screen.stop", "Stop", "Stop sessions on the marked machines", _S),
     Command("machines.wake", "w", "screen.wake", "Wake", "Send wake-on-LAN to the marked machines", "wake_machines"),
@@ -99,8 +101,13 @@ def bindings(*scopes: str) -> list[Binding]:
     result = []
     for c in commands_for(*scopes):
         action = c.action.removeprefix("screen.")
-        display = {"question_mark": "?", "slash": "/", "space": "space", "right_square_bracket": "]",
-                   "left_square_bracket": "["}.get(c.key.split(",")[0])
+        display = {
+            "question_mark": "?",
+            "slash": "/",
+            "space": "space",
+            "right_square_bracket": "]",
+            "left_square_bracket": "[",
+        }.get(c.key.split(",")[0])
         if display is None and "," in c.key:
             display = c.key.split(",")[0]
         result.append(Binding(c.key, action, c.label, show=c.show, id=c.id, key_display=display))

@@ -10,8 +10,8 @@ import asyncio
 import os
 import shutil
 import uuid
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import AsyncIterator, Iterator
 
 import pytest
 
@@ -199,6 +199,7 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
 
 
 # --- an initialised site for command-line tests ----------------------------------------
+
 
 @pytest.fixture(scope="module")
 def site_template(tmp_path_factory: pytest.TempPathFactory) -> Path:

@@ -43,10 +43,14 @@ async def test_every_change_writes_exactly_one_event(core: Core, admin: Actor, o
     before = await all_events(core)
     await op.run(core, actor, ctx)
     after = await all_events(core)
-    assert len(after) == len(before) + 1, [e.action for e in after[len(before):]]
+    assert len(after) == len(before) + 1, [e.action for e in after[len(before) :]]
     event = after[-1]
     assert (event.actor, event.action, event.outcome, event.object_type) == (
-        actor.username, op.action, "ok", op.object_type)
+        actor.username,
+        op.action,
+        "ok",
+        op.object_type,
+    )
     assert event.at.tzinfo is not None
     expected_name = op.object_name(ctx) if op.object_name else actor.username
     assert event.object_name == expected_name

@@ -4,9 +4,10 @@ machines and CSV import, on SQLite and PostgreSQL. Each case gets its own specif
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 import pytest
 from sqlalchemy import func, select

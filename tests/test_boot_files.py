@@ -36,9 +36,15 @@ SECRET = "Q8xk2LmP0aZr7TbW"
 
 
 def sanboot(**overrides: object) -> SanBoot:
-    values: dict[str, object] = dict(address="10.0.2.2", port=3260, lun=1, target_iqn="iqn.2024-01.lan.ggnet:pc01",
-                                     initiator_iqn="iqn.2024-01.lan.ggnet:client.pc01", chap_username="pc01",
-                                     chap_secret=SECRET)
+    values: dict[str, object] = dict(
+        address="10.0.2.2",
+        port=3260,
+        lun=1,
+        target_iqn="iqn.2024-01.lan.ggnet:pc01",
+        initiator_iqn="iqn.2024-01.lan.ggnet:client.pc01",
+        chap_username="pc01",
+        chap_secret=SECRET,
+    )
     values.update(overrides)
     return SanBoot(**values)  # type: ignore[arg-type]
 
@@ -69,7 +75,8 @@ def test_lun_is_hexadecimal_and_protocol_empty() -> None:
     text = ipxe.render_machine_script(MachineScript("pc02", "52:54:00:aa:00:02", sanboot(lun=26, port=3261)))
     assert "sanboot iscsi:10.0.2.2::3261:1a:iqn.2024-01.lan.ggnet:pc01 || goto failed" in text
     assert "iscsi:10.0.2.2::3261:0:" in ipxe.render_machine_script(
-        MachineScript("pc02", "52:54:00:aa:00:02", sanboot(lun=0, port=3261)))
+        MachineScript("pc02", "52:54:00:aa:00:02", sanboot(lun=0, port=3261))
+    )
 
 
 def test_no_session_script_golden() -> None:
@@ -79,12 +86,15 @@ def test_no_session_script_golden() -> None:
     assert "sanboot" not in text and "password" not in text
 
 
-@pytest.mark.parametrize("why, phrase", [
-    (Why.NO_IMAGE, "no image is assigned to pc07"),
-    (Why.FAILED, "the last boot session of pc07 failed"),
-    (Why.STOPPING, "the boot session of pc07 is being stopped"),
-    (Why.NO_TARGET, "has no iSCSI target: run ggnet reconcile"),
-])
+@pytest.mark.parametrize(
+    "why, phrase",
+    [
+        (Why.NO_IMAGE, "no image is assigned to pc07"),
+        (Why.FAILED, "the last boot session of pc07 failed"),
+        (Why.STOPPING, "the boot session of pc07 is being stopped"),
+        (Why.NO_TARGET, "has no iSCSI target: run ggnet reconcile"),
+    ],
+)
 def test_every_reason_is_explained(why: Why, phrase: str) -> None:
     text = ipxe.render_machine_script(MachineScript("pc07", "52:54:00:aa:00:07", why=why))
     assert phrase in text
@@ -145,8 +155,9 @@ def listing(root: Path) -> list[str]:
 
 def test_sync_writes_world_readable_files_and_leaves_no_temporary_files(tmp_path: Path) -> None:
     root = tmp_path / "tftp"
-    files = ipxe.render_all([MachineScript("pc01", "52:54:00:aa:00:01", sanboot()),
-                             MachineScript("pc02", "52:54:00:aa:00:02")])
+    files = ipxe.render_all(
+        [MachineScript("pc01", "52:54:00:aa:00:01", sanboot()), MachineScript("pc02", "52:54:00:aa:00:02")]
+    )
     first = ipxe.sync_tftp_root(root, files)
     assert sorted(first.written) == sorted(files)
     assert listing(root) == sorted([*files, ".ggnet.lock"])
@@ -174,8 +185,14 @@ def test_failed_write_keeps_the_old_file_and_no_temporary(tmp_path: Path) -> Non
         "except OSError as exc:\n"
         "    print(exc.errno)\n"
     )
-    result = subprocess.run([sys.executable, "-c", program, str(target)], capture_output=True, text=True, check=False,
-                            timeout=60, cwd=Path(__file__).parent.parent)
+    result = subprocess.run(
+        [sys.executable, "-c", program, str(target)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+        cwd=Path(__file__).parent.parent,
+    )
     assert result.stdout.strip() == "27", result.stderr  # EFBIG
     assert target.read_text() == "old content\n"
     assert listing(tmp_path) == [target.name]
@@ -222,8 +239,16 @@ async def _seed(core: Core, admin: Actor) -> None:
             session.add(boot_session)
             await session.flush()
             if state == "active":
-                session.add(Target(session_id=boot_session.id, machine_id=rows[name].id, backend="tgt", lun=1,
-                                   iqn=f"iqn.2024-01.lan.ggnet:{name}", portal="0.0.0.0:3261"))
+                session.add(
+                    Target(
+                        session_id=boot_session.id,
+                        machine_id=rows[name].id,
+                        backend="tgt",
+                        lun=1,
+                        iqn=f"iqn.2024-01.lan.ggnet:{name}",
+                        portal="0.0.0.0:3261",
+                    )
+                )
 
 
 async def test_render_boot_files_from_the_database(core: Core, admin: Actor, operator: Actor) -> None:

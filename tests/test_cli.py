@@ -14,12 +14,10 @@ import sqlite3
 import subprocess
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
-
-from .conftest import _pg_admin, _pg_url_for, require_pg
 
 from .cli import (
     ADMIN_PW,
@@ -32,13 +30,17 @@ from .cli import (
     run_ggnet,
     sqlite_counts,
 )
+from .conftest import _pg_admin, _pg_url_for, require_pg
 
 
 def _happy_path(env: dict[str, str]) -> None:
     first = ok(run_ggnet(["init", "--admin", "admin"], env, GGNET_NEW_PASSWORD=ADMIN_PW))
     assert "admin 'admin' created" in first.stdout
-    added = ok(as_admin(["machine", "add", "PC01", "--mac", "52-54-00-12-34-56", "--ip", "192.168.1.21",
-                         "--boot-mode", "uefi"], env))
+    added = ok(
+        as_admin(
+            ["machine", "add", "PC01", "--mac", "52-54-00-12-34-56", "--ip", "192.168.1.21", "--boot-mode", "uefi"], env
+        )
+    )
     assert added.stdout.strip() == "machine 'pc01' added (52:54:00:12:34:56)"
     listed = json.loads(ok(as_admin(["machine", "list", "--json"], env)).stdout)
     assert [(m["name"], m["mac"], m["ip"], m["boot_mode"]) for m in listed] == [
@@ -76,13 +78,15 @@ def test_init_add_and_list_on_postgresql(tmp_path: Path, pg_url: str) -> None:
 
 def test_viewer_is_refused_with_one_line_and_a_denied_event(site: dict[str, str]) -> None:
     before = sqlite_counts(site)
-    refused = run_ggnet(["machine", "add", "pc02", "--mac", "52:54:00:12:34:57"], site,
-                        GGNET_USER="vera", GGNET_PASSWORD=VIEWER_PW)
+    refused = run_ggnet(
+        ["machine", "add", "pc02", "--mac", "52:54:00:12:34:57"], site, GGNET_USER="vera", GGNET_PASSWORD=VIEWER_PW
+    )
     one_error(refused, "permission denied: viewer 'vera' may not manage machines")
     after = sqlite_counts(site)
     assert after["machines"] == before["machines"]
-    events = json.loads(ok(as_admin(["audit", "list", "--json", "--actor", "vera", "--action", "machine"],
-                                    site)).stdout)
+    events = json.loads(
+        ok(as_admin(["audit", "list", "--json", "--actor", "vera", "--action", "machine"], site)).stdout
+    )
     assert [(e["action"], e["outcome"]) for e in events] == [("machine.create", "denied")]
     # the viewer may still read
     assert "pc01" in ok(run_ggnet(["machine", "list"], site, GGNET_USER="vera", GGNET_PASSWORD=VIEWER_PW)).stdout
@@ -112,16 +116,32 @@ TOO_LONG = "é" * 36 + "x"  # 37 characters, 73 bytes in UTF-8
 # (arguments, phrase of the one error line, new password)
 BAD_INPUTS = [
     (["machine", "add", "pc02", "--mac", "01:00:5e:00:00:01"], "mac: must be a unicast address", None),
-    (["machine", "add", "pc02", "--mac", "52:54:00:12:34:56"], "mac: 52:54:00:12:34:56 is already used by machine 'pc01'", None),
+    (
+        ["machine", "add", "pc02", "--mac", "52:54:00:12:34:56"],
+        "mac: 52:54:00:12:34:56 is already used by machine 'pc01'",
+        None,
+    ),
     (["machine", "add", "PC01", "--mac", "52:54:00:00:00:02"], "name: pc01 is already used by machine 'pc01'", None),
-    (["machine", "add", "pc-with-a-long-name", "--mac", "52:54:00:00:00:02"], "name: must be at most 15 characters", None),
+    (
+        ["machine", "add", "pc-with-a-long-name", "--mac", "52:54:00:00:00:02"],
+        "name: must be at most 15 characters",
+        None,
+    ),
     (["machine", "add", "x';DROP--", "--mac", "52:54:00:00:00:02"], "name: may contain only", None),
-    (["machine", "add", "pc02", "--mac", "52:54:00:00:00:02", "--ip", "192.168.1.255"], "ip: must be a host address", None),
+    (
+        ["machine", "add", "pc02", "--mac", "52:54:00:00:00:02", "--ip", "192.168.1.255"],
+        "ip: must be a host address",
+        None,
+    ),
     (["machine", "set", "pc01", "--mac", "ff:ff:ff:ff:ff:ff"], "mac: must not be the broadcast address", None),
     (["machine", "show", "pc99"], "no machine named 'pc99'", None),
     (["machine", "rm", "pc99"], "no machine named 'pc99'", None),
     (["machine", "import", "/nonexistent/lab.csv"], "file: /nonexistent/lab.csv does not exist", None),
-    (["user", "add", "bob", "--role", "viewer"], "password: must be at most 72 bytes in UTF-8 (bcrypt's limit), got 73", TOO_LONG),
+    (
+        ["user", "add", "bob", "--role", "viewer"],
+        "password: must be at most 72 bytes in UTF-8 (bcrypt's limit), got 73",
+        TOO_LONG,
+    ),
     (["user", "add", "vera", "--role", "viewer"], "a user named 'vera' already exists", "long-enough-1"),
     (["user", "passwd", "vera"], "password: must be at least 8 bytes", "short"),
     (["user", "rm", "admin"], "cannot delete 'admin': it is the last active admin", None),
@@ -129,10 +149,14 @@ BAD_INPUTS = [
 ]
 
 
-@pytest.mark.parametrize(("args", "phrase", "new_password"), BAD_INPUTS,
-                         ids=[f"{i}-{'-'.join(a[:2])}" for i, (a, _, _) in enumerate(BAD_INPUTS)])
-def test_bad_input_exits_1_with_one_line_and_writes_nothing(site: dict[str, str], args: list[str], phrase: str,
-                                                             new_password: str | None) -> None:
+@pytest.mark.parametrize(
+    ("args", "phrase", "new_password"),
+    BAD_INPUTS,
+    ids=[f"{i}-{'-'.join(a[:2])}" for i, (a, _, _) in enumerate(BAD_INPUTS)],
+)
+def test_bad_input_exits_1_with_one_line_and_writes_nothing(
+    site: dict[str, str], args: list[str], phrase: str, new_password: str | None
+) -> None:
     before = sqlite_counts(site)
     extra = {"GGNET_NEW_PASSWORD": new_password} if new_password else {}
     one_error(as_admin(args, site, **extra), phrase)
@@ -140,16 +164,20 @@ def test_bad_input_exits_1_with_one_line_and_writes_nothing(site: dict[str, str]
 
 
 def test_wrong_password_and_missing_credentials(site: dict[str, str]) -> None:
-    one_error(run_ggnet(["machine", "list"], site, GGNET_USER="admin", GGNET_PASSWORD="wrong-pass"),
-              "wrong user name or password")
+    one_error(
+        run_ggnet(["machine", "list"], site, GGNET_USER="admin", GGNET_PASSWORD="wrong-pass"),
+        "wrong user name or password",
+    )
     one_error(run_ggnet(["machine", "list"], site), "user: is required: pass --user NAME or set GGNET_USER")
     # no terminal to ask on: a clear error, never a hang
     one_error(run_ggnet(["machine", "list"], site, GGNET_USER="admin"), "password: is required: set GGNET_PASSWORD")
-    one_error(as_admin(["user", "add", "bob", "--role", "viewer"], site),
-              "password: is required: set GGNET_NEW_PASSWORD")
+    one_error(
+        as_admin(["user", "add", "bob", "--role", "viewer"], site), "password: is required: set GGNET_NEW_PASSWORD"
+    )
     # --user overrides GGNET_USER
-    listed = run_ggnet(["--user", "vera", "machine", "list", "--json"], site, GGNET_USER="admin",
-                       GGNET_PASSWORD=VIEWER_PW)
+    listed = run_ggnet(
+        ["--user", "vera", "machine", "list", "--json"], site, GGNET_USER="admin", GGNET_PASSWORD=VIEWER_PW
+    )
     assert json.loads(ok(listed).stdout)[0]["chap_secret"] is None  # viewers never see secrets
 
 
@@ -186,8 +214,7 @@ def test_console_without_subcommand_starts_with_no_users(tmp_path: Path) -> None
     """`ggnet` alone opens the console (in a pseudo-terminal); on an empty site it must not crash."""
     env = ggnet_env(tmp_path, TERM="xterm-256color", COLUMNS="100", LINES="30")
     master, slave = pty.openpty()
-    proc = subprocess.Popen([ggnet_executable()], stdin=slave, stdout=slave, stderr=slave, env=env,
-                            close_fds=True)
+    proc = subprocess.Popen([ggnet_executable()], stdin=slave, stdout=slave, stderr=slave, env=env, close_fds=True)
     os.close(slave)
     output = b""
     try:
@@ -230,8 +257,9 @@ def test_console_without_subcommand_starts_with_no_users(tmp_path: Path) -> None
 def _converse(args: list[str], env: dict[str, str], answers: list[tuple[bytes, bytes]]) -> tuple[int, bytes]:
     """Run ggnet on a pseudo-terminal, answering each prompt; returns exit status and all output."""
     master, slave = pty.openpty()
-    proc = subprocess.Popen([ggnet_executable(), *args], stdin=slave, stdout=slave, stderr=slave, env=env,
-                            close_fds=True)
+    proc = subprocess.Popen(
+        [ggnet_executable(), *args], stdin=slave, stdout=slave, stderr=slave, env=env, close_fds=True
+    )
     os.close(slave)
     output = b""
     pending = list(answers)
@@ -262,14 +290,20 @@ def _converse(args: list[str], env: dict[str, str], answers: list[tuple[bytes, b
 def test_new_password_prompt_does_not_echo(site: dict[str, str]) -> None:
     env = {**site, "GGNET_USER": "admin", "GGNET_PASSWORD": ADMIN_PW}
     typed = b"typed-at-the-prompt-1"
-    status, output = _converse(["user", "add", "bob", "--role", "viewer"], env,
-                               [(b"new password for bob:", typed + b"\n"), (b"again:", typed + b"\n")])
+    status, output = _converse(
+        ["user", "add", "bob", "--role", "viewer"],
+        env,
+        [(b"new password for bob:", typed + b"\n"), (b"again:", typed + b"\n")],
+    )
     assert status == 0, output
     assert b"user 'bob' added as viewer" in output
     assert typed not in output  # not echoed
     ok(run_ggnet(["machine", "list"], site, GGNET_USER="bob", GGNET_PASSWORD=typed.decode()))
-    status, output = _converse(["user", "passwd", "bob"], env,
-                               [(b"new password for bob:", b"first-entry-1\n"), (b"again:", b"second-entry-2\n")])
+    status, output = _converse(
+        ["user", "passwd", "bob"],
+        env,
+        [(b"new password for bob:", b"first-entry-1\n"), (b"again:", b"second-entry-2\n")],
+    )
     assert status == 1 and b"error: password: the two entries differ" in output
 
 
@@ -277,16 +311,25 @@ def test_new_password_prompt_does_not_echo(site: dict[str, str]) -> None:
 def test_root_recovers_a_locked_admin_without_a_ggnet_login(site: dict[str, str]) -> None:
     """Even if someone keeps every admin locked, the server's root gets back in (and it is audited)."""
     db = sqlite3.connect(Path(site["GGNET_DATA_DIR"]) / "ggnet.db")
-    db.execute("UPDATE users SET failed_logins = 10, locked_until = '2999-01-01 00:00:00.000000' WHERE username = 'admin'")
+    db.execute(
+        "UPDATE users SET failed_logins = 10, locked_until = '2999-01-01 00:00:00.000000' WHERE username = 'admin'"
+    )
     db.commit()
     db.close()
     one_error(as_admin(["machine", "list"], site), "too many failed logins")
     ok(run_ggnet(["user", "enable", "admin", "--local"], site))
     ok(run_ggnet(["user", "passwd", "admin", "--local"], site, GGNET_NEW_PASSWORD="fresh-admin-pass"))
-    events = json.loads(ok(run_ggnet(["audit", "list", "--limit", "5", "--json"], site,
-                                     GGNET_USER="admin", GGNET_PASSWORD="fresh-admin-pass")).stdout)
+    events = json.loads(
+        ok(
+            run_ggnet(
+                ["audit", "list", "--limit", "5", "--json"], site, GGNET_USER="admin", GGNET_PASSWORD="fresh-admin-pass"
+            )
+        ).stdout
+    )
     assert [(e["actor"], e["action"]) for e in events[1:3]] == [
-        ("root (local recovery)", "user.passwd"), ("root (local recovery)", "user.enable")]
+        ("root (local recovery)", "user.passwd"),
+        ("root (local recovery)", "user.enable"),
+    ]
 
 
 def test_local_recovery_is_refused_to_anyone_but_root(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -5,7 +5,8 @@ BEGIN IMMEDIATE; on PostgreSQL the unique indexes, row versions and locks."""
 from __future__ import annotations
 
 import asyncio
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from sqlalchemy import func, select
@@ -18,7 +19,7 @@ from core.models import Machine, Role, User
 from core.services import machines, users
 
 from .conftest import PASSWORD, make_user
-from .test_migrations import empty_url  # noqa: F401,F811 - a fixture
+from .test_migrations import empty_url  # noqa: F401 - a fixture
 
 ROUNDS = 5
 
@@ -62,8 +63,16 @@ async def test_insert_waits_for_an_uncommitted_clash(core: Core, other: Core, ad
     the database (unique index on PostgreSQL, write lock on SQLite) still lets only one in."""
     adding: asyncio.Task[Any] | None = None
     async with other.db.transaction() as session:
-        session.add(Machine(name="first", mac="52:54:00:00:02:01", initiator_iqn="iqn.2024-01.lan.ggnet:first",
-                            chap_username="first", chap_secret="x" * 16, updated_by="test"))
+        session.add(
+            Machine(
+                name="first",
+                mac="52:54:00:00:02:01",
+                initiator_iqn="iqn.2024-01.lan.ggnet:first",
+                chap_username="first",
+                chap_secret="x" * 16,
+                updated_by="test",
+            )
+        )
         await session.flush()
         adding = asyncio.create_task(machines.add_machine(core, admin, name="second", mac="52:54:00:00:02:01"))
         await asyncio.sleep(0.3)  # let it reach the database and wait there (the result does not depend on it)
@@ -123,9 +132,11 @@ async def test_two_admins_disabling_each_other_at_once(core: Core, other: Core, 
         return_exceptions=True,
     )
     async with core.db.session() as session:
-        active = (await session.execute(
-            select(func.count()).select_from(User).where(User.role == "admin", User.disabled.is_(False))
-        )).scalar_one()
+        active = (
+            await session.execute(
+                select(func.count()).select_from(User).where(User.role == "admin", User.disabled.is_(False))
+            )
+        ).scalar_one()
     assert active >= 1, results
     ok, failed = outcomes(results)
     assert len(ok) == 1, results
@@ -150,8 +161,16 @@ async def test_import_racing_an_uncommitted_clash_imports_nothing(core: Core, ot
 
     csv = "name,mac\npc10,52:54:00:00:03:10\npc11,52:54:00:00:03:11\n"
     async with other.db.transaction() as session:
-        session.add(Machine(name="first", mac="52:54:00:00:03:11", initiator_iqn="iqn.2024-01.lan.ggnet:first",
-                            chap_username="first", chap_secret="x" * 16, updated_by="test"))
+        session.add(
+            Machine(
+                name="first",
+                mac="52:54:00:00:03:11",
+                initiator_iqn="iqn.2024-01.lan.ggnet:first",
+                chap_username="first",
+                chap_secret="x" * 16,
+                updated_by="test",
+            )
+        )
         await session.flush()
         importing = asyncio.create_task(machines.import_csv(core, admin, csv))
         await asyncio.sleep(0.3)  # let it reach the database and wait there (the result does not depend on it)

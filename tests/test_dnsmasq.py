@@ -48,7 +48,7 @@ async def test_proxy_mode_golden_and_accepted_by_dnsmasq() -> None:
     text = dnsmasq.render(options("proxy"), HOSTS)
     assert_golden("dnsmasq-proxy.conf", text)
     assert "dhcp-range=192.168.1.0,proxy,255.255.255.0" in text
-    assert "pxe-service=tag:!ggnet-ipxe,x86PC,\"ggnet: load iPXE\",undionly.kpxe" in text
+    assert 'pxe-service=tag:!ggnet-ipxe,x86PC,"ggnet: load iPXE",undionly.kpxe' in text
     assert "dhcp-host=52:54:00:aa:00:03,set:ggnet-secure" in text.splitlines()
     assert "192.168.1.21" not in text  # no reservations in proxy mode
     assert await dnsmasq.test_config(text) is True
@@ -83,24 +83,27 @@ async def test_dnsmasq_test_really_refuses_a_broken_file() -> None:
         await dnsmasq.test_config(text)
 
 
-@pytest.mark.parametrize("change, field", [
-    (dict(interface="eth0\ndhcp-script=/bin/sh"), "interface"),
-    (dict(interface="eth0,lo"), "interface"),
-    (dict(interface="eth0 #"), "interface"),
-    (dict(tftp_root=Path("/srv/tftp\nenable-ra")), "tftp_root"),
-    (dict(tftp_root=Path("/srv/tftp,eth0")), "tftp_root"),
-    (dict(tftp_root=Path("/srv/my tftp")), "tftp_root"),
-    (dict(tftp_root=Path("relative/tftp")), "tftp_root"),
-    (dict(subnet="192.168.1.0/24\nport=53"), "subnet"),
-    (dict(subnet="192.168.1.0/31"), "subnet"),
-    (dict(mode="full", range="192.168.2.1-192.168.2.9"), "range"),
-    (dict(mode="full", range="192.168.1.50-192.168.1.10"), "range"),
-    (dict(mode="full", router="192.168.1.1\ndhcp-script=/bin/sh"), "router"),
-    (dict(mode="full", dns=["1.1.1.1,8.8.8.8"]), "dns"),
-    (dict(range="192.168.1.100-192.168.1.200"), "range"),  # proxy mode has no pool
-    (dict(uefi_binary="../../etc/shadow"), "uefi_binary"),
-    (dict(mode="both"), "mode"),
-])
+@pytest.mark.parametrize(
+    "change, field",
+    [
+        (dict(interface="eth0\ndhcp-script=/bin/sh"), "interface"),
+        (dict(interface="eth0,lo"), "interface"),
+        (dict(interface="eth0 #"), "interface"),
+        (dict(tftp_root=Path("/srv/tftp\nenable-ra")), "tftp_root"),
+        (dict(tftp_root=Path("/srv/tftp,eth0")), "tftp_root"),
+        (dict(tftp_root=Path("/srv/my tftp")), "tftp_root"),
+        (dict(tftp_root=Path("relative/tftp")), "tftp_root"),
+        (dict(subnet="192.168.1.0/24\nport=53"), "subnet"),
+        (dict(subnet="192.168.1.0/31"), "subnet"),
+        (dict(mode="full", range="192.168.2.1-192.168.2.9"), "range"),
+        (dict(mode="full", range="192.168.1.50-192.168.1.10"), "range"),
+        (dict(mode="full", router="192.168.1.1\ndhcp-script=/bin/sh"), "router"),
+        (dict(mode="full", dns=["1.1.1.1,8.8.8.8"]), "dns"),
+        (dict(range="192.168.1.100-192.168.1.200"), "range"),  # proxy mode has no pool
+        (dict(uefi_binary="../../etc/shadow"), "uefi_binary"),
+        (dict(mode="both"), "mode"),
+    ],
+)
 def test_unsafe_options_are_refused(change: dict[str, object], field: str) -> None:
     values: dict[str, object] = dict(mode="proxy", tftp_root=TFTP, subnet="192.168.1.0/24")
     values.update(change)
@@ -109,15 +112,18 @@ def test_unsafe_options_are_refused(change: dict[str, object], field: str) -> No
     assert field in refused.value.errors, refused.value.errors
 
 
-@pytest.mark.parametrize("host", [
-    Host("pc01,x", "52:54:00:aa:00:01", None),
-    Host("pc01\ndhcp-script=/bin/sh", "52:54:00:aa:00:01", None),
-    Host("pc01#", "52:54:00:aa:00:01", None),
-    Host("pc01", "52:54:00:aa:00:01,192.168.1.9", None),
-    Host("pc01", "52:54:00:aa:00:01", "192.168.1.21\nport=53"),
-    Host("pc01", "52:54:00:aa:00:01", "10.0.0.5"),  # outside the subnet: the reservation would never apply
-    Host("pc01", "52:54:00:aa:00:01", None, "uefi,set:x"),
-])
+@pytest.mark.parametrize(
+    "host",
+    [
+        Host("pc01,x", "52:54:00:aa:00:01", None),
+        Host("pc01\ndhcp-script=/bin/sh", "52:54:00:aa:00:01", None),
+        Host("pc01#", "52:54:00:aa:00:01", None),
+        Host("pc01", "52:54:00:aa:00:01,192.168.1.9", None),
+        Host("pc01", "52:54:00:aa:00:01", "192.168.1.21\nport=53"),
+        Host("pc01", "52:54:00:aa:00:01", "10.0.0.5"),  # outside the subnet: the reservation would never apply
+        Host("pc01", "52:54:00:aa:00:01", None, "uefi,set:x"),
+    ],
+)
 def test_unsafe_hosts_are_refused(host: Host) -> None:
     with pytest.raises(Invalid):
         dnsmasq.render(full_options(), [host])
@@ -132,7 +138,9 @@ async def _machines(core: Core, admin: Actor) -> None:
 
 
 @needs_dnsmasq
-async def test_write_dnsmasq_config_from_the_database(core: Core, admin: Actor, operator: Actor, tmp_path: Path) -> None:
+async def test_write_dnsmasq_config_from_the_database(
+    core: Core, admin: Actor, operator: Actor, tmp_path: Path
+) -> None:
     await _machines(core, admin)
     out = tmp_path / "etc" / "ggnet-dnsmasq.conf"
     written = await boot.write_dnsmasq_config(core, operator, out, mode="full", subnet="192.168.1.0/24")
@@ -173,12 +181,41 @@ def test_cli_boot_commands(tmp_path: Path) -> None:
     assert "no image is assigned to pc01" in (tftp / "52-54-00-aa-00-01.ipxe").read_text()
 
     conf = tmp_path / "dnsmasq.conf"
-    wrote = ok(as_admin(["boot", "dnsmasq", "--mode", "proxy", "--subnet", "192.168.1.0/24", "--interface", "eth1",
-                         "--output", str(conf)], env)).stdout
+    wrote = ok(
+        as_admin(
+            [
+                "boot",
+                "dnsmasq",
+                "--mode",
+                "proxy",
+                "--subnet",
+                "192.168.1.0/24",
+                "--interface",
+                "eth1",
+                "--output",
+                str(conf),
+            ],
+            env,
+        )
+    ).stdout
     assert "checked with dnsmasq --test" in wrote and "interface=eth1" in conf.read_text()
 
-    one_error(as_admin(["boot", "dnsmasq", "--mode", "proxy", "--subnet", "192.168.1.0/24",
-                        "--interface", "eth1\ndhcp-script=/bin/sh"], env), "interface")
+    one_error(
+        as_admin(
+            [
+                "boot",
+                "dnsmasq",
+                "--mode",
+                "proxy",
+                "--subnet",
+                "192.168.1.0/24",
+                "--interface",
+                "eth1\ndhcp-script=/bin/sh",
+            ],
+            env,
+        ),
+        "interface",
+    )
 
 
 # --- for real: dnsmasq serving ggnet's configuration to diskless iPXE clients -----------------
@@ -205,9 +242,17 @@ def _ip(*args: str) -> None:
 async def _start_dnsmasq(conf: Path, work: Path, name: str, *extra: str) -> asyncio.subprocess.Process:
     log = work / f"{name}.log"
     proc = await asyncio.create_subprocess_exec(
-        "dnsmasq", "--keep-in-foreground", f"--conf-file={conf}", "--user=root", "--pid-file=", *extra,
-        f"--dhcp-leasefile={work / (name + '.leases')}", f"--log-facility={log}",
-        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+        "dnsmasq",
+        "--keep-in-foreground",
+        f"--conf-file={conf}",
+        "--user=root",
+        "--pid-file=",
+        *extra,
+        f"--dhcp-leasefile={work / (name + '.leases')}",
+        f"--log-facility={log}",
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
     )
     for _ in range(200):
         if log.exists() and "started" in log.read_text():
@@ -222,8 +267,9 @@ async def _start_dnsmasq(conf: Path, work: Path, name: str, *extra: str) -> asyn
 
 @pytest.mark.e2e
 @pytest.mark.parametrize("mode", ["full", "proxy"])
-async def test_real_dnsmasq_serves_real_ipxe_clients(mode: str, sqlite_core: Core, tmp_path: Path,
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_real_dnsmasq_serves_real_ipxe_clients(
+    mode: str, sqlite_core: Core, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """ggnet's file run by a real dnsmasq on a bridge, two diskless QEMU clients with iPXE ROMs.
 
     full: dnsmasq gives pc01 its reservation and an unknown MAC an address from the pool.
@@ -248,13 +294,16 @@ async def test_real_dnsmasq_serves_real_ipxe_clients(mode: str, sqlite_core: Cor
     await boot.render_boot_files(sqlite_core, admin)
     conf = tmp_path / "ggnet.conf"
     pool = {"range": "192.168.77.100-192.168.77.150"} if mode == "full" else {}
-    written = await boot.write_dnsmasq_config(sqlite_core, admin, conf, mode=mode, subnet="192.168.77.0/24",
-                                              interface=bridge, **pool)
+    written = await boot.write_dnsmasq_config(
+        sqlite_core, admin, conf, mode=mode, subnet="192.168.77.0/24", interface=bridge, **pool
+    )
     assert written.tested
     lan_conf = tmp_path / "lan.conf"  # proxy mode: the LAN's own DHCP server, knowing nothing of booting
-    lan_conf.write_text(f"port=0\ninterface={bridge}\nbind-interfaces\nlog-dhcp\n"
-                        "dhcp-range=192.168.77.100,192.168.77.150,12h\n"
-                        "dhcp-host=52:54:00:77:00:01,192.168.77.21\n")
+    lan_conf.write_text(
+        f"port=0\ninterface={bridge}\nbind-interfaces\nlog-dhcp\n"
+        "dhcp-range=192.168.77.100,192.168.77.150,12h\n"
+        "dhcp-host=52:54:00:77:00:01,192.168.77.21\n"
+    )
 
     original = qemu_client.qemu_command
 
@@ -284,12 +333,24 @@ async def test_real_dnsmasq_serves_real_ipxe_clients(mode: str, sqlite_core: Cor
         # the screen copy wraps at 80 columns: each phrase waited for fits on its first line
         no_image = "GGNET-NO-SESSION: no image is assigned to pc01"
         unknown = "GGNET-CHAIN-FAILED: could not load 52-54-00-77-00-99.ipxe"
-        registered, stranger = await qemu_client.boot_clients([
-            ClientSpec(tmp_path / "pc01", "52:54:00:77:00:01", tmp_path / "tftp",
-                       fail=(no_image, "GGNET-CHAIN-FAILED", "GGNET-SANBOOT-FAILED"), timeout=90),
-            ClientSpec(tmp_path / "stranger", "52:54:00:77:00:99", tmp_path / "tftp",
-                       fail=(unknown, "GGNET-NO-SESSION", "GGNET-SANBOOT-FAILED"), timeout=90),
-        ])
+        registered, stranger = await qemu_client.boot_clients(
+            [
+                ClientSpec(
+                    tmp_path / "pc01",
+                    "52:54:00:77:00:01",
+                    tmp_path / "tftp",
+                    fail=(no_image, "GGNET-CHAIN-FAILED", "GGNET-SANBOOT-FAILED"),
+                    timeout=90,
+                ),
+                ClientSpec(
+                    tmp_path / "stranger",
+                    "52:54:00:77:00:99",
+                    tmp_path / "tftp",
+                    fail=(unknown, "GGNET-NO-SESSION", "GGNET-SANBOOT-FAILED"),
+                    timeout=90,
+                ),
+            ]
+        )
     finally:
         for proc in servers:
             if proc.returncode is None:

@@ -15,9 +15,9 @@ from core.boot import ipxe
 from core.config import Settings
 from core.doctor import failed, run_checks
 from core.log import configure_logging
+from tests.cli import ggnet_env, run_ggnet
 from tests.conftest import make_database_url
 from tests.e2e.tgtd import TgtDaemon, tgtd_daemon  # noqa: F401 - the fixture
-from tests.cli import ggnet_env, run_ggnet
 
 UNIT = Path(__file__).parent.parent / "core" / "systemd" / "ggnet-reconcile.service"
 
@@ -37,8 +37,13 @@ async def healthy_site(tmp_path: Path, template_root: Path) -> dict[str, str]:
     (tftp / "boot.ipxe").write_text(ipxe.render_boot_script())
     for name in ("undionly.kpxe", "ipxe.efi", "snponly.efi"):
         (tftp / name).write_bytes(b"placeholder")  # the doctor checks that they are there, not what they are
-    return {"GGNET_DATA_DIR": str(data), "GGNET_DATABASE_URL": url, "GGNET_TFTP_ROOT": str(tftp),
-            "GGNET_BOOT_ADDRESS": "10.0.2.2", "GGNET_LOG_FILE": str(tmp_path / "ggnet.log")}
+    return {
+        "GGNET_DATA_DIR": str(data),
+        "GGNET_DATABASE_URL": url,
+        "GGNET_TFTP_ROOT": str(tftp),
+        "GGNET_BOOT_ADDRESS": "10.0.2.2",
+        "GGNET_LOG_FILE": str(tmp_path / "ggnet.log"),
+    }
 
 
 def settings_from(env: dict[str, str]) -> Settings:
@@ -52,8 +57,17 @@ async def test_healthy_site_passes(tmp_path: Path, template_root: Path, tgtd_dae
     checks = await run_checks(settings_from(site))
     statuses = {c.name: c.status for c in checks}
     assert not failed(checks), [c for c in checks if c.status == "fail"]
-    for name in ("qemu-img", "tgtd", "target stack", "data directory", "tftp root", "ipxe binaries",
-                 "boot address", "database", "schema"):
+    for name in (
+        "qemu-img",
+        "tgtd",
+        "target stack",
+        "data directory",
+        "tftp root",
+        "ipxe binaries",
+        "boot address",
+        "database",
+        "schema",
+    ):
         assert statuses[name] == "ok", by_name(checks)[name]
     assert statuses["reflink"] in ("ok", "warn")  # depends on the file system tmp is on
 
@@ -73,8 +87,10 @@ async def test_broken_site_fails_and_says_how_to_fix(tmp_path: Path, template_ro
     assert result.returncode == 1, result.stdout + result.stderr
     lines = {line.split()[1]: line for line in result.stdout.splitlines() if line[:4] in ("ok  ", "WARN", "FAIL")}
     assert lines["tftp"].startswith("FAIL") and "does not exist: run ggnet boot render" in lines["tftp"]
-    assert lines["database"].startswith("FAIL") and "cannot open postgresql+asyncpg://ggnet:***@127.0.0.1:1" in \
-        lines["database"]
+    assert (
+        lines["database"].startswith("FAIL")
+        and "cannot open postgresql+asyncpg://ggnet:***@127.0.0.1:1" in lines["database"]
+    )
     assert "Sup3rSecretPw" not in result.stdout + result.stderr
     assert "Traceback" not in result.stdout + result.stderr and result.stderr == ""
 
@@ -104,10 +120,15 @@ async def test_empty_database_and_missing_boot_address(tmp_path: Path) -> None:
 
 def test_reconcile_unit_is_valid_and_runs_after_the_target_service(tmp_path: Path) -> None:
     text = UNIT.read_text()
-    for needed in ("Type=oneshot", "EnvironmentFile=/etc/ggnet/reconcile.env", "ExecStart=ggnet reconcile",
-                   "After=network-online.target rtslib-fb-targetctl.service target.service tgt.service",
-                   "Wants=network-online.target rtslib-fb-targetctl.service target.service tgt.service",
-                   "WantedBy=multi-user.target", "0600"):
+    for needed in (
+        "Type=oneshot",
+        "EnvironmentFile=/etc/ggnet/reconcile.env",
+        "ExecStart=ggnet reconcile",
+        "After=network-online.target rtslib-fb-targetctl.service target.service tgt.service",
+        "Wants=network-online.target rtslib-fb-targetctl.service target.service tgt.service",
+        "WantedBy=multi-user.target",
+        "0600",
+    ):
         assert needed in text, needed
     analyze = shutil.which("systemd-analyze")
     if analyze is None:
@@ -115,8 +136,9 @@ def test_reconcile_unit_is_valid_and_runs_after_the_target_service(tmp_path: Pat
     # systemd checks that ExecStart exists: point it at the ggnet installed beside this Python
     unit = tmp_path / "ggnet-reconcile.service"
     unit.write_text(text.replace("ExecStart=ggnet ", f"ExecStart={Path(sys.executable).parent / 'ggnet'} "))
-    result = subprocess.run([analyze, "verify", str(unit)], capture_output=True, text=True, timeout=60, cwd=tmp_path,
-                            check=False)
+    result = subprocess.run(
+        [analyze, "verify", str(unit)], capture_output=True, text=True, timeout=60, cwd=tmp_path, check=False
+    )
     assert result.returncode == 0, result.stderr
     assert "ggnet-reconcile.service" not in result.stderr, result.stderr
 

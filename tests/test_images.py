@@ -17,7 +17,8 @@ import time
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select as sql_select
+from sqlalchemy import func
+from sqlalchemy import select as sql_select
 
 from core.auth import Actor
 from core.context import Core
@@ -27,7 +28,7 @@ from core.services import images, machines
 from core.storage.qemu_img import Cancelled
 
 from .cli import ADMIN_PW, as_admin, ggnet_executable, ok, one_error
-from .test_qemu_img import MiB, SOURCES, make_original, qemu
+from .test_qemu_img import SOURCES, MiB, make_original, qemu
 
 pytestmark = pytest.mark.skipif(shutil.which("qemu-img") is None, reason="qemu-img (qemu-utils) is not installed")
 
@@ -80,9 +81,11 @@ async def count(core: Core, model: type) -> int:
 
 async def actions(core: Core, prefix: str = "image", outcome: str = "ok") -> list[str]:
     async with core.db.session() as session:
-        query = (sql_select(AuditEvent.action)
-                 .where(AuditEvent.action.startswith(prefix), AuditEvent.outcome == outcome)
-                 .order_by(AuditEvent.id))
+        query = (
+            sql_select(AuditEvent.action)
+            .where(AuditEvent.action.startswith(prefix), AuditEvent.outcome == outcome)
+            .order_by(AuditEvent.id)
+        )
         return list((await session.execute(query)).scalars())
 
 
@@ -90,11 +93,16 @@ async def live_session(core: Core, machine_name: str, image_name: str, number: i
     """A boot session row as the sessions service writes it (that service is tested elsewhere)."""
     async with core.db.transaction() as session:
         machine = (await session.execute(sql_select(Machine).where(Machine.name == machine_name))).scalar_one()
-        version = (await session.execute(
-            sql_select(ImageVersion).join(Image, Image.id == ImageVersion.image_id)
-            .where(Image.name == image_name, ImageVersion.number == number))).scalar_one()
-        row = BootSession(machine_id=machine.id, image_version_id=version.id, kind="normal", state=state,
-                          started_at=utcnow())
+        version = (
+            await session.execute(
+                sql_select(ImageVersion)
+                .join(Image, Image.id == ImageVersion.image_id)
+                .where(Image.name == image_name, ImageVersion.number == number)
+            )
+        ).scalar_one()
+        row = BootSession(
+            machine_id=machine.id, image_version_id=version.id, kind="normal", state=state, started_at=utcnow()
+        )
         session.add(row)
         await session.flush()
         return row.id
@@ -119,7 +127,11 @@ async def test_import_every_format_serves_the_original_bytes(core: Core, admin: 
         await images.import_image(core, admin, disks[fmt], new_version_of="win10")
     versions = await images.list_versions(core, admin, "win10")
     assert [(v.number, v.source_format, v.is_active) for v in versions] == [
-        (1, "qcow2", False), (2, "vhd", False), (3, "vhdx", False), (4, "vmdk", False), (5, "vdi", False),
+        (1, "qcow2", False),
+        (2, "vhd", False),
+        (3, "vhdx", False),
+        (4, "vmdk", False),
+        (5, "vdi", False),
         (6, "raw", True),
     ]
     for version in versions:
@@ -136,10 +148,13 @@ async def test_import_every_format_serves_the_original_bytes(core: Core, admin: 
     assert await actions(core) == ["image.import"] + ["image.version.add"] * 5
 
 
-async def test_new_version_without_activation_then_activate(core: Core, operator: Actor, disks: dict[str, Path]) -> None:
+async def test_new_version_without_activation_then_activate(
+    core: Core, operator: Actor, disks: dict[str, Path]
+) -> None:
     await images.import_image(core, operator, disks["vdi"], name="games", kind="game")
-    added = await images.import_image(core, operator, disks["vhdx"], new_version_of="games", activate=False,
-                                      notes="patch day")
+    added = await images.import_image(
+        core, operator, disks["vhdx"], new_version_of="games", activate=False, notes="patch day"
+    )
     assert (added.number, added.is_active, added.notes) == (2, False, "patch day")
     assert (await images.get_image(core, operator, "games")).active_version == 1
     done = await images.activate_version(core, operator, "games", 2)
@@ -155,8 +170,9 @@ async def test_new_version_without_activation_then_activate(core: Core, operator
 async def test_concurrent_new_versions_get_their_own_numbers(core: Core, admin: Actor, disks: dict[str, Path]) -> None:
     """Two consoles adding a version to the same image at once: both succeed, one active version."""
     await images.import_image(core, admin, disks["raw"], name="win")
-    added = await asyncio.gather(*(images.import_image(core, admin, disks[f], new_version_of="win")
-                                   for f in ("qcow2", "vdi", "vhdx")))
+    added = await asyncio.gather(
+        *(images.import_image(core, admin, disks[f], new_version_of="win") for f in ("qcow2", "vdi", "vhdx"))
+    )
     assert sorted(v.number for v in added) == [2, 3, 4]
     versions = await images.list_versions(core, admin, "win")
     assert [v.number for v in versions if v.is_active] == [max(v.number for v in added)]
@@ -164,8 +180,9 @@ async def test_concurrent_new_versions_get_their_own_numbers(core: Core, admin: 
 
 
 @pytest.mark.parametrize("bad", ["corrupt", "backed"])
-async def test_refused_input_leaves_neither_row_nor_file(core: Core, admin: Actor, disks: dict[str, Path],
-                                                         bad: str) -> None:
+async def test_refused_input_leaves_neither_row_nor_file(
+    core: Core, admin: Actor, disks: dict[str, Path], bad: str
+) -> None:
     phrase = "damaged" if bad == "corrupt" else "backing file"
     with pytest.raises(Invalid, match=phrase):
         await images.import_image(core, admin, disks[bad], name="evil")
@@ -177,8 +194,9 @@ async def test_refused_input_leaves_neither_row_nor_file(core: Core, admin: Acto
 async def test_cancelled_import_leaves_neither_row_nor_file(core: Core, admin: Actor, disks: dict[str, Path]) -> None:
     cancel = asyncio.Event()
     with pytest.raises(Cancelled):
-        await images.import_image(core, admin, disks["slow"], name="big", progress=lambda _v: cancel.set(),
-                                  cancel=cancel)
+        await images.import_image(
+            core, admin, disks["slow"], name="big", progress=lambda _v: cancel.set(), cancel=cancel
+        )
     task: asyncio.Task[object] | None = None
 
     def cancel_task(_value: float) -> None:
@@ -210,8 +228,9 @@ async def test_names_and_inputs_are_checked_before_any_work(core: Core, admin: A
     assert image_files(core) == files
 
 
-async def test_viewer_may_not_import_and_the_refusal_is_audited(core: Core, viewer: Actor,
-                                                               disks: dict[str, Path]) -> None:
+async def test_viewer_may_not_import_and_the_refusal_is_audited(
+    core: Core, viewer: Actor, disks: dict[str, Path]
+) -> None:
     with pytest.raises(PermissionDenied, match="viewer 'vera' may not manage images"):
         await images.import_image(core, viewer, disks["raw"], name="x")
     assert await actions(core, outcome="denied") == ["image.import"]
@@ -221,8 +240,9 @@ async def test_viewer_may_not_import_and_the_refusal_is_audited(core: Core, view
 # --- removal ------------------------------------------------------------------------
 
 
-async def test_removal_is_refused_while_used_and_names_the_machines(core: Core, admin: Actor,
-                                                                    disks: dict[str, Path]) -> None:
+async def test_removal_is_refused_while_used_and_names_the_machines(
+    core: Core, admin: Actor, disks: dict[str, Path]
+) -> None:
     await images.import_image(core, admin, disks["raw"], name="win")
     await images.import_image(core, admin, disks["qcow2"], new_version_of="win", activate=False)
     await images.import_image(core, admin, disks["vdi"], new_version_of="win", activate=False)
@@ -242,8 +262,11 @@ async def test_removal_is_refused_while_used_and_names_the_machines(core: Core, 
     with pytest.raises(Conflict, match="in use by the running sessions of pc02"):
         await images.remove_image(core, admin, "win")
     versions = await images.list_versions(core, admin, "win")
-    assert [(v.number, v.pinned_by, v.in_use_by) for v in versions] == [(1, [], []), (2, ["pc01"], []),
-                                                                         (3, [], ["pc02"])]
+    assert [(v.number, v.pinned_by, v.in_use_by) for v in versions] == [
+        (1, [], []),
+        (2, ["pc01"], []),
+        (3, [], ["pc02"]),
+    ]
     assert image_files(core) == sorted(files.values())
 
     # once the session has stopped and the pin is gone, versions can go: row and file
@@ -389,8 +412,11 @@ def test_cli_import_assign_and_refused_removal(site: dict[str, str], disks: dict
     listed = json.loads(ok(as_admin(["image", "list", "--json"], site)).stdout)
     assert [(i["name"], i["active_version"], i["version_count"]) for i in listed] == [("win11", 1, 2)]
     ok(as_admin(["machine", "set", "pc01", "--image", "win11", "--pin-version", "2"], site))
-    assert sqlite_rows(site, "SELECT i.name, v.number FROM machines m JOIN images i ON i.id = m.image_id "
-                             "JOIN image_versions v ON v.id = m.pinned_version_id") == [("win11", 2)]
+    assert sqlite_rows(
+        site,
+        "SELECT i.name, v.number FROM machines m JOIN images i ON i.id = m.image_id "
+        "JOIN image_versions v ON v.id = m.pinned_version_id",
+    ) == [("win11", 2)]
     one_error(as_admin(["image", "rm", "win11", "--version", "2"], site), "version 2 is pinned by pc01")
     versions = json.loads(ok(as_admin(["image", "versions", "win11", "--json"], site)).stdout)
     assert [(v["number"], v["pinned_by"]) for v in versions] == [(1, []), (2, ["pc01"])]
@@ -412,8 +438,7 @@ def test_cli_ctrl_c_cancels_cleanly(site: dict[str, str], disks: dict[str, Path]
     env = {**site, "GGNET_USER": "admin", "GGNET_PASSWORD": ADMIN_PW}
     pid, fd = pty.fork()
     if pid == 0:  # the child: the command, with the pty as its terminal
-        os.execve(ggnet_executable(), [ggnet_executable(), "image", "import", str(disks["slow"]), "--name", "big"],
-                  env)
+        os.execve(ggnet_executable(), [ggnet_executable(), "image", "import", str(disks["slow"]), "--name", "big"], env)
     output = b""
     deadline = time.monotonic() + 60  # a guard against hanging, not a measurement
     try:

@@ -16,8 +16,8 @@ from core.log import get_logger
 from core.models import Role
 from core.services import machines, users
 
-from .conftest import PASSWORD, make_user
 from .cli import ggnet_env, run_ggnet
+from .conftest import PASSWORD, make_user
 
 LOGIN_PW = "login-secret-1"
 NEW_USER_PW = "new-user-secret-2"
@@ -115,8 +115,9 @@ async def test_unexpected_failure_in_the_cli_logs_an_incident_without_secrets(
         for statement in _break_password_changes(core):
             await conn.execute(text(statement))
     env = ggnet_env(tmp_path, GGNET_DATABASE_URL=core.settings.database_url, GGNET_LOG_FILE=str(core.settings.log_file))
-    result = run_ggnet(["user", "passwd", "vera"], env, GGNET_USER="root-admin", GGNET_PASSWORD=LOGIN_PW,
-                       GGNET_NEW_PASSWORD=CHANGED_PW)
+    result = run_ggnet(
+        ["user", "passwd", "vera"], env, GGNET_USER="root-admin", GGNET_PASSWORD=LOGIN_PW, GGNET_NEW_PASSWORD=CHANGED_PW
+    )
     assert result.returncode == 1
     (line,) = result.stderr.splitlines()
     assert line.startswith("error: unexpected ") and "details are in the ggnet log" in line

@@ -11,10 +11,15 @@ from core.services import machines
 
 
 async def test_add_normalises_and_generates_credentials(core: Core, admin: Actor) -> None:
-    added = await machines.add_machine(core, admin, name="PC01", mac="5254.0012.3456", ip=" 192.168.1.21 ",
-                                       boot_mode="uefi-secure")
-    assert (added.name, added.mac, added.ip, added.boot_mode) == ("pc01", "52:54:00:12:34:56", "192.168.1.21",
-                                                                  "uefi-secure")
+    added = await machines.add_machine(
+        core, admin, name="PC01", mac="5254.0012.3456", ip=" 192.168.1.21 ", boot_mode="uefi-secure"
+    )
+    assert (added.name, added.mac, added.ip, added.boot_mode) == (
+        "pc01",
+        "52:54:00:12:34:56",
+        "192.168.1.21",
+        "uefi-secure",
+    )
     assert added.initiator_iqn == f"{core.settings.iqn_base}:client.pc01"
     assert added.chap_username == "pc01"
     assert added.chap_secret is not None and len(added.chap_secret) == 16 and added.chap_secret.isalnum()
@@ -39,7 +44,11 @@ async def test_update_changes_only_what_is_given(core: Core, admin: Actor) -> No
     await machines.add_machine(core, admin, name="pc01", mac="52:54:00:12:34:56", ip="192.168.1.21")
     changed = await machines.update_machine(core, admin, "pc01", boot_mode="uefi", keep_writeback=True)
     assert (changed.boot_mode, changed.keep_writeback, changed.ip, changed.mac) == (
-        "uefi", True, "192.168.1.21", "52:54:00:12:34:56")
+        "uefi",
+        True,
+        "192.168.1.21",
+        "52:54:00:12:34:56",
+    )
     assert changed.row_version == 2
     cleared = await machines.update_machine(core, admin, "pc01", ip=None)
     assert cleared.ip is None
@@ -61,11 +70,13 @@ async def test_rename_follows_the_generated_iqn_but_keeps_a_custom_one(core: Cor
 
 
 async def test_iqns_are_unique_without_regard_to_case(core: Core, admin: Actor) -> None:
-    await machines.add_machine(core, admin, name="pc01", mac="52:54:00:12:34:56",
-                               initiator_iqn="iqn.1991-05.com.microsoft:desk")
+    await machines.add_machine(
+        core, admin, name="pc01", mac="52:54:00:12:34:56", initiator_iqn="iqn.1991-05.com.microsoft:desk"
+    )
     with pytest.raises(Conflict, match="initiator_iqn"):
-        await machines.add_machine(core, admin, name="pc02", mac="52:54:00:12:34:57",
-                                   initiator_iqn="IQN.1991-05.COM.MICROSOFT:DESK")
+        await machines.add_machine(
+            core, admin, name="pc02", mac="52:54:00:12:34:57", initiator_iqn="IQN.1991-05.COM.MICROSOFT:DESK"
+        )
 
 
 async def test_remove(core: Core, admin: Actor) -> None:

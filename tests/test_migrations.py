@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import sqlite3
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import AsyncIterator
 
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -17,8 +17,8 @@ from core.db import Database, head_revision
 from core.errors import SchemaTooNew
 from core.models import Base
 
-from .conftest import _pg_admin, _pg_url_for
 from .cli import ggnet_env, run_ggnet
+from .conftest import _pg_admin, _pg_url_for
 
 
 def _diff(connection) -> list:  # type: ignore[no-untyped-def]

@@ -8,8 +8,9 @@ something to exist first). tests/test_audit.py reuses the rows that change data.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 import pytest
 from sqlalchemy import func, select
@@ -102,7 +103,7 @@ async def a_machine_and_image(core: Core, admin: Actor, ctx: Ctx) -> None:
 
 
 M, U = (lambda c: c.machine), (lambda c: c.user)
-I, I1, I2 = (lambda c: c.image), (lambda c: f"{c.image} v1"), (lambda c: f"{c.image} v2")
+I, I1, I2 = (lambda c: c.image), (lambda c: f"{c.image} v1"), (lambda c: f"{c.image} v2")  # noqa: E741 - a column of the permission table
 
 # fmt: off
 OPS: list[Op] = [

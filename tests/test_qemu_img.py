@@ -62,8 +62,7 @@ def leftovers(directory: Path) -> list[str]:
 
 # captured from `qemu-img convert -p -f qcow2 -O raw` (qemu-img 7.2) on an 8 MiB image
 CAPTURED_PROGRESS = (
-    b"    (0.00/100%)\r    (25.00/100%)\r    (50.00/100%)\r    (75.00/100%)\r"
-    b"    (100.00/100%)\r    (100.00/100%)\r\n"
+    b"    (0.00/100%)\r    (25.00/100%)\r    (50.00/100%)\r    (75.00/100%)\r    (100.00/100%)\r    (100.00/100%)\r\n"
 )
 
 
@@ -202,7 +201,9 @@ async def test_vmdk_extent_that_is_a_symlink_is_refused(tmp_path: Path) -> None:
 
 async def test_vmdk_descriptor_with_its_flat_extent_beside_it_imports(disks: dict[str, Path], tmp_path: Path) -> None:
     descriptor = tmp_path / "esxi.vmdk"
-    qemu("convert", "-f", "raw", "-O", "vmdk", "-o", "subformat=monolithicFlat", str(disks["original"]), str(descriptor))
+    qemu(
+        "convert", "-f", "raw", "-O", "vmdk", "-o", "subformat=monolithicFlat", str(disks["original"]), str(descriptor)
+    )
     probed = await qemu_img.probe(descriptor)
     await qemu_img.convert_to_raw(probed.path, tmp_path / "out.raw", "vmdk")
     assert sha(tmp_path / "out.raw") == sha(disks["original"])
@@ -318,8 +319,9 @@ async def test_cancelling_a_conversion_kills_qemu_img_and_leaves_nothing(slow_di
 async def test_cancel_event_stops_the_conversion(slow_disk: Path, tmp_path: Path) -> None:
     cancel = asyncio.Event()
     with pytest.raises(Cancelled):
-        await qemu_img.convert_to_raw(slow_disk, tmp_path / "served.raw", "qcow2",
-                                      progress=lambda _v: cancel.set(), cancel=cancel)
+        await qemu_img.convert_to_raw(
+            slow_disk, tmp_path / "served.raw", "qcow2", progress=lambda _v: cancel.set(), cancel=cancel
+        )
     assert leftovers(tmp_path) == []
     assert qemu_img_processes_writing_to(tmp_path) == []
 

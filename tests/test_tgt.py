@@ -135,7 +135,11 @@ Target 1: iqn.2024-01.x:a
 def test_to_actual_reports_the_disk_lun_not_the_controller():
     first, second = parse_show_target(SHOW_TARGET)
     actual = to_actual(first, ["127.0.0.1:3299"])
-    assert (actual.iqn, actual.lun, actual.backing_file) == ("iqn.2024-01.test:smoke", 1, "/srv/ggnet/writebacks/pc01.raw")
+    assert (actual.iqn, actual.lun, actual.backing_file) == (
+        "iqn.2024-01.test:smoke",
+        1,
+        "/srv/ggnet/writebacks/pc01.raw",
+    )
     assert actual.acls == ["iqn.2024-01.test:ini"] and actual.portals == ["127.0.0.1:3299"]
     assert actual.sessions == [InitiatorSession("iqn.2024-01.test:ini", "127.0.0.1")]
     assert (to_actual(second, []).lun, to_actual(second, []).backing_file) == (None, None)
@@ -231,8 +235,12 @@ async def test_two_targets_at_once_and_delete_only_what_was_asked(tgtd_daemon: T
     a, b, c = (spec_for(tgtd_daemon, tmp_path, name) for name in ("pc01", "pc02", "pc03"))
     await asyncio.gather(*(backend.create_target(s) for s in (a, b, c)))
     # someone else's target, made by hand, with its own account
-    tgtd_daemon.tgtadm("--lld", "iscsi", "--op", "new", "--mode", "target", "--tid", "40", "-T", "iqn.2001-04.com.other:x")
-    tgtd_daemon.tgtadm("--lld", "iscsi", "--op", "new", "--mode", "account", "--user", "other", "--password", "pw-other-123")
+    tgtd_daemon.tgtadm(
+        "--lld", "iscsi", "--op", "new", "--mode", "target", "--tid", "40", "-T", "iqn.2001-04.com.other:x"
+    )
+    tgtd_daemon.tgtadm(
+        "--lld", "iscsi", "--op", "new", "--mode", "account", "--user", "other", "--password", "pw-other-123"
+    )
     tgtd_daemon.tgtadm("--lld", "iscsi", "--op", "bind", "--mode", "account", "--tid", "40", "--user", "other")
 
     targets = shown(tgtd_daemon)

@@ -74,7 +74,9 @@ class _SpyContext:
         return getattr(self.real, name)
 
 
-async def test_unknown_user_costs_a_real_bcrypt_check(core: Core, admin: Actor, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_unknown_user_costs_a_real_bcrypt_check(
+    core: Core, admin: Actor, monkeypatch: pytest.MonkeyPatch
+) -> None:
     spy = _SpyContext(auth._context)
     monkeypatch.setattr(auth, "_context", spy)
     for password in ("whatever-pass", "x" * 100, "nul\x00byte-pass"):
@@ -132,7 +134,9 @@ async def test_lock_after_many_failures_and_its_expiry(core: Core, admin: Actor)
     await _lock(core, "oscar")
     row = await _user(core, "oscar")
     assert row.locked_until is not None
-    assert timedelta(seconds=auth.LOCK_SECONDS - 5) < row.locked_until - utcnow() <= timedelta(seconds=auth.LOCK_SECONDS)
+    assert (
+        timedelta(seconds=auth.LOCK_SECONDS - 5) < row.locked_until - utcnow() <= timedelta(seconds=auth.LOCK_SECONDS)
+    )
     with pytest.raises(AccountLocked) as caught:
         await users.login(core, "oscar", PASSWORD)
     assert caught.value.retry_after_seconds > auth.LOCK_SECONDS - 10
@@ -233,7 +237,12 @@ async def test_first_admin_only_while_there_are_no_users(core: Core) -> None:
 async def test_logout_is_audited(core: Core, admin: Actor) -> None:
     await users.logout(core, admin)
     (event,) = await _events(core, "auth.logout")
-    assert (event.actor, event.object_type, event.object_id, event.outcome) == ("root-admin", "user", admin.user_id, "ok")
+    assert (event.actor, event.object_type, event.object_id, event.outcome) == (
+        "root-admin",
+        "user",
+        admin.user_id,
+        "ok",
+    )
 
 
 @pytest.mark.parametrize("name", ["\x00" * 100, "ad\x00min", "аdmin", "x" * 10_000, "admin'--", ""])

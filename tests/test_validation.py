@@ -81,8 +81,10 @@ def test_ipv4_refusals(given: str, rule: str) -> None:
         normalize_ipv4(given)
 
 
-@pytest.mark.parametrize(("given", "stored"), [("PC01", "pc01"), ("a", "a"), ("lab-2-pc15", "lab-2-pc15"),
-                                               ("x" * 15, "x" * 15), ("7up", "7up")])
+@pytest.mark.parametrize(
+    ("given", "stored"),
+    [("PC01", "pc01"), ("a", "a"), ("lab-2-pc15", "lab-2-pc15"), ("x" * 15, "x" * 15), ("7up", "7up")],
+)
 def test_machine_names_netbios_safe(given: str, stored: str) -> None:
     assert normalize_machine_name(given) == stored
 

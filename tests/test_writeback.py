@@ -7,8 +7,8 @@ import hashlib
 import os
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -93,7 +93,11 @@ async def test_cancelled_copy_leaves_no_file(tmp_path: Path) -> None:
     source.write_bytes(os.urandom(24 * MiB))
     dest = tmp_path / "wb.raw"
     for _ in range(10):
-        task = asyncio.ensure_future(CopyDriver().create(source, dest, progress=lambda _v: task.cancel()))
+        tasks: list[asyncio.Future[None]] = []
+        task = asyncio.ensure_future(
+            CopyDriver().create(source, dest, progress=lambda _v, tasks=tasks: tasks[0].cancel())
+        )
+        tasks.append(task)
         with pytest.raises(asyncio.CancelledError):
             await task
         assert sorted(p.name for p in tmp_path.iterdir()) == ["image.raw"]
@@ -147,8 +151,9 @@ def xfs_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     with open(image, "wb") as handle:
         handle.truncate(512 * MiB)  # XFS needs at least 300 MiB
     subprocess.run(["mkfs.xfs", "-q", "-m", "reflink=1", str(image)], check=True, capture_output=True, timeout=60)
-    mounted = subprocess.run(["mount", "-o", "loop", str(image), str(mountpoint)], capture_output=True, text=True,
-                             timeout=60)
+    mounted = subprocess.run(
+        ["mount", "-o", "loop", str(image), str(mountpoint)], capture_output=True, text=True, timeout=60
+    )
     if mounted.returncode != 0:
         if IN_CI:
             pytest.fail(f"cannot loop-mount XFS: {mounted.stderr}")

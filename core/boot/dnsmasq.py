@@ -97,9 +97,18 @@ def _ipv4(field_name: str, value: object) -> ipaddress.IPv4Address:
         raise Invalid(field_name, f"must be an IPv4 address such as 192.168.1.10, got {value!r}") from None
 
 
-def parse_options(*, mode: str, tftp_root: Path, subnet: str | None = None, interface: str | None = None,
-                  range: str | None = None, router: str | None = None, dns: tuple[str, ...] | list[str] = (),
-                  uefi_binary: str = "ipxe.efi", **unknown: Any) -> Options:
+def parse_options(
+    *,
+    mode: str,
+    tftp_root: Path,
+    subnet: str | None = None,
+    interface: str | None = None,
+    range: str | None = None,
+    router: str | None = None,
+    dns: tuple[str, ...] | list[str] = (),
+    uefi_binary: str = "ipxe.efi",
+    **unknown: Any,
+) -> Options:
     """Check the operator's choices; each refusal names the option and the rule."""
     if unknown:
         raise Invalid({k: "is not a known option" for k in unknown})
@@ -108,8 +117,9 @@ def parse_options(*, mode: str, tftp_root: Path, subnet: str | None = None, inte
         raise Invalid("mode", "must be proxy or full")
     root = str(tftp_root)
     if not _PATH.match(root) or len(root) > 1024:
-        errors["tftp_root"] = ("must be an absolute path of letters, digits and '._/+-' "
-                               f"(no spaces, commas or '#'), got {root!r}")
+        errors["tftp_root"] = (
+            f"must be an absolute path of letters, digits and '._/+-' (no spaces, commas or '#'), got {root!r}"
+        )
     if interface is not None and not _INTERFACE.match(interface):
         errors["interface"] = "must be a network interface name such as eth0 (letters, digits, '_', '.', '-')"
     if uefi_binary not in UEFI_BINARIES:
@@ -150,8 +160,16 @@ def parse_options(*, mode: str, tftp_root: Path, subnet: str | None = None, inte
         errors["dns"] = "is only used in full mode"
     if errors:
         raise Invalid(errors)
-    return Options(mode=mode, tftp_root=Path(root), subnet=network, interface=interface,  # type: ignore[arg-type]
-                   pool=pool, router=gateway, dns=servers, uefi_binary=uefi_binary)
+    return Options(
+        mode=mode,
+        tftp_root=Path(root),
+        subnet=network,
+        interface=interface,  # type: ignore[arg-type]
+        pool=pool,
+        router=gateway,
+        dns=servers,
+        uefi_binary=uefi_binary,
+    )
 
 
 def _check_host(host: Host, options: Options) -> tuple[str, str, str | None, str]:
@@ -171,8 +189,10 @@ def _check_host(host: Host, options: Options) -> tuple[str, str, str | None, str
             address not in options.subnet
             or address in (options.subnet.network_address, options.subnet.broadcast_address)
         ):
-            raise Invalid(f"machine {name}", f"IP {address} is outside the subnet {options.subnet}; "
-                          "change the machine's IP or the --subnet")
+            raise Invalid(
+                f"machine {name}",
+                f"IP {address} is outside the subnet {options.subnet}; change the machine's IP or the --subnet",
+            )
         ip = str(address)
     return name, mac, ip, host.boot_mode
 
@@ -233,15 +253,21 @@ def render(options: Options, hosts: list[Host]) -> str:
         for csa in ("x86PC", "BC_EFI", "x86-64_EFI"):
             out.append(f'pxe-service=tag:{TAG_IPXE},{csa},"ggnet: boot script",{BOOT_SCRIPT}')
     else:
-        out += ["# the only DHCP server on this LAN: answer clients whose lease it does not know (after a restart)",
-                "dhcp-authoritative"]
+        out += [
+            "# the only DHCP server on this LAN: answer clients whose lease it does not know (after a restart)",
+            "dhcp-authoritative",
+        ]
         if options.pool is not None:
             start, end = options.pool
-            out += ["# addresses for clients without a reservation",
-                    f"dhcp-range={start},{end},{net.netmask},{options.lease_time}"]
+            out += [
+                "# addresses for clients without a reservation",
+                f"dhcp-range={start},{end},{net.netmask},{options.lease_time}",
+            ]
         else:
-            out += ["# reservations only: machines without an IP in ggnet get no address",
-                    f"dhcp-range={net.network_address},static,{net.netmask},{options.lease_time}"]
+            out += [
+                "# reservations only: machines without an IP in ggnet get no address",
+                f"dhcp-range={net.network_address},static,{net.netmask},{options.lease_time}",
+            ]
         if options.router is not None:
             out.append(f"dhcp-option=option:router,{options.router}")
         if options.dns:
@@ -281,15 +307,20 @@ async def test_config(text: str) -> bool:
     Returns False (nothing checked) when dnsmasq is not installed on this machine.
     """
     program = shutil.which("dnsmasq") or next(
-        (p for p in ("/usr/sbin/dnsmasq", "/sbin/dnsmasq") if os.access(p, os.X_OK)), None)
+        (p for p in ("/usr/sbin/dnsmasq", "/sbin/dnsmasq") if os.access(p, os.X_OK)), None
+    )
     if program is None:
         return False
     with tempfile.TemporaryDirectory(prefix="ggnet-dnsmasq-") as tmp:
         conf = Path(tmp) / "ggnet.conf"
         conf.write_text(text, encoding="utf-8")
         proc = await asyncio.create_subprocess_exec(
-            program, "--test", f"--conf-file={conf}",
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL,
+            program,
+            "--test",
+            f"--conf-file={conf}",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            stdin=asyncio.subprocess.DEVNULL,
         )
         try:
             out, err = await asyncio.wait_for(proc.communicate(), TEST_TIMEOUT)

@@ -31,8 +31,8 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..files import fsync_dir
 from ..errors import Invalid
+from ..files import fsync_dir
 from ..validation import (
     mac_hyphens,
     normalize_iqn,
@@ -189,21 +189,25 @@ def _check(script: MachineScript) -> None:
 
 def render_boot_script() -> str:
     """``boot.ipxe``: chain the machine's own script; say so plainly when there is none."""
-    return "\n".join([
-        "#!ipxe",
-        MARKER,
-        "# Loads the script of this machine, named after its MAC address (52-54-00-aa-00-01.ipxe).",
-        "chain ${mac:hexhyp}.ipxe || goto unregistered",
-        "# the machine's script ran and did not boot; it has said why",
-        "exit 1",
-        ":unregistered",
-        (f"echo {CHAIN_FAILED}: could not load ${{mac:hexhyp}}.ipxe: the machine with MAC ${{mac}} "
-         "is not registered in ggnet (or the boot server did not answer)"),
-        "echo Register it on the boot server with: ggnet machine add NAME --mac ${mac}",
-        f"sleep {PAUSE_SECONDS}",
-        "exit 1",
-        "",
-    ])
+    return "\n".join(
+        [
+            "#!ipxe",
+            MARKER,
+            "# Loads the script of this machine, named after its MAC address (52-54-00-aa-00-01.ipxe).",
+            "chain ${mac:hexhyp}.ipxe || goto unregistered",
+            "# the machine's script ran and did not boot; it has said why",
+            "exit 1",
+            ":unregistered",
+            (
+                f"echo {CHAIN_FAILED}: could not load ${{mac:hexhyp}}.ipxe: the machine with MAC ${{mac}} "
+                "is not registered in ggnet (or the boot server did not answer)"
+            ),
+            "echo Register it on the boot server with: ggnet machine add NAME --mac ${mac}",
+            f"sleep {PAUSE_SECONDS}",
+            "exit 1",
+            "",
+        ]
+    )
 
 
 def render_machine_script(script: MachineScript) -> str:

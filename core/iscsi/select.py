@@ -40,7 +40,7 @@ async def _health(backend: Any) -> BackendHealth:
         return await backend.health()  # type: ignore[no-any-return]
     except GgnetError as exc:
         return BackendHealth(False, exc.message)
-    except Exception as exc:  # noqa: BLE001 -- a backend's own bug must not take the console down
+    except Exception as exc:
         log.error("backend_health_failed", backend=getattr(backend, "name", "?"), error=repr(exc))
         return BackendHealth(False, f"the {getattr(backend, 'name', '?')} backend failed its health check: {exc}")
 

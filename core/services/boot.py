@@ -66,9 +66,7 @@ def tftp_root(settings: Settings) -> Path:
 async def machine_scripts(core: Core, session: AsyncSession) -> list[MachineScript]:
     """Every machine with what its script should do, from its latest boot session."""
     latest = (
-        select(BootSession.machine_id, func.max(BootSession.id).label("id"))
-        .group_by(BootSession.machine_id)
-        .subquery()
+        select(BootSession.machine_id, func.max(BootSession.id).label("id")).group_by(BootSession.machine_id).subquery()
     )
     query = (
         select(Machine, BootSession.state, Target.iqn, Target.lun)
@@ -84,9 +82,15 @@ async def machine_scripts(core: Core, session: AsyncSession) -> list[MachineScri
     for machine, state, target_iqn, lun in rows:
         if state in _BOOTS and target_iqn is not None:
             address = address or boot_address(core.settings)
-            boot = SanBoot(address=address, port=port, lun=lun, target_iqn=target_iqn,
-                           initiator_iqn=machine.initiator_iqn, chap_username=machine.chap_username,
-                           chap_secret=machine.chap_secret)
+            boot = SanBoot(
+                address=address,
+                port=port,
+                lun=lun,
+                target_iqn=target_iqn,
+                initiator_iqn=machine.initiator_iqn,
+                chap_username=machine.chap_username,
+                chap_secret=machine.chap_secret,
+            )
             scripts.append(MachineScript(machine.name, machine.mac, boot))
             continue
         if state in _BOOTS:
@@ -112,8 +116,9 @@ async def _write(core: Core, session: AsyncSession) -> tuple[SyncResult, int]:
     except OSError as exc:
         raise Invalid("tftp_root", f"cannot write boot scripts into {root}: {exc.strerror or exc}") from None
     if result.changed:
-        get_logger().info("boot files written", tftp_root=str(root), written=len(result.written),
-                          removed=result.removed)
+        get_logger().info(
+            "boot files written", tftp_root=str(root), written=len(result.written), removed=result.removed
+        )
     return result, len(scripts)
 
 
@@ -131,8 +136,13 @@ async def render_boot_files(core: Core, actor: Actor) -> BootFilesReport:
     async with operation(core, actor, Permission.MANAGE_SESSIONS, "boot.render") as op:
         result, count = await _write(core, op.session)
         root = str(tftp_root(core.settings))
-        op.audit("boot", None, root, after={"written": result.written, "removed": result.removed},
-                 detail=f"{len(result.written)} written, {len(result.removed)} removed, {result.unchanged} unchanged")
+        op.audit(
+            "boot",
+            None,
+            root,
+            after={"written": result.written, "removed": result.removed},
+            detail=f"{len(result.written)} written, {len(result.removed)} removed, {result.unchanged} unchanged",
+        )
         return BootFilesReport(root, count, result.written, result.removed, result.unchanged)
 
 
@@ -140,9 +150,9 @@ async def render_boot_files(core: Core, actor: Actor) -> BootFilesReport:
 
 
 async def _hosts(session: AsyncSession) -> list[dnsmasq.Host]:
-    rows = (await session.execute(
-        select(Machine.name, Machine.mac, Machine.ip, Machine.boot_mode).order_by(Machine.name)
-    )).all()
+    rows = (
+        await session.execute(select(Machine.name, Machine.mac, Machine.ip, Machine.boot_mode).order_by(Machine.name))
+    ).all()
     return [dnsmasq.Host(name=r.name, mac=r.mac, ip=r.ip, boot_mode=r.boot_mode) for r in rows]
 
 
@@ -172,6 +182,11 @@ async def write_dnsmasq_config(core: Core, actor: Actor, output: Path, **options
             await asyncio.to_thread(dnsmasq.write_config, Path(output), text)
         except OSError as exc:
             raise Invalid("output", f"cannot write {output}: {exc.strerror or exc}") from None
-        op.audit("boot", None, str(output), after={"mode": opts.mode, "machines": len(hosts)},
-                 detail=f"dnsmasq configuration ({opts.mode} mode) for {len(hosts)} machines")
+        op.audit(
+            "boot",
+            None,
+            str(output),
+            after={"mode": opts.mode, "machines": len(hosts)},
+            detail=f"dnsmasq configuration ({opts.mode} mode) for {len(hosts)} machines",
+        )
         return DnsmasqWritten(str(output), len(hosts), tested)

@@ -12,9 +12,10 @@ import contextlib
 import errno
 import os
 import uuid
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from pydantic import Field
 from sqlalchemy import func, select
@@ -155,8 +156,11 @@ async def _version_row(session: AsyncSession, image: Image, number: int) -> Imag
 async def _pinned_by(session: AsyncSession, version_ids: list[int]) -> dict[int, list[str]]:
     if not version_ids:
         return {}
-    query = (select(Machine.pinned_version_id, Machine.name)
-             .where(Machine.pinned_version_id.in_(version_ids)).order_by(Machine.name))
+    query = (
+        select(Machine.pinned_version_id, Machine.name)
+        .where(Machine.pinned_version_id.in_(version_ids))
+        .order_by(Machine.name)
+    )
     found: dict[int, list[str]] = {}
     for version_id, name in (await session.execute(query)).all():
         found.setdefault(version_id, []).append(name)
@@ -169,8 +173,9 @@ async def _in_use_by(session: AsyncSession, version_ids: list[int]) -> dict[int,
     query = (
         select(BootSession.image_version_id, Machine.name)
         .join(Machine, Machine.id == BootSession.machine_id)
-        .where(BootSession.image_version_id.in_(version_ids),
-               BootSession.state.in_([s.value for s in LIVE_SESSION_STATES]))
+        .where(
+            BootSession.image_version_id.in_(version_ids), BootSession.state.in_([s.value for s in LIVE_SESSION_STATES])
+        )
         .order_by(Machine.name)
     )
     found: dict[int, list[str]] = {}
@@ -189,25 +194,45 @@ async def _assigned_to(session: AsyncSession, image_ids: list[int]) -> dict[int,
     return found
 
 
-def _version_view(image: Image, version: ImageVersion, pinned: list[str] | None = None,
-                  in_use: list[str] | None = None) -> ImageVersionView:
+def _version_view(
+    image: Image, version: ImageVersion, pinned: list[str] | None = None, in_use: list[str] | None = None
+) -> ImageVersionView:
     return ImageVersionView(
-        id=version.id, image=image.name, number=version.number, is_active=version.is_active,
-        source_format=version.source_format, virtual_size=version.virtual_size, sha256=version.sha256,
-        notes=version.notes, file_name=version.file_name, created_at=version.created_at,
-        created_by=version.created_by, pinned_by=pinned or [], in_use_by=in_use or [],
+        id=version.id,
+        image=image.name,
+        number=version.number,
+        is_active=version.is_active,
+        source_format=version.source_format,
+        virtual_size=version.virtual_size,
+        sha256=version.sha256,
+        notes=version.notes,
+        file_name=version.file_name,
+        created_at=version.created_at,
+        created_by=version.created_by,
+        pinned_by=pinned or [],
+        in_use_by=in_use or [],
     )
 
 
-def _image_view(image: Image, versions: list[ImageVersion], assigned: list[str],
-                version_views: list[ImageVersionView] | None = None) -> ImageView:
+def _image_view(
+    image: Image, versions: list[ImageVersion], assigned: list[str], version_views: list[ImageVersionView] | None = None
+) -> ImageView:
     active = next((v for v in versions if v.is_active), None)
     return ImageView(
-        id=image.id, name=image.name, kind=image.kind, description=image.description,
-        active_version=active.number if active else None, version_count=len(versions),
-        virtual_size=active.virtual_size if active else None, sha256=active.sha256 if active else None,
-        assigned_to=assigned, created_at=image.created_at, updated_at=image.updated_at,
-        updated_by=image.updated_by, row_version=image.row_version, versions=version_views or [],
+        id=image.id,
+        name=image.name,
+        kind=image.kind,
+        description=image.description,
+        active_version=active.number if active else None,
+        version_count=len(versions),
+        virtual_size=active.virtual_size if active else None,
+        sha256=active.sha256 if active else None,
+        assigned_to=assigned,
+        created_at=image.created_at,
+        updated_at=image.updated_at,
+        updated_by=image.updated_by,
+        row_version=image.row_version,
+        versions=version_views or [],
     )
 
 
@@ -279,8 +304,9 @@ async def import_image(
         if data.new_version_of is not None:
             await _image_row(op.session, data.new_version_of)
         elif (await op.session.execute(select(Image.id).where(Image.name == data.name))).first() is not None:
-            raise Conflict(f"an image named '{data.name}' already exists; "
-                           f"use --new-version-of {data.name} to add a version")
+            raise Conflict(
+                f"an image named '{data.name}' already exists; use --new-version-of {data.name} to add a version"
+            )
 
     probed = await qemu_img.probe(path)
     directory = images_dir(core.settings)
@@ -289,11 +315,13 @@ async def import_image(
         get_logger().warning("removed a stale partial import", path=str(stale))
     dest = directory / _new_file_name()
     log = get_logger()
-    log.info("image import started", source=str(probed.path), format=probed.format,
-             virtual_size=probed.info.virtual_size)
+    log.info(
+        "image import started", source=str(probed.path), format=probed.format, virtual_size=probed.info.virtual_size
+    )
     try:
-        await qemu_img.convert_to_raw(probed.path, dest, probed.format, progress, cancel,
-                                      virtual_size=probed.info.virtual_size)
+        await qemu_img.convert_to_raw(
+            probed.path, dest, probed.format, progress, cancel, virtual_size=probed.info.virtual_size
+        )
         if qemu_img.identity(probed.path) != probed.identity:
             raise Conflict(f"{path} changed while it was being imported; nothing was imported")
         digest = await qemu_img.sha256(dest)
@@ -305,39 +333,71 @@ async def import_image(
         raise
 
 
-async def _record_version(core: Core, actor: Actor, data: ImportInput, file_name: str, source_format: str,
-                          virtual_size: int, digest: str, source: str) -> ImageVersionView:
+async def _record_version(
+    core: Core,
+    actor: Actor,
+    data: ImportInput,
+    file_name: str,
+    source_format: str,
+    virtual_size: int,
+    digest: str,
+    source: str,
+) -> ImageVersionView:
     new_image = data.new_version_of is None
     action = "image.import" if new_image else "image.version.add"
     async with operation(core, actor, Permission.MANAGE_IMAGES, action) as op:
         now = utcnow()
         if new_image:
-            image = Image(name=data.name, kind=data.kind.value, description="", created_at=now, updated_at=now,
-                          updated_by=actor.username)
+            image = Image(
+                name=data.name,
+                kind=data.kind.value,
+                description="",
+                created_at=now,
+                updated_at=now,
+                updated_by=actor.username,
+            )
             op.session.add(image)
             await op.flush(conflict=f"an image named '{data.name}' was just added by another console")
             number = 1
         else:
             image = await _image_row(op.session, str(data.new_version_of), lock=True)
             latest = await op.session.execute(
-                select(func.max(ImageVersion.number)).where(ImageVersion.image_id == image.id))
+                select(func.max(ImageVersion.number)).where(ImageVersion.image_id == image.id)
+            )
             number = (latest.scalar_one() or 0) + 1
-        version = await _add_version(op, image, number, file_name, source_format, virtual_size, digest,
-                                     data.notes, data.activate)
+        version = await _add_version(
+            op, image, number, file_name, source_format, virtual_size, digest, data.notes, data.activate
+        )
         after = snapshot(version)
         after["source"] = source
         op.audit("image", image.id, f"{image.name} v{number}", None, after)
         return _version_view(image, version)
 
 
-async def _add_version(op: Operation, image: Image, number: int, file_name: str, source_format: str,
-                       virtual_size: int, digest: str, notes: str, activate: bool) -> ImageVersion:
+async def _add_version(
+    op: Operation,
+    image: Image,
+    number: int,
+    file_name: str,
+    source_format: str,
+    virtual_size: int,
+    digest: str,
+    notes: str,
+    activate: bool,
+) -> ImageVersion:
     if activate:
         await _deactivate_all(op, image)
     version = ImageVersion(
-        image_id=image.id, number=number, file_name=file_name, source_format=source_format,
-        virtual_size=virtual_size, sha256=digest, notes=notes, is_active=activate,
-        created_at=utcnow(), created_by=op.actor.username,
+        image_id=image.id,
+        number=number,
+        file_name=file_name,
+        source_format=source_format,
+        virtual_size=virtual_size,
+        sha256=digest,
+        notes=notes,
+        is_active=activate,
+        created_at=utcnow(),
+        created_by=op.actor.username,
     )
     op.session.add(version)
     op.stamp(image)
@@ -352,8 +412,9 @@ async def _deactivate_all(op: Operation, image: Image) -> None:
     await op.flush(conflict=f"image '{image.name}' was changed by another console meanwhile; retry")
 
 
-async def add_version_from_writeback(core: Core, actor: Actor, image_id: int, writeback: Path, *,
-                                     activate: bool = True, notes: str = "") -> int:
+async def add_version_from_writeback(
+    core: Core, actor: Actor, image_id: int, writeback: Path, *, activate: bool = True, notes: str = ""
+) -> int:
     """Turn a (no longer served) writeback into the image's next version; the file is moved,
     not copied. Returns the new version number."""
     writeback = Path(writeback)
@@ -375,12 +436,18 @@ async def add_version_from_writeback(core: Core, actor: Actor, image_id: int, wr
             if image is None:
                 raise NotFound(f"image {image_id} was removed meanwhile")
             latest = await op.session.execute(
-                select(func.max(ImageVersion.number)).where(ImageVersion.image_id == image.id))
+                select(func.max(ImageVersion.number)).where(ImageVersion.image_id == image.id)
+            )
             number = (latest.scalar_one() or 0) + 1
-            version = await _add_version(op, image, number, dest.name, "raw", size, digest,
-                                         notes[:NOTES_MAX], activate)
-            op.audit("image", image.id, f"{image.name} v{number}", None, snapshot(version),
-                     detail=f"from writeback {writeback.name}")
+            version = await _add_version(op, image, number, dest.name, "raw", size, digest, notes[:NOTES_MAX], activate)
+            op.audit(
+                "image",
+                image.id,
+                f"{image.name} v{number}",
+                None,
+                snapshot(version),
+                detail=f"from writeback {writeback.name}",
+            )
             return number
     except BaseException:
         if moved:  # give the writeback back, so the session's work is not lost
@@ -422,8 +489,7 @@ async def activate_version(core: Core, actor: Actor, name: str, number: int) -> 
         version.is_active = True
         op.stamp(image)
         await op.flush(conflict=f"image '{image.name}' was changed by another console meanwhile; retry")
-        op.audit("image", image.id, f"{image.name} v{number}", {"active_version": previous},
-                 {"active_version": number})
+        op.audit("image", image.id, f"{image.name} v{number}", {"active_version": previous}, {"active_version": number})
         return _version_view(image, version)
 
 
@@ -434,25 +500,34 @@ def _names(machines: list[str]) -> str:
 async def remove_image(core: Core, actor: Actor, name: str, version: int | None = None) -> None:
     """Remove an image with all its versions, or one version. Anything a live session runs on,
     a machine pins or (for a whole image) a machine is assigned to is refused, naming the machines."""
-    async with operation(core, actor, Permission.MANAGE_IMAGES,
-                         "image.delete" if version is None else "image.version.delete") as op:
+    async with operation(
+        core, actor, Permission.MANAGE_IMAGES, "image.delete" if version is None else "image.version.delete"
+    ) as op:
         image = await _image_row(op.session, name, lock=True)
         versions = await _versions(op.session, image.id)
         doomed = versions if version is None else [await _version_row(op.session, image, version)]
         ids = [v.id for v in doomed]
         in_use = sorted({m for names in (await _in_use_by(op.session, ids)).values() for m in names})
         if in_use:
-            raise Conflict(f"image '{image.name}'" + (f" version {version}" if version else "")
-                           + f" is in use by the running sessions of {_names(in_use)}; stop them first")
+            raise Conflict(
+                f"image '{image.name}'"
+                + (f" version {version}" if version else "")
+                + f" is in use by the running sessions of {_names(in_use)}; stop them first"
+            )
         pinned = sorted({m for names in (await _pinned_by(op.session, ids)).values() for m in names})
         if pinned:
-            raise Conflict(f"image '{image.name}'" + (f" version {version}" if version else "")
-                           + f" is pinned by {_names(pinned)}; unpin first (ggnet machine set NAME --unpin)")
+            raise Conflict(
+                f"image '{image.name}'"
+                + (f" version {version}" if version else "")
+                + f" is pinned by {_names(pinned)}; unpin first (ggnet machine set NAME --unpin)"
+            )
         if version is None:
             assigned = (await _assigned_to(op.session, [image.id])).get(image.id, [])
             if assigned:
-                raise Conflict(f"image '{image.name}' is assigned to {_names(assigned)}; assign them another "
-                               "image first (ggnet machine set NAME --image OTHER or --no-image)")
+                raise Conflict(
+                    f"image '{image.name}' is assigned to {_names(assigned)}; assign them another "
+                    "image first (ggnet machine set NAME --image OTHER or --no-image)"
+                )
             before = snapshot(image)
             before["versions"] = [v.number for v in versions]
             await op.session.delete(image)
@@ -462,11 +537,15 @@ async def remove_image(core: Core, actor: Actor, name: str, version: int | None 
             if target.is_active:
                 others = [str(v.number) for v in versions if v.id != target.id]
                 if others:
-                    raise Conflict(f"version {version} is the active version of image '{image.name}'; activate "
-                                   f"another one first (version {' or '.join(others)}), e.g. "
-                                   f"ggnet image activate {image.name} {others[-1]}")
-                raise Conflict(f"version {version} is the only version of image '{image.name}'; "
-                               f"remove the whole image instead (ggnet image rm {image.name})")
+                    raise Conflict(
+                        f"version {version} is the active version of image '{image.name}'; activate "
+                        f"another one first (version {' or '.join(others)}), e.g. "
+                        f"ggnet image activate {image.name} {others[-1]}"
+                    )
+                raise Conflict(
+                    f"version {version} is the only version of image '{image.name}'; "
+                    f"remove the whole image instead (ggnet image rm {image.name})"
+                )
             before = snapshot(target)
             await op.session.delete(target)
             op.stamp(image)
@@ -487,8 +566,9 @@ class _Unchanged:
 UNCHANGED: Any = _Unchanged()
 
 
-async def assign_image(core: Core, actor: Actor, machine_name: str, image: str | None = UNCHANGED,
-                       pin_version: int | None = UNCHANGED) -> MachineView:
+async def assign_image(
+    core: Core, actor: Actor, machine_name: str, image: str | None = UNCHANGED, pin_version: int | None = UNCHANGED
+) -> MachineView:
     """Set what a machine boots. ``image``: a name, or None for no image. ``pin_version``: a
     version number to boot instead of the active one, or None to follow the active version.
     Choosing another image drops an old pin unless a new one is given."""
@@ -496,8 +576,10 @@ async def assign_image(core: Core, actor: Actor, machine_name: str, image: str |
 
     if image is UNCHANGED and pin_version is UNCHANGED:
         raise Invalid("image", "give an image (or none) or a version to pin (or unpin)")
-    if pin_version is not UNCHANGED and pin_version is not None and (
-        isinstance(pin_version, bool) or not isinstance(pin_version, int) or pin_version < 1
+    if (
+        pin_version is not UNCHANGED
+        and pin_version is not None
+        and (isinstance(pin_version, bool) or not isinstance(pin_version, int) or pin_version < 1)
     ):
         raise Invalid("pin_version", "must be a version number (1 or more)")
     async with operation(core, actor, Permission.MANAGE_MACHINES, "machine.assign_image") as op:
@@ -513,7 +595,9 @@ async def assign_image(core: Core, actor: Actor, machine_name: str, image: str |
             machine.pinned_version_id = None
         elif pin_version is not UNCHANGED:
             if image_id is None:
-                raise Invalid("pin_version", f"machine '{machine.name}' has no image; give an image to pin a version of")
+                raise Invalid(
+                    "pin_version", f"machine '{machine.name}' has no image; give an image to pin a version of"
+                )
             chosen = await op.session.get(Image, image_id)
             assert chosen is not None
             machine.pinned_version_id = (await _version_row(op.session, chosen, pin_version)).id
@@ -530,13 +614,15 @@ async def resolve_version_for_machine(session: AsyncSession, machine: Machine) -
         if version is not None:
             return version
     if machine.image_id is None:
-        raise Conflict(f"machine '{machine.name}' has no image assigned; "
-                       f"run 'ggnet machine set {machine.name} --image NAME'")
+        raise Conflict(
+            f"machine '{machine.name}' has no image assigned; run 'ggnet machine set {machine.name} --image NAME'"
+        )
     query = select(ImageVersion).where(ImageVersion.image_id == machine.image_id, ImageVersion.is_active.is_(True))
     version = (await session.execute(query)).scalar_one_or_none()
     if version is None:
         image = await session.get(Image, machine.image_id)
         label = image.name if image else str(machine.image_id)
-        raise Conflict(f"image '{label}' of machine '{machine.name}' has no active version; "
-                       f"run 'ggnet image activate {label} N'")
+        raise Conflict(
+            f"image '{label}' of machine '{machine.name}' has no active version; run 'ggnet image activate {label} N'"
+        )
     return version

@@ -54,9 +54,21 @@ def default_initiator_iqn(iqn_base: str, name: str) -> str:
 
 
 _VIEW_COLUMNS = (
-    Machine.id, Machine.name, Machine.mac, Machine.ip, Machine.boot_mode, Machine.initiator_iqn,
-    Machine.chap_username, Machine.chap_secret, Machine.image_id, Machine.keep_writeback, Machine.notes,
-    Machine.last_seen_at, Machine.updated_at, Machine.updated_by, Machine.row_version,
+    Machine.id,
+    Machine.name,
+    Machine.mac,
+    Machine.ip,
+    Machine.boot_mode,
+    Machine.initiator_iqn,
+    Machine.chap_username,
+    Machine.chap_secret,
+    Machine.image_id,
+    Machine.keep_writeback,
+    Machine.notes,
+    Machine.last_seen_at,
+    Machine.updated_at,
+    Machine.updated_by,
+    Machine.row_version,
 )
 
 
@@ -184,7 +196,9 @@ async def update_machine(
                 continue
             setattr(machine, key, value)
         op.stamp(machine)
-        await op.flush(conflict=f"machine '{machine.name}': that MAC, IP, IQN or name was just taken by another console")
+        await op.flush(
+            conflict=f"machine '{machine.name}': that MAC, IP, IQN or name was just taken by another console"
+        )
         op.audit("machine", machine.id, machine.name, before, snapshot(machine))
     return await get_machine(core, actor, machine.name)
 
@@ -259,8 +273,13 @@ def parse_csv(text: str) -> tuple[CsvRows, list[tuple[int, str]]]:
                 unknown = [h for h in header if h not in CSV_COLUMNS]
                 missing = [h for h in ("name", "mac") if h not in header]
                 if unknown or missing or len(set(header)) != len(header):
-                    errors.append((line, f"header must name the columns {', '.join(CSV_COLUMNS)} "
-                                   f"(name and mac required, each once); got {shown(', '.join(record), 200)}"))
+                    errors.append(
+                        (
+                            line,
+                            f"header must name the columns {', '.join(CSV_COLUMNS)} "
+                            f"(name and mac required, each once); got {shown(', '.join(record), 200)}",
+                        )
+                    )
                     return rows, errors
                 continue
             if len(rows) + len(errors) >= CSV_MAX_ROWS:
@@ -269,7 +288,7 @@ def parse_csv(text: str) -> tuple[CsvRows, list[tuple[int, str]]]:
             if len(record) != len(header):
                 errors.append((line, f"has {len(record)} fields, the header has {len(header)}"))
                 continue
-            values = {k: v.strip() for k, v in zip(header, record)}
+            values = {k: v.strip() for k, v in zip(header, record, strict=False)}
             values = {k: v for k, v in values.items() if v != "" or k in ("name", "mac")}
             try:
                 item = parse(MachineInput, values)

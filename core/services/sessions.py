@@ -91,8 +91,11 @@ async def _kept_writeback(session: AsyncSession, machine_id: int) -> BootSession
     """The latest ended session of this machine whose writeback was kept, if any."""
     query = (
         select(BootSession)
-        .where(BootSession.machine_id == machine_id, BootSession.state.not_in(_LIVE),
-               BootSession.writeback_file.is_not(None))
+        .where(
+            BootSession.machine_id == machine_id,
+            BootSession.state.not_in(_LIVE),
+            BootSession.writeback_file.is_not(None),
+        )
         .order_by(BootSession.id.desc())
         .limit(1)
     )
@@ -162,24 +165,50 @@ async def _plan_start(core: Core, actor: Actor, name: str, kind: SessionKind, ba
         await op.flush(conflict=f"machine '{machine.name}' already has a running session")
         iqn = target_iqn(core, machine.name)
         host, port = core.settings.portal_address
-        op.session.add(Target(session_id=boot_session.id, machine_id=machine.id, iqn=iqn, backend=backend.name,
-                              lun=backend.lun, portal=f"{host}:{port}", created_at=utcnow()))
-        await op.flush(conflict=f"machine '{machine.name}' still has the target of a failed session; "
-                                f"run 'ggnet session stop {machine.name}' first")
+        op.session.add(
+            Target(
+                session_id=boot_session.id,
+                machine_id=machine.id,
+                iqn=iqn,
+                backend=backend.name,
+                lun=backend.lun,
+                portal=f"{host}:{port}",
+                created_at=utcnow(),
+            )
+        )
+        await op.flush(
+            conflict=f"machine '{machine.name}' still has the target of a failed session; "
+            f"run 'ggnet session stop {machine.name}' first"
+        )
         return _StartPlan(
             session_id=boot_session.id,
             machine=machine.name,
-            spec=TargetSpec(iqn=iqn, backing_file=wb_dir / file_name, initiator_iqn=machine.initiator_iqn,
-                            chap_username=machine.chap_username, chap_secret=machine.chap_secret,
-                            portal_host=host, portal_port=port),
+            spec=TargetSpec(
+                iqn=iqn,
+                backing_file=wb_dir / file_name,
+                initiator_iqn=machine.initiator_iqn,
+                chap_username=machine.chap_username,
+                chap_secret=machine.chap_secret,
+                portal_host=host,
+                portal_port=port,
+            ),
             source=images.version_path(core.settings, version),
             writeback=wb_dir / file_name,
             reuse_writeback=reuse,
         )
 
 
-async def _finish(core: Core, actor: Actor, session_id: int, action: str, *, state: SessionState,
-                  error: str | None = None, keep_file: bool = True, drop_target: bool = False) -> None:
+async def _finish(
+    core: Core,
+    actor: Actor,
+    session_id: int,
+    action: str,
+    *,
+    state: SessionState,
+    error: str | None = None,
+    keep_file: bool = True,
+    drop_target: bool = False,
+) -> None:
     """Record the outcome of a start or stop with its one audit event, then re-render boot files."""
     from .boot import write_boot_files
 
@@ -201,8 +230,13 @@ async def _finish(core: Core, actor: Actor, session_id: int, action: str, *, sta
             if target is not None:
                 await session.delete(target)
         Operation(session, actor, action).audit(
-            "session", boot_session.id, machine.name if machine else None, before, snapshot(boot_session),
-            detail=error, outcome=Outcome.FAILED if state == SessionState.ERROR else Outcome.OK,
+            "session",
+            boot_session.id,
+            machine.name if machine else None,
+            before,
+            snapshot(boot_session),
+            detail=error,
+            outcome=Outcome.FAILED if state == SessionState.ERROR else Outcome.OK,
         )
         await session.flush()
         await write_boot_files(core, session)
@@ -228,15 +262,24 @@ async def _start_one(core: Core, actor: Actor, name: str, kind: SessionKind, bac
         reason = exc.message if isinstance(exc, GgnetError) else f"{type(exc).__name__}: {exc}"
         get_logger().warning("session start failed", machine=plan.machine, reason=reason)
         await _undo_start(core, backend, plan, made_writeback, made_target)
-        await _finish(core, actor, plan.session_id, "session.start", state=SessionState.ERROR, error=reason,
-                      keep_file=plan.reuse_writeback, drop_target=True)
+        await _finish(
+            core,
+            actor,
+            plan.session_id,
+            "session.start",
+            state=SessionState.ERROR,
+            error=reason,
+            keep_file=plan.reuse_writeback,
+            drop_target=True,
+        )
         return SessionResult(plan.machine, False, f"{plan.machine}: {reason}")
     await _finish(core, actor, plan.session_id, "session.start", state=SessionState.ACTIVE)
     return SessionResult(plan.machine, True, f"{plan.machine}: session started ({plan.spec.iqn})")
 
 
-async def _undo_start(core: Core, backend: TargetBackend, plan: _StartPlan, made_writeback: bool,
-                      made_target: bool) -> None:
+async def _undo_start(
+    core: Core, backend: TargetBackend, plan: _StartPlan, made_writeback: bool, made_target: bool
+) -> None:
     from ..storage.writeback import choose_driver
 
     if made_target:
@@ -266,13 +309,21 @@ async def _names_for_all(core: Core, actor: Actor) -> list[str]:
     """``--all``: machines with an image and no running session."""
     async with reading(core, actor) as session:
         live = select(BootSession.machine_id).where(BootSession.state.in_(_LIVE))
-        query = select(Machine.name).where(Machine.image_id.is_not(None), Machine.id.not_in(live)).order_by(Machine.name)
+        query = (
+            select(Machine.name).where(Machine.image_id.is_not(None), Machine.id.not_in(live)).order_by(Machine.name)
+        )
         return list((await session.execute(query)).scalars())
 
 
-async def start_sessions(core: Core, actor: Actor, names: list[str], *, all_machines: bool = False,
-                         kind: SessionKind | str = SessionKind.NORMAL,
-                         parallel: int = DEFAULT_PARALLEL) -> list[SessionResult]:
+async def start_sessions(
+    core: Core,
+    actor: Actor,
+    names: list[str],
+    *,
+    all_machines: bool = False,
+    kind: SessionKind | str = SessionKind.NORMAL,
+    parallel: int = DEFAULT_PARALLEL,
+) -> list[SessionResult]:
     """Start a session on each machine (several at once, at most ``parallel``); one result each."""
     from .boot import boot_address
 
@@ -307,8 +358,9 @@ class _StopPlan:
     image_id: int | None
 
 
-async def _plan_stop(core: Core, actor: Actor, name: str, force: bool, apply: bool,
-                     backend: TargetBackend) -> _StopPlan:
+async def _plan_stop(
+    core: Core, actor: Actor, name: str, force: bool, apply: bool, backend: TargetBackend
+) -> _StopPlan:
     from .machines import get_row
 
     async with operation(core, actor, Permission.MANAGE_SESSIONS, "session.stop") as op:
@@ -318,17 +370,27 @@ async def _plan_stop(core: Core, actor: Actor, name: str, force: bool, apply: bo
             raise NotFound(f"machine '{machine.name}' has no running session")
         kind = SessionKind(boot_session.kind)
         if apply and kind != SessionKind.MAINTENANCE:
-            raise Invalid("apply", f"only a maintenance session can be applied; '{machine.name}' runs a {kind.value} session")
-        target = (await op.session.execute(select(Target).where(Target.session_id == boot_session.id))).scalar_one_or_none()
+            raise Invalid(
+                "apply", f"only a maintenance session can be applied; '{machine.name}' runs a {kind.value} session"
+            )
+        target = (
+            await op.session.execute(select(Target).where(Target.session_id == boot_session.id))
+        ).scalar_one_or_none()
         if target is not None and not force:
             actual = _logged_in(await backend.list_targets(), target.iqn)
             if actual is not None:
                 where = ", ".join(s.address for s in actual.sessions if s.address) or "an unknown address"
-                raise Conflict(f"the client of '{machine.name}' is still logged in (from {where}); "
-                               "stopping now cuts its disk off: use --force if you mean it")
+                raise Conflict(
+                    f"the client of '{machine.name}' is still logged in (from {where}); "
+                    "stopping now cuts its disk off: use --force if you mean it"
+                )
         image_id = None
         if apply:
-            version = await op.session.get(ImageVersion, boot_session.image_version_id) if boot_session.image_version_id else None
+            version = (
+                await op.session.get(ImageVersion, boot_session.image_version_id)
+                if boot_session.image_version_id
+                else None
+            )
             if version is None:
                 raise Conflict(f"the image version of '{machine.name}''s session no longer exists; cannot apply")
             image_id = version.image_id
@@ -338,13 +400,16 @@ async def _plan_stop(core: Core, actor: Actor, name: str, force: bool, apply: bo
             machine=machine.name,
             kind=kind,
             iqn=target.iqn if target else None,
-            writeback=writeback_dir(core.settings) / boot_session.writeback_file if boot_session.writeback_file else None,
+            writeback=writeback_dir(core.settings) / boot_session.writeback_file
+            if boot_session.writeback_file
+            else None,
             image_id=image_id,
         )
 
 
-async def _stop_one(core: Core, actor: Actor, name: str, force: bool, apply: bool, activate: bool,
-                    backend: TargetBackend) -> SessionResult:
+async def _stop_one(
+    core: Core, actor: Actor, name: str, force: bool, apply: bool, activate: bool, backend: TargetBackend
+) -> SessionResult:
     from ..storage.writeback import choose_driver
 
     try:
@@ -361,7 +426,11 @@ async def _stop_one(core: Core, actor: Actor, name: str, force: bool, apply: boo
             from . import images
 
             number = await images.add_version_from_writeback(
-                core, actor, plan.image_id, plan.writeback, activate=activate,
+                core,
+                actor,
+                plan.image_id,
+                plan.writeback,
+                activate=activate,
                 notes=f"applied from maintenance session of {plan.machine}",
             )
             note = f"; writeback applied as version {number}" + (" (active)" if activate else " (not activated)")
@@ -373,35 +442,63 @@ async def _stop_one(core: Core, actor: Actor, name: str, force: bool, apply: boo
     except Exception as exc:
         reason = exc.message if isinstance(exc, GgnetError) else f"{type(exc).__name__}: {exc}"
         get_logger().warning("session stop failed", machine=plan.machine, reason=reason)
-        await _finish(core, actor, plan.session_id, "session.stop", state=SessionState.ERROR, error=reason,
-                      keep_file=True, drop_target=False)
+        await _finish(
+            core,
+            actor,
+            plan.session_id,
+            "session.stop",
+            state=SessionState.ERROR,
+            error=reason,
+            keep_file=True,
+            drop_target=False,
+        )
         return SessionResult(plan.machine, False, f"{plan.machine}: {reason}")
-    await _finish(core, actor, plan.session_id, "session.stop", state=SessionState.STOPPED,
-                  keep_file=keep and not apply, drop_target=True)
+    await _finish(
+        core,
+        actor,
+        plan.session_id,
+        "session.stop",
+        state=SessionState.STOPPED,
+        keep_file=keep and not apply,
+        drop_target=True,
+    )
     return SessionResult(plan.machine, True, f"{plan.machine}: session stopped{note}")
 
 
-async def stop_sessions(core: Core, actor: Actor, names: list[str], *, all_machines: bool = False,
-                        force: bool = False, apply: bool = False, activate: bool = True,
-                        parallel: int = DEFAULT_PARALLEL) -> list[SessionResult]:
+async def stop_sessions(
+    core: Core,
+    actor: Actor,
+    names: list[str],
+    *,
+    all_machines: bool = False,
+    force: bool = False,
+    apply: bool = False,
+    activate: bool = True,
+    parallel: int = DEFAULT_PARALLEL,
+) -> list[SessionResult]:
     await require(core, actor, Permission.MANAGE_SESSIONS, "session.stop")
     if all_machines:
         async with reading(core, actor) as session:
-            live = select(Machine.name).join(BootSession, BootSession.machine_id == Machine.id).where(
-                BootSession.state.in_(_LIVE))
+            live = (
+                select(Machine.name)
+                .join(BootSession, BootSession.machine_id == Machine.id)
+                .where(BootSession.state.in_(_LIVE))
+            )
             names = sorted(set(names) | set((await session.execute(live)).scalars()))
     if not names:
         raise Invalid("machines", "name at least one machine, or use --all")
     backend = await _backend(core)
-    return await _bounded(_unique(names), parallel,
-                          lambda n: _stop_one(core, actor, n, force, apply, activate, backend))
+    return await _bounded(
+        _unique(names), parallel, lambda n: _stop_one(core, actor, n, force, apply, activate, backend)
+    )
 
 
 # --- list ------------------------------------------------------------------
 
 
-async def list_sessions(core: Core, actor: Actor, *, include_ended: bool = False,
-                        live_state: bool = True) -> list[SessionView]:
+async def list_sessions(
+    core: Core, actor: Actor, *, include_ended: bool = False, live_state: bool = True
+) -> list[SessionView]:
     """Sessions with the iSCSI login state from the target stack (when it answers)."""
     async with reading(core, actor) as session:
         query = (
@@ -413,7 +510,7 @@ async def list_sessions(core: Core, actor: Actor, *, include_ended: bool = False
             .order_by(Machine.name, BootSession.id.desc())
         )
         if not include_ended:
-            query = query.where(BootSession.state.in_(_LIVE + [SessionState.ERROR.value]))
+            query = query.where(BootSession.state.in_([*_LIVE, SessionState.ERROR.value]))
         rows = (await session.execute(query)).all()
     actual: list[ActualTarget] | None = None
     if live_state and any(r[4] for r in rows):
@@ -427,12 +524,22 @@ async def list_sessions(core: Core, actor: Actor, *, include_ended: bool = False
     views = []
     for boot_session, machine, image, number, iqn, lun in rows:
         found = by_iqn.get(iqn.lower()) if iqn else None
-        views.append(SessionView(
-            id=boot_session.id, machine=machine, kind=boot_session.kind, state=boot_session.state,
-            error=boot_session.error, image=image, image_version=number, target_iqn=iqn, lun=lun,
-            started_at=boot_session.started_at, started_by=boot_session.started_by,
-            stopped_at=boot_session.stopped_at,
-            logged_in=None if actual is None or iqn is None else bool(found and found.sessions),
-            client_address=next((s.address for s in found.sessions if s.address), None) if found else None,
-        ))
+        views.append(
+            SessionView(
+                id=boot_session.id,
+                machine=machine,
+                kind=boot_session.kind,
+                state=boot_session.state,
+                error=boot_session.error,
+                image=image,
+                image_version=number,
+                target_iqn=iqn,
+                lun=lun,
+                started_at=boot_session.started_at,
+                started_by=boot_session.started_by,
+                stopped_at=boot_session.stopped_at,
+                logged_in=None if actual is None or iqn is None else bool(found and found.sessions),
+                client_address=next((s.address for s in found.sessions if s.address), None) if found else None,
+            )
+        )
     return views

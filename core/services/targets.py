@@ -14,8 +14,8 @@ from ..iscsi.base import TargetSpec
 from ..log import get_logger
 from ..models import BootSession, ImageVersion, Machine, Outcome, SessionState, Target
 from ..reconcile import DesiredTarget, Drift, compare_targets, compare_writebacks, owns
-from .base import operation, reading, require
 from ..storage.writeback import writeback_dir
+from .base import operation, reading, require
 from .views import View
 
 
@@ -46,23 +46,31 @@ async def _desired(core: Core) -> tuple[list[DesiredTarget], set[Path]]:
     wb_dir = writeback_dir(core.settings)
     desired: list[DesiredTarget] = []
     async with core.db.session() as session:
-        rows = (await session.execute(
-            select(Target, BootSession, Machine, ImageVersion)
-            .join(BootSession, BootSession.id == Target.session_id)
-            .join(Machine, Machine.id == Target.machine_id)
-            .outerjoin(ImageVersion, ImageVersion.id == BootSession.image_version_id)
-            .where(BootSession.state.in_([SessionState.STARTING.value, SessionState.ACTIVE.value]))
-        )).all()
+        rows = (
+            await session.execute(
+                select(Target, BootSession, Machine, ImageVersion)
+                .join(BootSession, BootSession.id == Target.session_id)
+                .join(Machine, Machine.id == Target.machine_id)
+                .outerjoin(ImageVersion, ImageVersion.id == BootSession.image_version_id)
+                .where(BootSession.state.in_([SessionState.STARTING.value, SessionState.ACTIVE.value]))
+            )
+        ).all()
         host, port = core.settings.portal_address
         for target, boot_session, machine, version in rows:
-            spec = TargetSpec(iqn=target.iqn, backing_file=wb_dir / str(boot_session.writeback_file),
-                              initiator_iqn=machine.initiator_iqn, chap_username=machine.chap_username,
-                              chap_secret=machine.chap_secret, portal_host=host, portal_port=port)
+            spec = TargetSpec(
+                iqn=target.iqn,
+                backing_file=wb_dir / str(boot_session.writeback_file),
+                initiator_iqn=machine.initiator_iqn,
+                chap_username=machine.chap_username,
+                chap_secret=machine.chap_secret,
+                portal_host=host,
+                portal_port=port,
+            )
             source = images.version_path(core.settings, version) if version is not None else Path("/nonexistent")
             desired.append(DesiredTarget(machine.name, boot_session.id, spec, source))
-        kept_files = (await session.execute(
-            select(BootSession.writeback_file).where(BootSession.writeback_file.is_not(None))
-        )).scalars()
+        kept_files = (
+            await session.execute(select(BootSession.writeback_file).where(BootSession.writeback_file.is_not(None)))
+        ).scalars()
         kept = {wb_dir / name for name in kept_files}
     return desired, kept
 
@@ -72,18 +80,28 @@ async def list_targets(core: Core, actor: Actor) -> list[TargetView]:
     if backend is None:
         raise BackendUnavailable(health.detail)
     async with reading(core, actor) as session:
-        owners = dict((await session.execute(select(Target.iqn, Machine.name).join(
-            Machine, Machine.id == Target.machine_id))).all())
+        owners = dict(
+            (
+                await session.execute(select(Target.iqn, Machine.name).join(Machine, Machine.id == Target.machine_id))
+            ).all()
+        )
     owners_lower = {k.lower(): v for k, v in owners.items()}
     views = []
     for target in sorted(await backend.list_targets(), key=lambda t: t.iqn):
         owner = owners_lower.get(target.iqn.lower())
-        views.append(TargetView(
-            iqn=target.iqn, machine=owner, owned=owns(target.iqn, core.settings.iqn_base), wanted=owner is not None,
-            lun=target.lun, backing_file=target.backing_file, acls=list(target.acls),
-            initiators=[s.initiator_iqn for s in target.sessions],
-            addresses=[s.address for s in target.sessions if s.address],
-        ))
+        views.append(
+            TargetView(
+                iqn=target.iqn,
+                machine=owner,
+                owned=owns(target.iqn, core.settings.iqn_base),
+                wanted=owner is not None,
+                lun=target.lun,
+                backing_file=target.backing_file,
+                acls=list(target.acls),
+                initiators=[s.initiator_iqn for s in target.sessions],
+                addresses=[s.address for s in target.sessions if s.address],
+            )
+        )
     return views
 
 
@@ -92,8 +110,9 @@ async def find_drift(core: Core) -> list[Drift]:
     if backend is None:
         raise BackendUnavailable(health.detail)
     desired, kept = await _desired(core)
-    return (compare_targets(desired, await backend.list_targets(), core.settings.iqn_base)
-            + compare_writebacks(desired, kept, writeback_dir(core.settings)))
+    return compare_targets(desired, await backend.list_targets(), core.settings.iqn_base) + compare_writebacks(
+        desired, kept, writeback_dir(core.settings)
+    )
 
 
 async def reconcile(core: Core, actor: Actor, dry_run: bool = False) -> ReconcileReport:
@@ -107,8 +126,9 @@ async def reconcile(core: Core, actor: Actor, dry_run: bool = False) -> Reconcil
     if backend is None:
         raise BackendUnavailable(health.detail)
     desired, kept = await _desired(core)
-    drift = (compare_targets(desired, await backend.list_targets(), core.settings.iqn_base)
-             + compare_writebacks(desired, kept, writeback_dir(core.settings)))
+    drift = compare_targets(desired, await backend.list_targets(), core.settings.iqn_base) + compare_writebacks(
+        desired, kept, writeback_dir(core.settings)
+    )
     report = ReconcileReport(drift=drift, dry_run=dry_run)
     if dry_run:
         return report
@@ -146,9 +166,13 @@ async def reconcile(core: Core, actor: Actor, dry_run: bool = False) -> Reconcil
             report.errors.append(f"{item.kind} {item.subject}: {exc}")
     async with operation(core, actor, Permission.MANAGE_TARGETS, "target.reconcile") as op:
         report.boot_files_changed = await write_boot_files(core, op.session) or 0
-        op.audit("target", None, f"{len(drift)} drift items",
-                 detail="; ".join(report.repaired + report.errors)[:4000] or "no drift",
-                 outcome=Outcome.FAILED if report.errors else Outcome.OK)
+        op.audit(
+            "target",
+            None,
+            f"{len(drift)} drift items",
+            detail="; ".join(report.repaired + report.errors)[:4000] or "no drift",
+            outcome=Outcome.FAILED if report.errors else Outcome.OK,
+        )
     if report.errors:
         get_logger().warning("reconcile incomplete", errors=report.errors)
     return report

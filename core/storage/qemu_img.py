@@ -25,12 +25,13 @@ import signal
 import stat
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from ..files import fsync_dir, fsync_file
 from ..errors import BackendUnavailable, Conflict, GgnetError, Invalid
+from ..files import fsync_dir, fsync_file
 from ..log import get_logger
 
 QEMU_IMG = "qemu-img"
@@ -214,7 +215,9 @@ async def check(path: str | Path, fmt: str) -> CheckResult:
     detail = [line.strip() for line in err.splitlines() if line.strip().startswith(("ERROR", "qemu-img:"))]
     summary = f"{corruptions} errors were found on the image" if corruptions else ""
     message = "; ".join(filter(None, [summary, *(d.removeprefix("qemu-img: ") for d in detail[:2])]))
-    return CheckResult(False, True, corruptions, leaks, message or _message(err, f"qemu-img check failed (exit {code})"))
+    return CheckResult(
+        False, True, corruptions, leaks, message or _message(err, f"qemu-img check failed (exit {code})")
+    )
 
 
 # --- probing untrusted input ------------------------------------------------
@@ -292,8 +295,11 @@ async def probe(path: str | Path) -> ProbedImage:
         names = ", ".join(sorted(FORMATS.values()))
         raise Invalid("file", f"is in {kind or 'an unknown'} format; ggnet imports {names}")
     if found.backing_filename:
-        raise Invalid("file", f"has a backing file ({found.backing_filename}); convert it to a stand-alone image "
-                              "first (qemu-img convert); images that name other files are refused")
+        raise Invalid(
+            "file",
+            f"has a backing file ({found.backing_filename}); convert it to a stand-alone image "
+            "first (qemu-img convert); images that name other files are refused",
+        )
     if found.data_file:
         raise Invalid("file", f"keeps its data in another file ({found.data_file}); refused")
     if kind == "vmdk":
@@ -442,8 +448,9 @@ async def convert_to_raw(
     work.result()
 
 
-async def _convert(src: Path, dest: Path, fmt: str, progress: ProgressCallback | None, stall: float,
-                   cancel: asyncio.Event | None) -> None:
+async def _convert(
+    src: Path, dest: Path, fmt: str, progress: ProgressCallback | None, stall: float, cancel: asyncio.Event | None
+) -> None:
     log = get_logger()
     partial = temp_name(dest)
     args = ["convert", "-p", "-O", "raw", _pinned_source(src, fmt), str(partial)]

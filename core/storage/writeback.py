@@ -16,13 +16,14 @@ import fcntl
 import os
 import threading
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from ..config import Settings
 from ..errors import BackendUnavailable, Invalid
-from ..log import get_logger
 from ..files import fsync_dir
+from ..log import get_logger
 from .qemu_img import Cancelled, settle, temp_name
 
 FICLONE = 0x40049409  # _IOW(0x94, 9, int) from linux/fs.h

@@ -10,8 +10,7 @@ import sys
 
 import click
 
-from . import audit, images, machines, sessions, users
-from . import boot, doctor
+from . import audit, boot, doctor, images, machines, sessions, users
 from .base import State
 
 

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-
 import click
-
 
 from .base import State, emit_json, json_option, run, table
 
@@ -24,8 +22,15 @@ def audit() -> None:
 @click.option("--object", "object_name", default=None, help="Only events whose object name contains this.")
 @json_option
 @run
-async def audit_list(state: State, limit: int, offset: int, actor_name: str | None, action: str | None,
-                     object_name: str | None, as_json: bool) -> None:
+async def audit_list(
+    state: State,
+    limit: int,
+    offset: int,
+    actor_name: str | None,
+    action: str | None,
+    object_name: str | None,
+    as_json: bool,
+) -> None:
     from core.services import audit as audit_service
 
     core, actor = await state.login()

@@ -26,31 +26,68 @@ async def boot_render(state: State, as_json: bool) -> None:
     if as_json:
         emit_json(report.to_json())
         return
-    click.echo(f"{report.tftp_root}: {len(report.written)} written, {len(report.removed)} stale removed, "
-               f"{report.unchanged} unchanged ({report.machines} machines)")
+    click.echo(
+        f"{report.tftp_root}: {len(report.written)} written, {len(report.removed)} stale removed, "
+        f"{report.unchanged} unchanged ({report.machines} machines)"
+    )
 
 
 @boot.command("dnsmasq")
-@click.option("--mode", type=click.Choice(["proxy", "full"]), required=True,
-              help="proxy: another DHCP server gives addresses; full: dnsmasq is the DHCP server.")
+@click.option(
+    "--mode",
+    type=click.Choice(["proxy", "full"]),
+    required=True,
+    help="proxy: another DHCP server gives addresses; full: dnsmasq is the DHCP server.",
+)
 @click.option("--subnet", required=True, metavar="CIDR", help="The clients' LAN, such as 192.168.1.0/24.")
 @click.option("--interface", metavar="IF", default=None, help="Serve only on this interface (e.g. eth0).")
-@click.option("--range", "pool", metavar="START-END", default=None,
-              help="Full mode: address pool for clients without a reservation (default: reservations only).")
+@click.option(
+    "--range",
+    "pool",
+    metavar="START-END",
+    default=None,
+    help="Full mode: address pool for clients without a reservation (default: reservations only).",
+)
 @click.option("--router", metavar="IP", default=None, help="Full mode: default gateway handed to clients.")
 @click.option("--dns", metavar="IP", multiple=True, help="Full mode: DNS server handed to clients (repeatable).")
-@click.option("--uefi-binary", type=click.Choice(["ipxe.efi", "snponly.efi"]), default="ipxe.efi",
-              show_default=True, help="iPXE build for UEFI clients.")
-@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Write here (atomically, after dnsmasq --test) instead of printing.")
+@click.option(
+    "--uefi-binary",
+    type=click.Choice(["ipxe.efi", "snponly.efi"]),
+    default="ipxe.efi",
+    show_default=True,
+    help="iPXE build for UEFI clients.",
+)
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write here (atomically, after dnsmasq --test) instead of printing.",
+)
 @run
-async def boot_dnsmasq(state: State, mode: str, subnet: str, interface: str | None, pool: str | None,
-                       router: str | None, dns: tuple[str, ...], uefi_binary: str, output: Path | None) -> None:
+async def boot_dnsmasq(
+    state: State,
+    mode: str,
+    subnet: str,
+    interface: str | None,
+    pool: str | None,
+    router: str | None,
+    dns: tuple[str, ...],
+    uefi_binary: str,
+    output: Path | None,
+) -> None:
     """A dnsmasq configuration for PXE (BIOS, UEFI, Secure Boot) → iPXE → boot.ipxe."""
     from core.services import boot as service
 
-    options = {"mode": mode, "subnet": subnet, "interface": interface, "range": pool, "router": router,
-               "dns": dns, "uefi_binary": uefi_binary}
+    options = {
+        "mode": mode,
+        "subnet": subnet,
+        "interface": interface,
+        "range": pool,
+        "router": router,
+        "dns": dns,
+        "uefi_binary": uefi_binary,
+    }
     core, actor = await state.login()
     if output is None:
         click.echo(await service.dnsmasq_config(core, actor, **options), nl=False)

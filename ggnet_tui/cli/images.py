@@ -58,8 +58,16 @@ def image() -> None:
 @click.option("--notes", default="", help="Free text kept with the version.")
 @json_option
 @run
-async def image_import(state: State, path: Path, name: str | None, kind: str, new_version_of: str | None,
-                       no_activate: bool, notes: str, as_json: bool) -> None:
+async def image_import(
+    state: State,
+    path: Path,
+    name: str | None,
+    kind: str,
+    new_version_of: str | None,
+    no_activate: bool,
+    notes: str,
+    as_json: bool,
+) -> None:
     """Import PATH (VHD, VHDX, VMDK, QCOW2, VDI or raw; the format is detected from the content)."""
     from core.services import images
 
@@ -70,8 +78,17 @@ async def image_import(state: State, path: Path, name: str | None, kind: str, ne
     core, actor = await state.login()
     progress = _Progress(f"importing {path.name}")
     try:
-        version = await images.import_image(core, actor, path, name=name, kind=kind, progress=progress,
-                                            new_version_of=new_version_of, notes=notes, activate=not no_activate)
+        version = await images.import_image(
+            core,
+            actor,
+            path,
+            name=name,
+            kind=kind,
+            progress=progress,
+            new_version_of=new_version_of,
+            notes=notes,
+            activate=not no_activate,
+        )
     except asyncio.CancelledError:
         progress.done()
         click.echo("import cancelled; nothing was kept", err=True)
@@ -82,8 +99,10 @@ async def image_import(state: State, path: Path, name: str | None, kind: str, ne
         emit_json(version.to_json())
         return
     state_word = "active" if version.is_active else "not active"
-    click.echo(f"image '{version.image}' version {version.number} imported from {version.source_format} "
-               f"({_size(version.virtual_size)}, {state_word}); sha256 {version.sha256}")
+    click.echo(
+        f"image '{version.image}' version {version.number} imported from {version.source_format} "
+        f"({_size(version.virtual_size)}, {state_word}); sha256 {version.sha256}"
+    )
 
 
 @image.command("list")
@@ -126,9 +145,16 @@ def _versions_table(versions) -> None:  # type: ignore[no-untyped-def]
     rows = []
     for v in versions:
         used = [f"{m} (running)" for m in v.in_use_by] + [f"{m} (pinned)" for m in v.pinned_by]
-        rows.append({**v.to_json(), "active": "*" if v.is_active else "", "size": _size(v.virtual_size),
-                     "sha256": v.sha256[:16], "created_at": v.created_at.strftime("%Y-%m-%d %H:%M"),
-                     "used_by": ", ".join(used)})
+        rows.append(
+            {
+                **v.to_json(),
+                "active": "*" if v.is_active else "",
+                "size": _size(v.virtual_size),
+                "sha256": v.sha256[:16],
+                "created_at": v.created_at.strftime("%Y-%m-%d %H:%M"),
+                "used_by": ", ".join(used),
+            }
+        )
     table(rows, VERSION_COLUMNS)
 
 

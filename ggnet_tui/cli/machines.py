@@ -7,7 +7,6 @@ from typing import Any
 
 import click
 
-
 from .base import State, details, emit_json, json_option, read_text, run, table
 
 # --- machines ---------------------------------------------------------------
@@ -30,8 +29,9 @@ BOOT_MODES = click.Choice(["bios", "uefi", "uefi-secure"])
 @click.option("--initiator-iqn", default=None, help="Initiator IQN (default: generated from the name).")
 @json_option
 @run
-async def machine_add(state: State, name: str, mac: str, ip: str | None, boot_mode: str,
-                      initiator_iqn: str | None, as_json: bool) -> None:
+async def machine_add(
+    state: State, name: str, mac: str, ip: str | None, boot_mode: str, initiator_iqn: str | None, as_json: bool
+) -> None:
     from core.services import machines
 
     core, actor = await state.login()
@@ -74,23 +74,42 @@ async def machine_show(state: State, name: str, as_json: bool) -> None:
 @click.option("--ip", default=None, help="IPv4 address; an empty string clears it.")
 @click.option("--boot-mode", type=BOOT_MODES, default=None)
 @click.option("--initiator-iqn", default=None)
-@click.option("--keep-writeback/--discard-writeback", default=None,
-              help="Keep the machine's writeback across reboots, or discard it each time.")
+@click.option(
+    "--keep-writeback/--discard-writeback",
+    default=None,
+    help="Keep the machine's writeback across reboots, or discard it each time.",
+)
 @click.option("--image", "image_name", metavar="IMAGE", default=None, help="Boot this image.")
 @click.option("--no-image", is_flag=True, help="Assign no image.")
 @click.option("--pin-version", type=click.IntRange(min=1), default=None, help="Boot this version, not the active one.")
 @click.option("--unpin", is_flag=True, help="Follow the image's active version again.")
 @json_option
 @run
-async def machine_set(state: State, name: str, new_name: str | None, mac: str | None, ip: str | None,
-                      boot_mode: str | None, initiator_iqn: str | None, keep_writeback: bool | None,
-                      image_name: str | None, no_image: bool, pin_version: int | None, unpin: bool,
-                      as_json: bool) -> None:
+async def machine_set(
+    state: State,
+    name: str,
+    new_name: str | None,
+    mac: str | None,
+    ip: str | None,
+    boot_mode: str | None,
+    initiator_iqn: str | None,
+    keep_writeback: bool | None,
+    image_name: str | None,
+    no_image: bool,
+    pin_version: int | None,
+    unpin: bool,
+    as_json: bool,
+) -> None:
     """Change a machine; only the options given are changed."""
     from core.services import images, machines
 
-    options = {"name": new_name, "mac": mac, "boot_mode": boot_mode, "initiator_iqn": initiator_iqn,
-               "keep_writeback": keep_writeback}
+    options = {
+        "name": new_name,
+        "mac": mac,
+        "boot_mode": boot_mode,
+        "initiator_iqn": initiator_iqn,
+        "keep_writeback": keep_writeback,
+    }
     fields: dict[str, Any] = {k: v for k, v in options.items() if v is not None}
     if ip is not None:
         fields["ip"] = ip.strip() or None

@@ -23,11 +23,14 @@ def _report(results) -> int:  # type: ignore[no-untyped-def]
 @click.argument("machines", nargs=-1)
 @click.option("--all", "all_machines", is_flag=True, help="Every machine with an image and no running session.")
 @click.option("--keep-writeback", is_flag=True, help="Keep the writeback when the session stops.")
-@click.option("--maintenance", is_flag=True, help="A maintenance session, whose writeback can become a new image version.")
+@click.option(
+    "--maintenance", is_flag=True, help="A maintenance session, whose writeback can become a new image version."
+)
 @click.option("--parallel", type=click.IntRange(1, 64), default=4, show_default=True)
 @run
-async def session_start(state: State, machines: tuple[str, ...], all_machines: bool, keep_writeback: bool,
-                        maintenance: bool, parallel: int) -> int:
+async def session_start(
+    state: State, machines: tuple[str, ...], all_machines: bool, keep_writeback: bool, maintenance: bool, parallel: int
+) -> int:
     """Start sessions: writeback, then target, then boot script."""
     from core.services import sessions
 
@@ -37,8 +40,11 @@ async def session_start(state: State, machines: tuple[str, ...], all_machines: b
         raise click.UsageError("name at least one machine, or use --all")
     kind = "maintenance" if maintenance else "keep" if keep_writeback else "normal"
     core, actor = await state.login()
-    return _report(await sessions.start_sessions(core, actor, list(machines), all_machines=all_machines,
-                                                 kind=kind, parallel=parallel))
+    return _report(
+        await sessions.start_sessions(
+            core, actor, list(machines), all_machines=all_machines, kind=kind, parallel=parallel
+        )
+    )
 
 
 @session.command("stop")
@@ -49,8 +55,15 @@ async def session_start(state: State, machines: tuple[str, ...], all_machines: b
 @click.option("--no-activate", is_flag=True, help="With --apply: add the version without activating it.")
 @click.option("--parallel", type=click.IntRange(1, 64), default=4, show_default=True)
 @run
-async def session_stop(state: State, machines: tuple[str, ...], all_machines: bool, force: bool, apply: bool,
-                       no_activate: bool, parallel: int) -> int:
+async def session_stop(
+    state: State,
+    machines: tuple[str, ...],
+    all_machines: bool,
+    force: bool,
+    apply: bool,
+    no_activate: bool,
+    parallel: int,
+) -> int:
     """Stop sessions: target removed, writeback discarded (or kept, or applied)."""
     from core.services import sessions
 
@@ -59,8 +72,18 @@ async def session_stop(state: State, machines: tuple[str, ...], all_machines: bo
     if not machines and not all_machines:
         raise click.UsageError("name at least one machine, or use --all")
     core, actor = await state.login()
-    return _report(await sessions.stop_sessions(core, actor, list(machines), all_machines=all_machines, force=force,
-                                                apply=apply, activate=not no_activate, parallel=parallel))
+    return _report(
+        await sessions.stop_sessions(
+            core,
+            actor,
+            list(machines),
+            all_machines=all_machines,
+            force=force,
+            apply=apply,
+            activate=not no_activate,
+            parallel=parallel,
+        )
+    )
 
 
 @session.command("list")
@@ -75,8 +98,20 @@ async def session_list(state: State, include_ended: bool, as_json: bool) -> None
     if as_json:
         emit_json(rows)
     else:
-        table(rows, ["machine", "kind", "state", "image", "image_version", "logged_in", "client_address",
-                     "started_at", "error"])
+        table(
+            rows,
+            [
+                "machine",
+                "kind",
+                "state",
+                "image",
+                "image_version",
+                "logged_in",
+                "client_address",
+                "started_at",
+                "error",
+            ],
+        )
 
 
 @click.group()
@@ -115,15 +150,24 @@ async def reconcile(state: State, dry_run: bool, as_json: bool) -> int:
     core, actor = await state.login()
     report = await targets.reconcile(core, actor, dry_run=dry_run)
     if as_json:
-        emit_json({"drift": [d.to_json() for d in report.drift], "repaired": report.repaired,
-                   "errors": report.errors, "dry_run": report.dry_run,
-                   "boot_files_changed": report.boot_files_changed})
+        emit_json(
+            {
+                "drift": [d.to_json() for d in report.drift],
+                "repaired": report.repaired,
+                "errors": report.errors,
+                "dry_run": report.dry_run,
+                "boot_files_changed": report.boot_files_changed,
+            }
+        )
     else:
         if not report.drift:
             click.echo("no drift: the target stack matches the database")
         for item in report.drift:
-            click.echo(f"{item.kind:18} {item.subject}" + (f" ({item.machine})" if item.machine else "")
-                       + ("" if dry_run else f" -> {item.repair}"))
+            click.echo(
+                f"{item.kind:18} {item.subject}"
+                + (f" ({item.machine})" if item.machine else "")
+                + ("" if dry_run else f" -> {item.repair}")
+            )
         for error in report.errors:
             fail(error)
     return 1 if report.errors else 0

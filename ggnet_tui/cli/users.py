@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import click
 
 from core.errors import GgnetError
@@ -137,5 +136,3 @@ async def user_rm(state: State, name: str) -> None:
     core, actor = await state.login()
     await users.remove_user(core, actor, name)
     click.echo(f"user '{name.strip().lower()}' removed")
-
-

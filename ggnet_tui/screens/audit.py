@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from rich.text import Text
@@ -28,7 +28,7 @@ def _time(field: str, text: str) -> datetime | None:
         return None
     for fmt in ("%Y-%m-%d %H:%M", "%Y-%m-%d"):
         try:
-            return datetime.strptime(text, fmt).replace(tzinfo=timezone.utc)
+            return datetime.strptime(text, fmt).replace(tzinfo=UTC)
         except ValueError:
             pass
     raise Invalid(field, "must be a UTC date YYYY-MM-DD or YYYY-MM-DD HH:MM")
@@ -64,20 +64,33 @@ class AuditScreen(TableScreen):
         }
 
     async def fetch(self) -> Any:
-        return await audit_service.list_events(self.core, self.actor, limit=PAGE, offset=self.page_offset,
-                                               **self._filters(self.query_values))
+        return await audit_service.list_events(
+            self.core, self.actor, limit=PAGE, offset=self.page_offset, **self._filters(self.query_values)
+        )
 
     def show(self, data: Any) -> None:
         events, self.total = data
         self.events = {str(e.id): e for e in events}
-        rows = [(str(e.id), {
-            "at": when(e.at), "actor": e.actor, "action": e.action,
-            "object": e.object_name or e.object_type or "-", "outcome": status(e.outcome), "detail": e.detail or "",
-        }) for e in events]
+        rows = [
+            (
+                str(e.id),
+                {
+                    "at": when(e.at),
+                    "actor": e.actor,
+                    "action": e.action,
+                    "object": e.object_name or e.object_type or "-",
+                    "outcome": status(e.outcome),
+                    "detail": e.detail or "",
+                },
+            )
+            for e in events
+        ]
         self.set_rows(rows)
         last = min(self.page_offset + PAGE, self.total)
         self.sub_title = f"events {self.page_offset + 1 if self.total else 0}-{last} of {self.total}"
-        self.set_notice(f"Events {self.page_offset + 1 if self.total else 0}-{last} of {self.total}  ([ newer, ] older, f query, Enter details)")
+        self.set_notice(
+            f"Events {self.page_offset + 1 if self.total else 0}-{last} of {self.total}  ([ newer, ] older, f query, Enter details)"
+        )
 
     def action_page(self, step: int) -> None:
         new = self.page_offset + step * PAGE
@@ -96,10 +109,24 @@ class AuditScreen(TableScreen):
                 self.page_offset = 0
                 self.action_refresh_now()
 
-        labels = {"actor_name": "Actor", "action": "Action", "object_name": "Object", "since": "Since", "until": "Until"}
-        fields = [Field(k, labels[k], self.query_values[k],
-                        placeholder="YYYY-MM-DD [HH:MM] UTC" if k in ("since", "until") else
-                        ("machine, user.create ..." if k == "action" else "")) for k in QUERY_FIELDS]
+        labels = {
+            "actor_name": "Actor",
+            "action": "Action",
+            "object_name": "Object",
+            "since": "Since",
+            "until": "Until",
+        }
+        fields = [
+            Field(
+                k,
+                labels[k],
+                self.query_values[k],
+                placeholder="YYYY-MM-DD [HH:MM] UTC"
+                if k in ("since", "until")
+                else ("machine, user.create ..." if k == "action" else ""),
+            )
+            for k in QUERY_FIELDS
+        ]
         self.app.push_screen(FormScreen("Query the audit trail", fields, submit, "Apply"), done)
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:

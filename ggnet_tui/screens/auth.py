@@ -26,13 +26,12 @@ class LoginScreen(_Form, Screen):
 
     def compose(self) -> ComposeResult:
         yield StatusHeader("Log in")
-        with Center():
-            with Vertical(classes="dialog login"):
-                yield Label("Log in to ggnet", classes="dialog-title")
-                yield Input(placeholder="user name", id="username", compact=True)
-                yield Input(placeholder="password", password=True, id="password", compact=True)
-                yield Static("", id="message")
-                yield Button("Log in", id="login", variant="primary", compact=True)
+        with Center(), Vertical(classes="dialog login"):
+            yield Label("Log in to ggnet", classes="dialog-title")
+            yield Input(placeholder="user name", id="username", compact=True)
+            yield Input(placeholder="password", password=True, id="password", compact=True)
+            yield Static("", id="message")
+            yield Button("Log in", id="login", variant="primary", compact=True)
         yield Footer()
 
     def on_screen_resume(self) -> None:
@@ -75,14 +74,13 @@ class FirstRunScreen(_Form, Screen):
 
     def compose(self) -> ComposeResult:
         yield StatusHeader("First run")
-        with Center():
-            with Vertical(classes="dialog login"):
-                yield Label("Welcome to ggnet: create the first admin account", classes="dialog-title")
-                yield Input(placeholder="admin user name", id="username", compact=True)
-                yield Input(placeholder="password", password=True, id="password", compact=True)
-                yield Input(placeholder="password again", password=True, id="again", compact=True)
-                yield Static("", id="message")
-                yield Button("Create admin", id="create", variant="primary", compact=True)
+        with Center(), Vertical(classes="dialog login"):
+            yield Label("Welcome to ggnet: create the first admin account", classes="dialog-title")
+            yield Input(placeholder="admin user name", id="username", compact=True)
+            yield Input(placeholder="password", password=True, id="password", compact=True)
+            yield Input(placeholder="password again", password=True, id="again", compact=True)
+            yield Static("", id="message")
+            yield Button("Create admin", id="create", variant="primary", compact=True)
         yield Footer()
 
     def on_mount(self) -> None:
@@ -122,12 +120,11 @@ class LockScreen(_Form, ModalScreen[None]):
 
     def compose(self) -> ComposeResult:
         actor = self.app.actor  # type: ignore[attr-defined]
-        with Center():
-            with Vertical(classes="dialog login"):
-                yield Label("Console locked", classes="dialog-title")
-                yield Label(f"Idle too long. Password for {actor.username if actor else '?'}:")
-                yield Input(placeholder="password", password=True, id="password", compact=True)
-                yield Static("", id="message")
+        with Center(), Vertical(classes="dialog login"):
+            yield Label("Console locked", classes="dialog-title")
+            yield Label(f"Idle too long. Password for {actor.username if actor else '?'}:")
+            yield Input(placeholder="password", password=True, id="password", compact=True)
+            yield Static("", id="message")
         yield Footer()
 
     def on_mount(self) -> None:

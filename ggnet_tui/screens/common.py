@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from rich.text import Text
@@ -33,13 +33,13 @@ def status(text: str | None) -> Text:
 def when(value: datetime | None) -> str:
     if value is None:
         return "-"
-    return value.astimezone(timezone.utc).strftime("%m-%d %H:%M")
+    return value.astimezone(UTC).strftime("%m-%d %H:%M")
 
 
 def full_time(value: datetime | None) -> str:
     if value is None:
         return "-"
-    return value.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 async def attempt(screen: Any, coro: Any, done: str | None = None) -> Any:

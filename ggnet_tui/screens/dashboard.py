@@ -50,7 +50,9 @@ class DashboardScreen(GgnetScreen):
         data: dict[str, Any] = {}
         data["machines"] = await machine_service.list_machines(core, actor)
         data["events"], _ = await audit_service.list_events(core, actor, limit=8)
-        data["sessions"], data["sessions_error"] = await self._optional("sessions", "list_sessions", actor, live_state=False)
+        data["sessions"], data["sessions_error"] = await self._optional(
+            "sessions", "list_sessions", actor, live_state=False
+        )
         data["images"], data["images_error"] = await self._optional("images", "list_images", actor)
         data["drift"], data["drift_error"] = None, None
         data["targets"] = None
@@ -76,7 +78,9 @@ class DashboardScreen(GgnetScreen):
         failed_text = "-" if data["sessions"] is None else str(by_state.get("error", 0))
         images_text = "-" if data["images"] is None else str(len(data["images"]))
         targets_text = "-" if data["targets"] is None else str(len(data["targets"]))
-        counts.add_row(Text("Machines", style="bold"), str(len(data["machines"])), Text("Sessions", style="bold"), sessions_text)
+        counts.add_row(
+            Text("Machines", style="bold"), str(len(data["machines"])), Text("Sessions", style="bold"), sessions_text
+        )
         counts.add_row(status("booted"), str(states.get("booted", 0)), status("failed"), failed_text)
         counts.add_row(status("booting"), str(states.get("booting", 0)), Text("Images", style="bold"), images_text)
         counts.add_row(status("online"), str(states.get("online", 0)), Text("Targets", style="bold"), targets_text)
@@ -94,15 +98,19 @@ class DashboardScreen(GgnetScreen):
         if data["disk"]:
             free, total = data["disk"]
             health.append("Free space: ", style="bold")
-            health.append(f"{free / 2**30:.1f} of {total / 2**30:.1f} GiB\n",
-                          style="red" if free < total * LOW_DISK_FRACTION else "")
+            health.append(
+                f"{free / 2**30:.1f} of {total / 2**30:.1f} GiB\n",
+                style="red" if free < total * LOW_DISK_FRACTION else "",
+            )
         self.query_one("#health", Static).update(health)
 
         alerts = Text(no_wrap=True, overflow="ellipsis")
         alerts.append("Alerts\n", style="bold")
         lines = []
         if data["drift"]:
-            lines.append((f"{len(data['drift'])} difference(s) between database and target stack: see Targets (5)", "red"))
+            lines.append(
+                (f"{len(data['drift'])} difference(s) between database and target stack: see Targets (5)", "red")
+            )
         if data["disk"] and data["disk"][0] < data["disk"][1] * LOW_DISK_FRACTION:
             lines.append(("Low disk space in the data directory", "red"))
         for s in sessions:

@@ -81,8 +81,13 @@ class ImportDialog(ModalScreen[dict[str, str] | None]):
             error.update("file: choose a file in the tree or type its path")
             error.remove_class("hidden")
             return
-        self.dismiss({"path": path, "name": self.query_one("#name", Input).value.strip(),
-                      "kind": str(self.query_one("#kind", Select).value)})
+        self.dismiss(
+            {
+                "path": path,
+                "name": self.query_one("#name", Input).value.strip(),
+                "kind": str(self.query_one("#kind", Select).value),
+            }
+        )
 
     def action_cancel(self) -> None:
         self.dismiss(None)
@@ -128,9 +133,17 @@ class ProgressDialog(ModalScreen[Any]):
 
         app = self.app
         try:
-            result = await app.run_work(images.import_image(  # type: ignore[attr-defined, union-attr]
-                app.core, app.actor, self.request["path"], name=self.request["name"] or None,  # type: ignore[attr-defined]
-                kind=self.request["kind"], progress=self.progress, cancel=self.cancel))
+            result = await app.run_work(
+                images.import_image(  # type: ignore[attr-defined, union-attr]
+                    app.core,
+                    app.actor,
+                    self.request["path"],
+                    name=self.request["name"] or None,  # type: ignore[attr-defined]
+                    kind=self.request["kind"],
+                    progress=self.progress,
+                    cancel=self.cancel,
+                )
+            )
         except GgnetError as exc:
             if self.cancel.is_set():
                 self.dismiss("cancelled")
@@ -175,20 +188,38 @@ class ImagesScreen(TableScreen):
         for image in found:
             key = f"img:{image.name}"
             self.entries[key] = (image.name, None)
-            rows.append((key, {
-                "name": Text(image.name, style="bold"), "active": f"v{image.active_version}" if image.active_version else "-",
-                "kind": image.kind, "size": _size(image.virtual_size), "used": ", ".join(image.assigned_to) or "-",
-                "format": "", "created": when(image.created_at),
-            }))
+            rows.append(
+                (
+                    key,
+                    {
+                        "name": Text(image.name, style="bold"),
+                        "active": f"v{image.active_version}" if image.active_version else "-",
+                        "kind": image.kind,
+                        "size": _size(image.virtual_size),
+                        "used": ", ".join(image.assigned_to) or "-",
+                        "format": "",
+                        "created": when(image.created_at),
+                    },
+                )
+            )
             for v in versions.get(image.name, []):
                 vkey = f"ver:{image.name}:{v.number}"
                 self.entries[vkey] = (image.name, v.number)
                 users = sorted(set(v.pinned_by) | set(v.in_use_by))
-                rows.append((vkey, {
-                    "name": f"  v{v.number}", "active": Text("active", style="green") if v.is_active else "",
-                    "kind": "", "size": _size(v.virtual_size), "used": ", ".join(users) or "-",
-                    "format": v.source_format, "created": when(v.created_at),
-                }))
+                rows.append(
+                    (
+                        vkey,
+                        {
+                            "name": f"  v{v.number}",
+                            "active": Text("active", style="green") if v.is_active else "",
+                            "kind": "",
+                            "size": _size(v.virtual_size),
+                            "used": ", ".join(users) or "-",
+                            "format": v.source_format,
+                            "created": when(v.created_at),
+                        },
+                    )
+                )
         self.set_rows(rows)
         self.sub_title = f"{len(found)} images"
 
@@ -228,8 +259,9 @@ class ImagesScreen(TableScreen):
         from core.services import images
 
         async def go() -> None:
-            if await attempt(self, images.activate_version(self.core, self.actor, name, number),
-                             f"{name} v{number} is now active."):
+            if await attempt(
+                self, images.activate_version(self.core, self.actor, name, number), f"{name} v{number} is now active."
+            ):
                 self.action_refresh_now()
 
         self.run_worker(go(), group="work")
@@ -252,4 +284,3 @@ class ImagesScreen(TableScreen):
                 self.run_worker(go(), group="work")
 
         self.app.push_screen(ConfirmScreen(f"Delete {what}?", yes="Delete"), answer)
-

@@ -74,8 +74,15 @@ class MachinesScreen(TableScreen):
             session = self.sessions.get(name)
             seen = max((t for t in (m.last_seen_at, live.seen_at if live else None) if t), default=None)
             state = live.state if live else "offline"
-            signature = (m.row_version, m.image, m.pinned_version, state, seen,
-                         session.state if session else None, name in self.marked)
+            signature = (
+                m.row_version,
+                m.image,
+                m.pinned_version,
+                state,
+                seen,
+                session.state if session else None,
+                name in self.marked,
+            )
             previous = self._row_cache.get(name)
             if previous is not None and previous[0] == signature:
                 cells = previous[1]  # unchanged: the same object, so the table skips it at once
@@ -120,7 +127,9 @@ class MachinesScreen(TableScreen):
         text.append(f"  {m.mac}  {m.ip or 'no IP'}  {m.boot_mode}  image {m.image or '-'}")
         text.append(f"{' v' + str(m.pinned_version) if m.pinned_version else ''}\n")
         text.append(f"IQN {m.initiator_iqn}\n")
-        state = f"session {session.kind} {session.state} since {full_time(session.started_at)}" if session else "no session"
+        state = (
+            f"session {session.kind} {session.state} since {full_time(session.started_at)}" if session else "no session"
+        )
         login = ""
         if live is not None and live.logged_in:
             login = f", iSCSI logged in from {live.client_address or '?'}"
@@ -193,8 +202,11 @@ class MachinesScreen(TableScreen):
                 changes["ip"] = None  # an emptied field clears the IP
             if not changes:
                 return m
-            return await self.app.run_work(machine_service.update_machine(  # type: ignore[attr-defined]
-                self.core, self.actor, m.name, expected_version=m.row_version, **changes))
+            return await self.app.run_work(
+                machine_service.update_machine(  # type: ignore[attr-defined]
+                    self.core, self.actor, m.name, expected_version=m.row_version, **changes
+                )
+            )
 
         def done(result: Any) -> None:
             if result:
@@ -264,8 +276,12 @@ class MachinesScreen(TableScreen):
             return await self.app.run_work(module.start_sessions(self.core, self.actor, names, kind=values["kind"]))  # type: ignore[attr-defined]
 
         self.app.push_screen(
-            FormScreen(f"Start sessions on {len(names)} machine(s)", [Field("kind", "Kind", "normal", choices=SESSION_KINDS)],
-                       submit, "Start"),
+            FormScreen(
+                f"Start sessions on {len(names)} machine(s)",
+                [Field("kind", "Kind", "normal", choices=SESSION_KINDS)],
+                submit,
+                "Start",
+            ),
             self._results,
         )
 
@@ -315,7 +331,14 @@ class MachinesScreen(TableScreen):
                     self.notify(f"Image assigned to {len(names)} machine(s).", timeout=4)
                     self.after_change(clear_marks=True)
 
-            self.app.push_screen(FormScreen(f"Assign an image to {len(names)} machine(s)",
-                                            [Field("image", "Image", choices[0], choices=choices)], submit, "Assign"), done)
+            self.app.push_screen(
+                FormScreen(
+                    f"Assign an image to {len(names)} machine(s)",
+                    [Field("image", "Image", choices[0], choices=choices)],
+                    submit,
+                    "Assign",
+                ),
+                done,
+            )
 
         self.run_worker(go(), group="work")

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 from rich.text import Text
 from textual.app import ComposeResult
@@ -32,12 +33,19 @@ class FormScreen(ModalScreen[Any]):
     """Collects values and hands them to ``submit`` (a core call). Invalid errors appear under
     their field; other refusals above the buttons; the dialog closes only on success."""
 
-    BINDINGS = [Binding("escape", "cancel", "Cancel", id="dialog.cancel"),
-                Binding("ctrl+s", "save", "Save", id="dialog.save")]
+    BINDINGS = [
+        Binding("escape", "cancel", "Cancel", id="dialog.cancel"),
+        Binding("ctrl+s", "save", "Save", id="dialog.save"),
+    ]
     AUTO_FOCUS = "Input, Select"
 
-    def __init__(self, title: str, fields: list[Field], submit: Callable[[dict[str, str]], Awaitable[Any]],
-                 submit_label: str = "Save") -> None:
+    def __init__(
+        self,
+        title: str,
+        fields: list[Field],
+        submit: Callable[[dict[str, str]], Awaitable[Any]],
+        submit_label: str = "Save",
+    ) -> None:
         super().__init__()
         self.title_text = title
         self.fields = fields
@@ -51,11 +59,21 @@ class FormScreen(ModalScreen[Any]):
                 with Horizontal(classes="field"):
                     yield Label(field.label, classes="field-label")
                     if field.choices:
-                        yield Select([(c, c) for c in field.choices], value=field.value or field.choices[0],
-                                     allow_blank=False, id=f"f-{field.name}", compact=True)
+                        yield Select(
+                            [(c, c) for c in field.choices],
+                            value=field.value or field.choices[0],
+                            allow_blank=False,
+                            id=f"f-{field.name}",
+                            compact=True,
+                        )
                     else:
-                        yield Input(field.value, placeholder=field.placeholder, password=field.password,
-                                    id=f"f-{field.name}", compact=True)
+                        yield Input(
+                            field.value,
+                            placeholder=field.placeholder,
+                            password=field.password,
+                            id=f"f-{field.name}",
+                            compact=True,
+                        )
                 yield Static("", id=f"e-{field.name}", classes="field-error hidden")
             yield Static("", id="form-error", classes="field-error hidden")
             with Horizontal(classes="buttons"):
@@ -214,7 +232,9 @@ class CsvImportScreen(ModalScreen[list[str] | None]):
     BINDINGS = [Binding("escape", "cancel", "Cancel", id="dialog.cancel")]
     AUTO_FOCUS = "#path"
 
-    def __init__(self, check: Callable[[str, str], Awaitable[Any]], do_import: Callable[[str, str], Awaitable[Any]]) -> None:
+    def __init__(
+        self, check: Callable[[str, str], Awaitable[Any]], do_import: Callable[[str, str], Awaitable[Any]]
+    ) -> None:
         super().__init__()
         self.check = check
         self.do_import = do_import

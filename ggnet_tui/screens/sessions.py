@@ -3,7 +3,8 @@ when a client is still logged in."""
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from rich.text import Text
 
@@ -43,9 +44,14 @@ def stop_with_confirmation(screen: Any, names: list[str], done: Callable[[Any], 
             if yes:
                 app.run_worker(_finish(app, stop(options, True), done), group="work")
 
-        app.push_screen(ConfirmScreen(
-            f"The client of {who} is still logged in: stopping cuts its disk off while it runs.",
-            yes="Stop anyway", type_to_confirm=word), answer)
+        app.push_screen(
+            ConfirmScreen(
+                f"The client of {who} is still logged in: stopping cuts its disk off while it runs.",
+                yes="Stop anyway",
+                type_to_confirm=word,
+            ),
+            answer,
+        )
 
     async def submit(values: dict[str, str]) -> dict[str, str]:
         return values
@@ -54,10 +60,22 @@ def stop_with_confirmation(screen: Any, names: list[str], done: Callable[[Any], 
         if values:
             app.run_worker(check_then_stop(values), group="work")
 
-    app.push_screen(FormScreen(
-        f"Stop sessions on {', '.join(names[:4])}{' ...' if len(names) > 4 else ''}",
-        [Field("after", "Writeback", "discard or keep by kind", choices=("discard or keep by kind", "apply as new version"))],
-        submit, "Stop"), chosen)
+    app.push_screen(
+        FormScreen(
+            f"Stop sessions on {', '.join(names[:4])}{' ...' if len(names) > 4 else ''}",
+            [
+                Field(
+                    "after",
+                    "Writeback",
+                    "discard or keep by kind",
+                    choices=("discard or keep by kind", "apply as new version"),
+                )
+            ],
+            submit,
+            "Stop",
+        ),
+        chosen,
+    )
 
 
 async def _guarded(app: Any, coro: Any) -> Any:
@@ -103,12 +121,21 @@ class SessionsScreen(TableScreen):
         for s in data:
             login = "-" if s.logged_in is None else ("logged in" if s.logged_in else "no")
             image = f"{s.image} v{s.image_version}" if s.image else "-"
-            rows.append((str(s.id), {
-                "machine": s.machine, "state": status(s.state), "kind": s.kind,
-                "login": Text(login, style="bold green" if s.logged_in else ""),
-                "client": s.client_address or "-", "image": image, "since": when(s.started_at),
-                "by": s.started_by or "-",
-            }))
+            rows.append(
+                (
+                    str(s.id),
+                    {
+                        "machine": s.machine,
+                        "state": status(s.state),
+                        "kind": s.kind,
+                        "login": Text(login, style="bold green" if s.logged_in else ""),
+                        "client": s.client_address or "-",
+                        "image": image,
+                        "since": when(s.started_at),
+                        "by": s.started_by or "-",
+                    },
+                )
+            )
         self.set_rows(rows)
         self.sub_title = f"{len(rows)} sessions"
         errors = [s for s in data if s.state == "error" and s.error]
@@ -133,5 +160,3 @@ class SessionsScreen(TableScreen):
             for r in results:
                 self.notify(r.message, severity="information" if r.ok else "error", timeout=6)
         self.action_refresh_now()
-
-

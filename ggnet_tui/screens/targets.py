@@ -6,7 +6,6 @@ from typing import Any
 
 from rich.text import Text
 
-
 from ..commands import bindings
 from ..widgets.table import Column
 from .base import TableScreen
@@ -39,19 +38,36 @@ class TargetsScreen(TableScreen):
         rows = []
         for t in views:
             state = "ok" if t.wanted else ("stray (drift)" if t.owned else "not ggnet's")
-            rows.append((t.iqn, {
-                "iqn": t.iqn, "state": Text(state, style="green" if t.wanted else ("bold red" if t.owned else "dim")),
-                "machine": t.machine or "-", "login": ", ".join(t.addresses) or ("yes" if t.initiators else "-"),
-                "lun": "-" if t.lun is None else str(t.lun), "file": t.backing_file or "-",
-            }))
+            rows.append(
+                (
+                    t.iqn,
+                    {
+                        "iqn": t.iqn,
+                        "state": Text(state, style="green" if t.wanted else ("bold red" if t.owned else "dim")),
+                        "machine": t.machine or "-",
+                        "login": ", ".join(t.addresses) or ("yes" if t.initiators else "-"),
+                        "lun": "-" if t.lun is None else str(t.lun),
+                        "file": t.backing_file or "-",
+                    },
+                )
+            )
         shown = {t.iqn.lower() for t in views}
         for d in drift:
             if d.subject.lower() in shown:
                 continue
-            rows.append((f"drift:{d.kind}:{d.subject}", {
-                "iqn": d.subject, "state": Text(d.kind, style="bold red"), "machine": d.machine or "-",
-                "login": "-", "lun": "-", "file": d.repair,
-            }))
+            rows.append(
+                (
+                    f"drift:{d.kind}:{d.subject}",
+                    {
+                        "iqn": d.subject,
+                        "state": Text(d.kind, style="bold red"),
+                        "machine": d.machine or "-",
+                        "login": "-",
+                        "lun": "-",
+                        "file": d.repair,
+                    },
+                )
+            )
         self.set_rows(rows)
         self.sub_title = f"{len(views)} targets, {len(drift)} drift"
 

@@ -38,11 +38,19 @@ class UsersScreen(TableScreen):
         rows = []
         for u in data:
             state = "disabled" if u.disabled else ("locked" if u.locked_until else "active")
-            rows.append((u.username, {
-                "username": u.username, "role": u.role,
-                "state": Text(state, style="red" if state != "active" else "green"),
-                "failed": str(u.failed_logins), "last": when(u.last_login_at), "created": when(u.created_at),
-            }))
+            rows.append(
+                (
+                    u.username,
+                    {
+                        "username": u.username,
+                        "role": u.role,
+                        "state": Text(state, style="red" if state != "active" else "green"),
+                        "failed": str(u.failed_logins),
+                        "last": when(u.last_login_at),
+                        "created": when(u.created_at),
+                    },
+                )
+            )
         self.set_rows(rows)
 
     def _current(self) -> Any:
@@ -63,25 +71,38 @@ class UsersScreen(TableScreen):
         self.app.push_screen(FormScreen(title, fields, submit), done)
 
     def action_add(self) -> None:
-        self._form("Create an account", [
-            Field("username", "User name"), Field("role", "Role", "operator", choices=ROLES),
-            Field("password", "Password", password=True),
-        ], lambda v: user_service.add_user(self.core, self.actor, v["username"], v["role"], v["password"]),
-            "Account created.")
+        self._form(
+            "Create an account",
+            [
+                Field("username", "User name"),
+                Field("role", "Role", "operator", choices=ROLES),
+                Field("password", "Password", password=True),
+            ],
+            lambda v: user_service.add_user(self.core, self.actor, v["username"], v["role"], v["password"]),
+            "Account created.",
+        )
 
     def action_role(self) -> None:
         user = self._current()
         if user:
-            self._form(f"Role of {user.username}", [Field("role", "Role", user.role, choices=ROLES)],
-                       lambda v: user_service.set_role(self.core, self.actor, user.username, v["role"],
-                                                       expected_version=user.row_version), "Role changed.")
+            self._form(
+                f"Role of {user.username}",
+                [Field("role", "Role", user.role, choices=ROLES)],
+                lambda v: user_service.set_role(
+                    self.core, self.actor, user.username, v["role"], expected_version=user.row_version
+                ),
+                "Role changed.",
+            )
 
     def action_password(self) -> None:
         user = self._current()
         if user:
-            self._form(f"New password for {user.username}", [Field("password", "Password", password=True)],
-                       lambda v: user_service.set_password(self.core, self.actor, user.username, v["password"]),
-                       "Password set.")
+            self._form(
+                f"New password for {user.username}",
+                [Field("password", "Password", password=True)],
+                lambda v: user_service.set_password(self.core, self.actor, user.username, v["password"]),
+                "Password set.",
+            )
 
     def _simple(self, call: Any, done: str) -> None:
         async def go() -> None:
@@ -107,6 +128,8 @@ class UsersScreen(TableScreen):
 
         def answer(yes: bool | None) -> None:
             if yes:
-                self._simple(user_service.remove_user(self.core, self.actor, user.username), f"{user.username} deleted.")
+                self._simple(
+                    user_service.remove_user(self.core, self.actor, user.username), f"{user.username} deleted."
+                )
 
         self.app.push_screen(ConfirmScreen(f"Delete the account {user.username}?", yes="Delete"), answer)

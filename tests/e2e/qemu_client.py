@@ -101,9 +101,7 @@ def _opt(value: str | os.PathLike[str]) -> str:
 
 
 def qemu_command(spec: ClientSpec, com1: Path, com2: Path, sercon: Path) -> list[str]:
-    nic = (
-        f"user,model=e1000,mac={spec.mac},tftp={_opt(Path(spec.tftp_root).resolve())},bootfile={_opt(spec.bootfile)}"
-    )
+    nic = f"user,model=e1000,mac={spec.mac},tftp={_opt(Path(spec.tftp_root).resolve())},bootfile={_opt(spec.bootfile)}"
     return [
         QEMU, "-accel", "tcg", "-display", "none", "-monitor", "none",
         "-m", "128", "-boot", "n", "-no-reboot",
@@ -141,7 +139,7 @@ async def run_client(spec: ClientSpec) -> BootResult:
     for log in (com1, com2):
         log.write_bytes(b"")
     sercon.write_bytes(b"\xf8\x02")  # 0x02f8 little-endian: SeaBIOS copies the screen to COM2
-    with open(workdir / "qemu.stderr", "wb") as stderr:  # noqa: ASYNC230 -- a local file, opened once
+    with open(workdir / "qemu.stderr", "wb") as stderr:
         start = time.monotonic()
         proc = await asyncio.create_subprocess_exec(
             *qemu_command(spec, com1, com2, sercon),

@@ -86,7 +86,7 @@ def test_cli_provisions_and_real_clients_boot(tmp_path: Path, env: dict[str, str
 
     # both clients boot their own disks at the same time
     results = asyncio.run(boot_clients([client(tmp_path, env, n, "first") for n in MACS]))
-    for name, result in zip(MACS, results):
+    for name, result in zip(MACS, results, strict=False):
         assert result.ok, f"{name}: {result.reason}\n{result.com2_text[-2000:]}"
         assert sector_marker("e2e") in result.com1_text
         assert written_token(writeback_of(env, name)) == sector_marker("e2e")  # the write landed in its own writeback
@@ -98,8 +98,11 @@ def test_cli_provisions_and_real_clients_boot(tmp_path: Path, env: dict[str, str
     # after stop, pc01's script no longer boots a disk
     ggnet(env, "session", "stop", "pc01")
     assert not writeback_of(env, "pc01").exists()  # a normal session's writeback is discarded
-    after_stop = asyncio.run(run_client(client(tmp_path, env, "pc01", "stopped", timeout=60,
-                                                fail=("GGNET-SANBOOT-FAILED", "GGNET-NO-SESSION"))))
+    after_stop = asyncio.run(
+        run_client(
+            client(tmp_path, env, "pc01", "stopped", timeout=60, fail=("GGNET-SANBOOT-FAILED", "GGNET-NO-SESSION"))
+        )
+    )
     assert not after_stop.ok
     assert WRITE_OK not in after_stop.com1_text
 

@@ -67,9 +67,7 @@ async def test_start_then_stop(prov: Core, admin: Actor) -> None:
     assert not again.ok and "has no running session" in again.message
 
 
-async def test_second_start_refused_even_from_two_consoles_at_once(
-    prov: Core, admin: Actor, tmp_path: Path
-) -> None:
+async def test_second_start_refused_even_from_two_consoles_at_once(prov: Core, admin: Actor, tmp_path: Path) -> None:
     other = Core.open(prov.settings)  # a second console: its own engine and connections
     other.use_backend(*(await prov.target_backend()))
     try:
@@ -156,10 +154,28 @@ async def test_reconcile_repairs_only_what_ggnet_owns(
     stale_file = make_boot_disk(tmp_path / "stale.raw", 1)
     from core.iscsi.base import TargetSpec
 
-    await backend.create_target(TargetSpec("iqn.2024-01.lan.ggnet:gone", stale_file, "iqn.2024-01.lan.x:y",
-                                           "gone", "abcdefgh12345678", "127.0.0.1", tgtd_daemon.portal_port))
-    await backend.create_target(TargetSpec("iqn.2020-01.com.example:foreign", stale_file, "iqn.2024-01.lan.x:z",
-                                           "foreign", "abcdefgh12345678", "127.0.0.1", tgtd_daemon.portal_port))
+    await backend.create_target(
+        TargetSpec(
+            "iqn.2024-01.lan.ggnet:gone",
+            stale_file,
+            "iqn.2024-01.lan.x:y",
+            "gone",
+            "abcdefgh12345678",
+            "127.0.0.1",
+            tgtd_daemon.portal_port,
+        )
+    )
+    await backend.create_target(
+        TargetSpec(
+            "iqn.2020-01.com.example:foreign",
+            stale_file,
+            "iqn.2024-01.lan.x:z",
+            "foreign",
+            "abcdefgh12345678",
+            "127.0.0.1",
+            tgtd_daemon.portal_port,
+        )
+    )
     stray = prov.settings.data_dir / "writebacks" / "machine-999.raw"
     stray.write_bytes(b"x")
 
@@ -175,7 +191,10 @@ async def test_reconcile_repairs_only_what_ggnet_owns(
     report = await targets.reconcile(prov, admin)
     assert not report.errors
     assert await _target_iqns(prov) == {
-        "iqn.2024-01.lan.ggnet:pc01", "iqn.2024-01.lan.ggnet:pc02", "iqn.2020-01.com.example:foreign"}
+        "iqn.2024-01.lan.ggnet:pc01",
+        "iqn.2024-01.lan.ggnet:pc02",
+        "iqn.2020-01.com.example:foreign",
+    }
     assert not stray.exists()
     assert (await targets.reconcile(prov, admin, dry_run=True)).drift == []
 
@@ -192,8 +211,11 @@ async def test_stop_needs_force_while_the_client_is_logged_in(prov: Core, admin:
         [forced] = await sessions.stop_sessions(prov, admin, ["pc01"], force=True)
         return refused.message, forced.ok, [f"{s.machine}:{s.logged_in}" for s in listed]
 
-    result = await qemu_client.run_client(qemu_client.ClientSpec(
-        tmp_path / "client", "52:54:00:5e:00:01", prov.settings.tftp_root, while_booted=try_stops))
+    result = await qemu_client.run_client(
+        qemu_client.ClientSpec(
+            tmp_path / "client", "52:54:00:5e:00:01", prov.settings.tftp_root, while_booted=try_stops
+        )
+    )
     assert result.ok, result.reason
     refused_message, forced_ok, live = result.while_booted_result
     assert "still logged in" in refused_message and "--force" in refused_message

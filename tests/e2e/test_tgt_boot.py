@@ -97,7 +97,7 @@ async def test_two_machines_boot_their_own_disks_at_once(tgtd_daemon: TgtDaemon,
         ClientSpec(tmp_path / "pc02", machines["pc02"], tftp, while_booted=delete_while_logged_in),
     ])  # fmt: skip
 
-    for name, result in zip(machines, results):
+    for name, result in zip(machines, results, strict=False):
         print(f"{name}: {result.reason} after {result.elapsed:.2f} s")
         assert result.ok, f"{name}: {result.reason}\nCOM1:\n{result.com1_text}\nCOM2:\n{result.com2_text}"
         assert result.com1_text.split() == [BOOT_OK, sector_marker(name), WRITE_OK]
@@ -109,7 +109,11 @@ async def test_two_machines_boot_their_own_disks_at_once(tgtd_daemon: TgtDaemon,
     pc01 = seen[specs["pc01"].iqn]
     assert [s.initiator_iqn for s in pc01.sessions] == [specs["pc01"].initiator_iqn]
     assert pc01.sessions[0].address  # the client's address as tgtd sees it (NATed by QEMU)
-    assert (pc01.lun, pc01.backing_file, pc01.acls) == (1, str(specs["pc01"].backing_file), [specs["pc01"].initiator_iqn])
+    assert (pc01.lun, pc01.backing_file, pc01.acls) == (
+        1,
+        str(specs["pc01"].backing_file),
+        [specs["pc01"].initiator_iqn],
+    )
     # pc02's target went away although its client was logged in
     assert [t.iqn for t in results[1].while_booted_result] == [specs["pc01"].iqn]
 
@@ -138,7 +142,7 @@ async def test_wrong_initiator_and_missing_or_wrong_chap_are_refused(
 
     results = dict(zip(clients, await boot_clients(
         [ClientSpec(tmp_path / name, mac, tftp) for name, (mac, _) in clients.items()]
-    )))  # fmt: skip
+    ), strict=False))  # fmt: skip
 
     # iPXE's own words say why (Debian 12's ipxe-qemu): tgtd hides a target from an initiator its ACL
     # does not name; the login without credentials and the one with a wrong secret are refused

@@ -84,7 +84,9 @@ class TgtDaemon:
         for line in shown.splitlines():
             if line.startswith("Target ") and ":" in line:
                 tid = line.split()[1].rstrip(":")
-                self.tgtadm("--lld", "iscsi", "--op", "delete", "--mode", "target", "--tid", tid, "--force", check=False)
+                self.tgtadm(
+                    "--lld", "iscsi", "--op", "delete", "--mode", "target", "--tid", tid, "--force", check=False
+                )
 
     def stop(self) -> None:
         proc = self.process

@@ -3,8 +3,9 @@ waiting for the console to reach a state (Pilot steps, never wall-clock assertio
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
-from typing import Any, Callable
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
 
 from textual.widgets import Input
 
@@ -12,7 +13,7 @@ from core.iscsi.base import BackendHealth
 from core.monitor import Host
 from ggnet_tui.app import GgnetApp
 
-FROZEN = datetime(2026, 3, 14, 9, 30, tzinfo=timezone.utc)
+FROZEN = datetime(2026, 3, 14, 9, 30, tzinfo=UTC)
 PASSWORD = "correct-horse-1"
 
 
@@ -62,8 +63,10 @@ async def fill(pilot: Any, selector: str, text: str, typed: bool = False) -> Non
 
 async def log_in(pilot: Any, username: str, password: str = PASSWORD) -> None:
     app = pilot.app
-    await wait_for(pilot, lambda: app.opened.is_set() and type(app.screen).__name__ == "LoginScreen"
-                   and app.screen.query("#password"))
+    await wait_for(
+        pilot,
+        lambda: app.opened.is_set() and type(app.screen).__name__ == "LoginScreen" and app.screen.query("#password"),
+    )
     await fill(pilot, "#username", username)
     await pilot.press("enter")
     await fill(pilot, "#password", password)

@@ -324,8 +324,9 @@ async def test_image_import_with_progress_then_cancel(fast_settings, tmp_path, m
         await fill(pilot, "#path", _disk(tmp_path / "win11.raw", 16))
         await fill(pilot, "#name", "win11")
         await pilot.press("enter")
-        await wait_for(pilot, lambda: screen_name(app) == "ImagesScreen"
-                       and "ver:win11:1" in app.screen.table.rows_by_key)
+        await wait_for(
+            pilot, lambda: screen_name(app) == "ImagesScreen" and "ver:win11:1" in app.screen.table.rows_by_key
+        )
         assert seen and seen[-1] == 100
         assert app.busy == 0
 
@@ -406,8 +407,13 @@ async def test_session_start_and_stop_on_a_real_tgtd(tgtd_site):
         await pilot.press("s")
         await wait_for(pilot, lambda: isinstance(app.screen, FormScreen) and app.screen.query("#save"))
         await pilot.press("ctrl+s")
-        await wait_for(pilot, lambda: screen_name(app) == "MachinesScreen"
-                       and str(app.screen.table.rows_by_key["pc01"]["session"]) == "active")
+        await wait_for(
+            pilot,
+            lambda: (
+                screen_name(app) == "MachinesScreen"
+                and str(app.screen.table.rows_by_key["pc01"]["session"]) == "active"
+            ),
+        )
         await pilot.press("4")
         await wait_for(pilot, lambda: screen_name(app) == "SessionsScreen" and app.screen.table.rows_by_key)
         row = next(iter(app.screen.table.rows_by_key.values()))
@@ -417,15 +423,25 @@ async def test_session_start_and_stop_on_a_real_tgtd(tgtd_site):
         # reconcile recreates it
         daemon.delete_all_targets()
         await pilot.press("5")
-        await wait_for(pilot, lambda: screen_name(app) == "TargetsScreen" and any(
-            str(r["state"]) == "missing-target" for r in app.screen.table.rows_by_key.values()))
+        await wait_for(
+            pilot,
+            lambda: (
+                screen_name(app) == "TargetsScreen"
+                and any(str(r["state"]) == "missing-target" for r in app.screen.table.rows_by_key.values())
+            ),
+        )
         await pilot.press("R")
         await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen) and app.screen.query("#yes"))
         await pilot.press("y")
         await wait_for(pilot, lambda: screen_name(app) == "TextScreen")
         await pilot.press("escape")
-        await wait_for(pilot, lambda: screen_name(app) == "TargetsScreen" and [
-            str(r["state"]) for r in app.screen.table.rows_by_key.values()] == ["ok"])
+        await wait_for(
+            pilot,
+            lambda: (
+                screen_name(app) == "TargetsScreen"
+                and [str(r["state"]) for r in app.screen.table.rows_by_key.values()] == ["ok"]
+            ),
+        )
 
         await pilot.press("4")
         await wait_for(pilot, lambda: screen_name(app) == "SessionsScreen" and app.screen.table.rows_by_key)
@@ -479,8 +495,13 @@ async def test_audit_query_and_event_details(fast_settings):
         await fill(pilot, "#f-since", "")
         await fill(pilot, "#f-action", "machine.update")
         await pilot.press("enter")
-        await wait_for(pilot, lambda: screen_name(app) == "AuditScreen" and [
-            r["action"] for r in app.screen.table.rows_by_key.values()] == ["machine.update"])
+        await wait_for(
+            pilot,
+            lambda: (
+                screen_name(app) == "AuditScreen"
+                and [r["action"] for r in app.screen.table.rows_by_key.values()] == ["machine.update"]
+            ),
+        )
         await pilot.press("enter")
         await wait_for(pilot, lambda: screen_name(app) == "TextScreen")
         body = str(app.screen.body)
@@ -514,8 +535,10 @@ async def test_csv_import_previews_bad_rows_before_writing(fast_settings, tmp_pa
         await pilot.press("enter")
         await wait_for(pilot, lambda: "2 machine(s) ready" in report())
         await pilot.click("#import")
-        await wait_for(pilot, lambda: screen_name(app) == "MachinesScreen"
-                       and sorted(app.screen.table.rows_by_key) == ["pc01", "pc02"])
+        await wait_for(
+            pilot,
+            lambda: screen_name(app) == "MachinesScreen" and sorted(app.screen.table.rows_by_key) == ["pc01", "pc02"],
+        )
     assert [m.name for m in await machines.list_machines(core, admin)] == ["pc01", "pc02"]
 
 
@@ -536,7 +559,9 @@ async def test_image_activate_and_guarded_delete(fast_settings, tmp_path):
         await log_in(pilot, "root-admin")
         await wait_for(pilot, lambda: app.actor)
         await pilot.press("3")
-        await wait_for(pilot, lambda: screen_name(app) == "ImagesScreen" and "ver:win11:2" in app.screen.table.rows_by_key)
+        await wait_for(
+            pilot, lambda: screen_name(app) == "ImagesScreen" and "ver:win11:2" in app.screen.table.rows_by_key
+        )
         assert app.screen.table.order == ["img:win11", "ver:win11:1", "ver:win11:2"]
         await pilot.press("down")  # v1
         await pilot.press("v")

@@ -10,9 +10,10 @@ from __future__ import annotations
 import asyncio
 import shutil
 import subprocess
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 import pytest
 from sqlalchemy import text
@@ -50,8 +51,16 @@ def _settings(tmp_path: Path, template_root: Path, seed: bool) -> Any:
         core = Core.open(settings)
         admin = await make_user(core, "root-admin", Role.ADMIN)
         await make_user(core, "oscar", Role.OPERATOR)
-        for i, (mode, ip) in enumerate([("bios", "10.0.0.21"), ("uefi", "10.0.0.22"), ("uefi-secure", None),
-                                         ("bios", "10.0.0.24"), ("uefi", "10.0.0.25")], start=1):
+        for i, (mode, ip) in enumerate(
+            [
+                ("bios", "10.0.0.21"),
+                ("uefi", "10.0.0.22"),
+                ("uefi-secure", None),
+                ("bios", "10.0.0.24"),
+                ("uefi", "10.0.0.25"),
+            ],
+            start=1,
+        ):
             await machines.add_machine(core, admin, name=f"pc0{i}", mac=f"52:54:00:aa:00:0{i}", ip=ip, boot_mode=mode)
         disk = tmp_path / "win11.raw"
         subprocess.run(["qemu-img", "create", "-q", "-f", "raw", str(disk), "4M"], check=True)
@@ -131,8 +140,9 @@ async def _settled(pilot: Any) -> None:
 @pytest.mark.parametrize("size", SIZES)
 def test_first_run(snap_compare, empty, size):
     async def run_before(pilot: Any) -> None:
-        await wait_for(pilot, lambda: type(pilot.app.screen).__name__ == "FirstRunScreen"
-                       and pilot.app.screen.query("#again"))
+        await wait_for(
+            pilot, lambda: type(pilot.app.screen).__name__ == "FirstRunScreen" and pilot.app.screen.query("#again")
+        )
         await _settled(pilot)
 
     snap(snap_compare, empty, size, run_before)
@@ -222,9 +232,13 @@ async def _import_dialog(pilot: Any) -> None:
 async def _confirm_stop_logged_in(pilot: Any) -> None:
     from ggnet_tui.screens.modals import ConfirmScreen
 
-    pilot.app.push_screen(ConfirmScreen(
-        "The client of pc02 is still logged in: stopping cuts its disk off while it runs.",
-        yes="Stop anyway", type_to_confirm="pc02"))
+    pilot.app.push_screen(
+        ConfirmScreen(
+            "The client of pc02 is still logged in: stopping cuts its disk off while it runs.",
+            yes="Stop anyway",
+            type_to_confirm="pc02",
+        )
+    )
     await wait_for(pilot, lambda: pilot.app.screen.query("#word"))
 
 

@@ -18,7 +18,9 @@ from core.services import machines
 from tests.conftest import make_user
 from tests.tui.helpers import PASSWORD
 
-pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed (scripts/test.sh installs it)")
+pytestmark = pytest.mark.skipif(
+    shutil.which("tmux") is None, reason="tmux is not installed (scripts/test.sh installs it)"
+)
 
 
 class Tmux:
@@ -114,13 +116,27 @@ async def test_log_in_add_machine_quit(sqlite_core, tmp_path: Path):
 
 
 def test_console_exits_cleanly_when_the_terminal_goes_away(tmp_path: Path):
-    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "TERM": "linux",
-           "GGNET_DATA_DIR": str(tmp_path / "data"), "GGNET_TGT_CONTROL_PORT": "32000"}
+    env = {
+        "PATH": os.environ["PATH"],
+        "HOME": str(tmp_path),
+        "TERM": "linux",
+        "GGNET_DATA_DIR": str(tmp_path / "data"),
+        "GGNET_TGT_CONTROL_PORT": "32000",
+    }
     ggnet = str(Path(sys.executable).parent / "ggnet")
     term = Tmux(tmp_path)
     try:
-        term.run("new-session", "-d", "-s", term.session, "-x", "80", "-y", "24",
-                 "env -i " + " ".join(f"{k}='{v}'" for k, v in env.items()) + f" {ggnet}")
+        term.run(
+            "new-session",
+            "-d",
+            "-s",
+            term.session,
+            "-x",
+            "80",
+            "-y",
+            "24",
+            "env -i " + " ".join(f"{k}='{v}'" for k, v in env.items()) + f" {ggnet}",
+        )
         term.wait_for("create the first admin")
         pid = int(term.run("display-message", "-p", "-t", term.session, "#{pane_pid}").stdout)
         term.kill()  # the terminal disappears: the console gets SIGHUP

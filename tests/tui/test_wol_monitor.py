@@ -76,11 +76,16 @@ def test_arp_table_parsing(tmp_path: Path):
 async def test_system_probe_pings_for_real(tmp_path: Path):
     # loopback answers; 240.0.0.1 (reserved, never routed) does not; an ARP entry counts without a ping
     table = tmp_path / "arp"
-    table.write_text("IP address HW type Flags HW address Mask Device\n"
-                     "10.9.9.9 0x1 0x2 52:54:00:aa:00:09 * eth0\n")
+    table.write_text("IP address HW type Flags HW address Mask Device\n10.9.9.9 0x1 0x2 52:54:00:aa:00:09 * eth0\n")
     probe = SystemProbe(arp_table=table)
-    alive = await probe([Host("up", "127.0.0.1", "52:54:00:aa:00:01"), Host("down", "240.0.0.1", "52:54:00:aa:00:02"),
-                         Host("arp", None, "52:54:00:AA:00:09"), Host("noip", None, "52:54:00:aa:00:03")])
+    alive = await probe(
+        [
+            Host("up", "127.0.0.1", "52:54:00:aa:00:01"),
+            Host("down", "240.0.0.1", "52:54:00:aa:00:02"),
+            Host("arp", None, "52:54:00:AA:00:09"),
+            Host("noip", None, "52:54:00:aa:00:03"),
+        ]
+    )
     assert alive == {"up", "arp"}
 
 

@@ -48,7 +48,6 @@ READY = "LIOVM: agent ready"
 FAILED = ("LIOVM: FAILED", "Kernel panic", "Traceback (most recent call last)")
 
 
-
 class LioVmError(RuntimeError):
     pass
 
