@@ -7,6 +7,8 @@ Precedence (highest first): explicit arguments, environment, the TOML file named
 from __future__ import annotations
 
 import os
+import re
+import socket
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,6 +26,31 @@ def default_data_dir() -> Path:
         return Path("/var/lib/ggnet")
     xdg = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(xdg) / "ggnet"
+
+
+def default_server_name() -> str:
+    """This boot server's name in the database (rows of targets, writebacks and boots carry it)."""
+    return (socket.gethostname() or "localhost").strip().lower()[:64]
+
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*$", re.IGNORECASE)
+
+
+def parse_size(value: object) -> int:
+    """Bytes from 1073741824, "10G", "512 MiB", "1.5TB" (binary units: k = 1024)."""
+    if isinstance(value, bool):
+        raise ValueError("must be a size such as 10G or 512M")
+    if isinstance(value, int):
+        size = value
+    else:
+        match = _SIZE.match(str(value))
+        if match is None:
+            raise ValueError(f"must be a size such as 10G or 512M, got {value!r}")
+        number, unit = match.groups()
+        size = int(float(number) * 1024 ** " kmgt".index(unit.lower() or " "))
+    if size < 0:
+        raise ValueError("must not be negative")
+    return size
 
 
 def default_config_file() -> Path:
@@ -52,6 +79,13 @@ class Settings(BaseSettings):
     writeback_driver: Literal["auto", "reflink", "copy"] = "auto"
     wol_address: str = "255.255.255.255:9"
 
+    # the boot engine (ggnet serve)
+    server_name: str = Field(default_factory=default_server_name)
+    http_address: str = "0.0.0.0:8067"  # where ggnet serve listens (boot requests, health, API)
+    converge_seconds: float = Field(default=30.0, gt=0)  # a pass at least this often
+    reserved_space: int | str = "10G"  # below this much free space, new boots are refused
+    writeback_idle_hours: float = Field(default=12.0, ge=0)  # fresh writebacks unused this long are discarded
+
     # console
     idle_lock_minutes: float = 15
     refresh_seconds: float = 2.0
@@ -67,6 +101,15 @@ class Settings(BaseSettings):
         if self.tftp_root is None:
             self.tftp_root = self.data_dir / "tftp"
         _ = self.portal_address  # refuse a malformed GGNET_PORTAL when settings are read
+        _ = self.http_listen  # likewise GGNET_HTTP_ADDRESS
+        try:
+            self.reserved_space = parse_size(self.reserved_space)
+        except ValueError as exc:
+            raise ValueError(f"reserved_space: {exc}") from None
+        name = str(self.server_name).strip().lower()
+        if not re.fullmatch(r"[a-z0-9]([a-z0-9.-]{0,62})", name):
+            raise ValueError("server_name: must be 1-64 letters, digits, dots and hyphens")
+        self.server_name = name
         from .validation import normalize_iqn
 
         try:
@@ -84,6 +127,20 @@ class Settings(BaseSettings):
             return parse_host_port(self.portal, 3260, "0.0.0.0:3260")
         except ValueError as exc:
             raise ValueError(f"portal: {exc}") from None
+
+    @property
+    def http_listen(self) -> tuple[str, int]:
+        """GGNET_HTTP_ADDRESS as (host, port); the port defaults to 8067."""
+        from .validation import parse_host_port
+
+        try:
+            return parse_host_port(self.http_address, 8067, "0.0.0.0:8067")
+        except ValueError as exc:
+            raise ValueError(f"http_address: {exc}") from None
+
+    @property
+    def reserved_bytes(self) -> int:
+        return int(self.reserved_space)
 
     @property
     def boot_host(self) -> str | None:

@@ -121,8 +121,14 @@ class Database:
             # two consoles starting at once on an old database: the second waits, then finds it done
             async with self.engine.connect() as conn:
                 await conn.execution_options(sqlite_immediate=True)
-                async with conn.begin():
-                    await conn.run_sync(_upgrade)
+                # SQLite alters a table by copying it and dropping the original; with foreign keys on,
+                # that drop would cascade to (delete) the rows of every table that refers to it
+                await conn.run_sync(_sqlite_foreign_keys, False)
+                try:
+                    async with conn.begin():
+                        await conn.run_sync(_upgrade)
+                finally:
+                    await conn.run_sync(_sqlite_foreign_keys, True)
         except (SchemaTooNew, BackendUnavailable):
             raise
         except (OSError, DBAPIError) as exc:
@@ -191,6 +197,14 @@ def _check_revision(connection: Connection, allow_older: bool) -> None:
         )
 
 
+def _sqlite_foreign_keys(connection: Connection, on: bool) -> None:
+    """Switch SQLite's foreign key enforcement (only possible outside a transaction)."""
+    if connection.dialect.name == "sqlite":
+        cursor = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        cursor.execute(f"PRAGMA foreign_keys={'ON' if on else 'OFF'}")
+        cursor.close()
+
+
 def _upgrade(connection: Connection) -> None:
     from alembic import command
 
@@ -198,3 +212,7 @@ def _upgrade(connection: Connection) -> None:
         connection.exec_driver_sql("SELECT pg_advisory_xact_lock(4747001)")  # held until commit
     _check_revision(connection, True)
     command.upgrade(_alembic_config(connection), "head")
+    if connection.dialect.name == "sqlite":
+        broken = connection.exec_driver_sql("PRAGMA foreign_key_check").all()
+        if broken:
+            raise BackendUnavailable(f"the schema upgrade left {len(broken)} rows with broken references; not applied")

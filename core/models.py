@@ -72,21 +72,66 @@ class ImageKind(StrEnum):
     GAME = "game"
 
 
-class SessionKind(StrEnum):
-    NORMAL = "normal"
-    KEEP = "keep"
-    MAINTENANCE = "maintenance"
+class WritebackPolicy(StrEnum):
+    """What a machine's disk is at each boot."""
+
+    FRESH = "fresh"  # a new clone of the version it should boot, at every boot (the default)
+    KEEP = "keep"  # the same writeback across boots (its changes stay)
+    MAINTENANCE = "maintenance"  # kept across boots, and may be applied as the image's next version
 
 
-class SessionState(StrEnum):
-    STARTING = "starting"
-    ACTIVE = "active"
-    STOPPING = "stopping"
-    STOPPED = "stopped"
-    ERROR = "error"
+class BootState(StrEnum):
+    """One boot of a machine, as the engine carries it out."""
+
+    REQUESTED = "requested"  # recorded (a PC asked for its script, or an operator prepared it); not yet worked on
+    PREPARING = "preparing"  # the engine is making its writebacks and target
+    READY = "ready"  # served: the machine's target has this boot's disks and CHAP secret
+    ENDING = "ending"  # superseded by a newer boot, taken offline or idle: the engine removes what it no longer needs
+    ENDED = "ended"
+    FAILED = "failed"  # could not be prepared (``error`` says why); the engine removes what it had made
+    REFUSED = "refused"  # answered with a sentence (not allowed to boot, no image, disk space); nothing was made
 
 
-LIVE_SESSION_STATES = (SessionState.STARTING, SessionState.ACTIVE, SessionState.STOPPING)
+# at most one of these per machine (a partial unique index): the boot the machine is on, or about to be on
+CURRENT_BOOT_STATES = (BootState.REQUESTED, BootState.PREPARING, BootState.READY)
+# boots whose writebacks and target the engine still has to act on
+OPEN_BOOT_STATES = (*CURRENT_BOOT_STATES, BootState.ENDING)
+
+
+class MachineStatus(StrEnum):
+    """What the engine last saw of a machine."""
+
+    OFF = "off"
+    BOOTING = "booting"  # its boot is being prepared, or is ready and its client has not logged in yet
+    BOOTED = "booted"  # its client is logged in to its target
+    FAILED = "failed"  # its last boot could not be prepared or was refused
+
+
+class Disk(StrEnum):
+    SYSTEM = "system"
+    GAME = "game"
+
+
+class WritebackState(StrEnum):
+    CREATING = "creating"  # being cloned; the file is absent or a temporary
+    READY = "ready"
+    DISCARD = "discard"  # the engine removes it once no target serves it
+
+
+class EngineRequestKind(StrEnum):
+    PASS = "pass"  # one pass now (``ggnet reconcile``), with its report as the result
+    APPLY = "apply"  # a maintenance writeback becomes its image's next version
+
+
+class EngineRequestState(StrEnum):
+    PENDING = "pending"
+    DONE = "done"
+    FAILED = "failed"
+
+
+class TokenKind(StrEnum):
+    CLI = "cli"  # ``ggnet login``: a short-lived token for one OS user's commands
+    REFRESH = "refresh"  # the HTTP API's refresh token (rotated on each use)
 
 
 class Outcome(StrEnum):
@@ -148,6 +193,8 @@ class Image(Versioned, Base):
     name: Mapped[str] = mapped_column(String(64), unique=True)
     kind: Mapped[str] = enum_column(ImageKind)
     description: Mapped[str] = mapped_column(Text, default="")
+    # uefi-secure machines start this signed loader from the disk (sanboot --filename), e.g. \EFI\BOOT\shimx64.efi
+    efi_loader: Mapped[str | None] = mapped_column(String(255))
 
     __mapper_args__ = {"version_id_col": Versioned.row_version}  # type: ignore[dict-item]
 
@@ -191,65 +238,200 @@ class Machine(Versioned, Base):
     boot_mode: Mapped[str] = enum_column(BootMode, default=BootMode.BIOS.value)
     initiator_iqn: Mapped[str] = mapped_column(String(223), unique=True)
     chap_username: Mapped[str] = mapped_column(String(64))
-    # stored in clear: it is written into the machine's iPXE script
-    chap_secret: Mapped[str] = mapped_column(String(64))
     image_id: Mapped[int | None] = mapped_column(ForeignKey("images.id", ondelete="RESTRICT"), index=True)
     pinned_version_id: Mapped[int | None] = mapped_column(
         ForeignKey("image_versions.id", ondelete="RESTRICT"), index=True
     )
-    keep_writeback: Mapped[bool] = mapped_column(Boolean, default=False)
+    # the game disk: a second LUN of the machine's target, with its own writeback
+    game_image_id: Mapped[int | None] = mapped_column(ForeignKey("images.id", ondelete="RESTRICT"), index=True)
+    game_pinned_version_id: Mapped[int | None] = mapped_column(
+        ForeignKey("image_versions.id", ondelete="RESTRICT"), index=True
+    )
+    boot_enabled: Mapped[bool] = mapped_column(Boolean, default=True)  # may it boot at all
+    writeback_policy: Mapped[str] = enum_column(WritebackPolicy, default=WritebackPolicy.FRESH.value)
     notes: Mapped[str] = mapped_column(Text, default="")
-    last_seen_at: Mapped[datetime | None]
 
+    __table_args__ = (
+        # at most one maintenance machine per image: its writeback becomes the image's next version
+        Index(
+            "uq_machines_one_maintenance_per_image",
+            "image_id",
+            unique=True,
+            sqlite_where=text("writeback_policy = 'maintenance'"),
+            postgresql_where=text("writeback_policy = 'maintenance'"),
+        ),
+    )
     __mapper_args__ = {"version_id_col": Versioned.row_version}  # type: ignore[dict-item]
 
 
-class BootSession(Base):
-    """One boot lifecycle of a machine."""
+class Writeback(Base):
+    """A machine's private copy-on-write disk, cloned from an image version (engine-owned)."""
 
-    __tablename__ = "boot_sessions"
-    __table_args__ = (
-        # one live session per machine, enforced by the database (two consoles racing)
-        Index(
-            "uq_boot_sessions_one_live",
-            "machine_id",
-            unique=True,
-            sqlite_where=text("state IN ('starting', 'active', 'stopping')"),
-            postgresql_where=text("state IN ('starting', 'active', 'stopping')"),
-        ),
-    )
+    __tablename__ = "writebacks"
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    machine_id: Mapped[int] = mapped_column(ForeignKey("machines.id", ondelete="CASCADE"), index=True)
+    server: Mapped[str] = mapped_column(String(64), index=True)  # the boot server whose disk holds it
+    machine_id: Mapped[int | None] = mapped_column(ForeignKey("machines.id", ondelete="SET NULL"), index=True)
+    disk: Mapped[str] = enum_column(Disk)
     image_version_id: Mapped[int | None] = mapped_column(
         ForeignKey("image_versions.id", ondelete="SET NULL"), index=True
     )
-    kind: Mapped[str] = enum_column(SessionKind)
-    state: Mapped[str] = enum_column(SessionState)
-    error: Mapped[str | None] = mapped_column(Text)
-    writeback_file: Mapped[str | None] = mapped_column(String(128))
-    started_at: Mapped[datetime] = mapped_column(default=utcnow)
-    stopped_at: Mapped[datetime | None]
-    started_by: Mapped[str | None] = mapped_column(String(32))
-    stopped_by: Mapped[str | None] = mapped_column(String(32))
-    row_version: Mapped[int] = mapped_column(Integer, nullable=False, default=1)
-
-    __mapper_args__ = {"version_id_col": row_version}
+    file_name: Mapped[str] = mapped_column(String(128), unique=True)  # generated, never typed by anyone
+    state: Mapped[str] = enum_column(WritebackState)
+    retained: Mapped[bool] = mapped_column(Boolean, default=False)  # survives its boot (keep, maintenance)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    allocated_bytes: Mapped[int | None] = mapped_column(BigInteger)  # as last observed
+    last_used_at: Mapped[datetime | None]  # the last logout from its target (idle discard counts from here)
 
 
-class Target(Base):
-    """The iSCSI target a live session should have (desired state)."""
+class Boot(Base):
+    """One boot of a machine: the boot history, and the engine's unit of work."""
 
-    __tablename__ = "targets"
+    __tablename__ = "boots"
+    __table_args__ = (
+        # one current boot per machine, enforced by the database (two boot requests racing)
+        Index(
+            "uq_boots_one_current",
+            "machine_id",
+            unique=True,
+            sqlite_where=text("state IN ('requested', 'preparing', 'ready')"),
+            postgresql_where=text("state IN ('requested', 'preparing', 'ready')"),
+        ),
+        Index("ix_boots_server_state", "server", "state"),
+        Index("ix_boots_machine_requested", "machine_id", "requested_at"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    session_id: Mapped[int] = mapped_column(ForeignKey("boot_sessions.id", ondelete="CASCADE"), unique=True)
-    machine_id: Mapped[int] = mapped_column(ForeignKey("machines.id", ondelete="CASCADE"), unique=True)
-    iqn: Mapped[str] = mapped_column(String(223), unique=True)
-    backend: Mapped[str] = mapped_column(String(8))
-    lun: Mapped[int] = mapped_column(Integer)
-    portal: Mapped[str] = mapped_column(String(64))
+    server: Mapped[str] = mapped_column(String(64))
+    machine_id: Mapped[int | None] = mapped_column(ForeignKey("machines.id", ondelete="SET NULL"))
+    machine_name: Mapped[str] = mapped_column(String(15))  # history outlives a deleted or renamed machine
+    mac: Mapped[str] = mapped_column(String(17))
+    origin: Mapped[str] = mapped_column(String(16))  # "pc" (its boot request) or "operator" (prepared ahead)
+    requested_at: Mapped[datetime] = mapped_column(default=utcnow)
+    requested_by: Mapped[str | None] = mapped_column(String(64))
+    client_address: Mapped[str | None] = mapped_column(String(45))  # who asked for the script
+    policy: Mapped[str] = enum_column(WritebackPolicy)
+    image_version_id: Mapped[int | None] = mapped_column(
+        ForeignKey("image_versions.id", ondelete="SET NULL"), index=True
+    )
+    game_version_id: Mapped[int | None] = mapped_column(ForeignKey("image_versions.id", ondelete="SET NULL"))
+    system_writeback_id: Mapped[int | None] = mapped_column(ForeignKey("writebacks.id", ondelete="SET NULL"))
+    game_writeback_id: Mapped[int | None] = mapped_column(ForeignKey("writebacks.id", ondelete="SET NULL"))
+    target_iqn: Mapped[str | None] = mapped_column(String(223))
+    # this boot's CHAP secret, stored in clear: the sanboot script carries it (and the OS reuses it from the iBFT)
+    chap_secret: Mapped[str | None] = mapped_column(String(64))
+    state: Mapped[str] = enum_column(BootState)
+    error: Mapped[str | None] = mapped_column(Text)
+    prepared_at: Mapped[datetime | None]
+    prepare_ms: Mapped[int | None] = mapped_column(Integer)
+    login_at: Mapped[datetime | None]
+    login_address: Mapped[str | None] = mapped_column(String(45))
+    logout_at: Mapped[datetime | None]
+    ended_at: Mapped[datetime | None]
+    ended_by: Mapped[str | None] = mapped_column(String(64))
+    end_reason: Mapped[str | None] = mapped_column(String(32))  # superseded, offline, reset, idle, ...
+
+
+class MachineObservation(Base):
+    """What the engine last saw of a machine (screens read this, not the target stack)."""
+
+    __tablename__ = "machine_observations"
+
+    machine_id: Mapped[int] = mapped_column(ForeignKey("machines.id", ondelete="CASCADE"), primary_key=True)
+    server: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = enum_column(MachineStatus)
+    detail: Mapped[str | None] = mapped_column(Text)
+    logged_in: Mapped[bool] = mapped_column(Boolean, default=False)
+    client_address: Mapped[str | None] = mapped_column(String(45))
+    target_present: Mapped[bool] = mapped_column(Boolean, default=False)
+    read_bytes: Mapped[int | None] = mapped_column(BigInteger)  # through its target, as the stack counts
+    written_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    writeback_bytes: Mapped[int | None] = mapped_column(BigInteger)  # allocated on disk, all its writebacks
+    last_seen_at: Mapped[datetime | None]  # last time it was logged in (or answered the liveness probe)
+    observed_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class DiscoveredMac(Base):
+    """A MAC that asked to boot but belongs to no machine: for the operator to adopt."""
+
+    __tablename__ = "discovered_macs"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    server: Mapped[str] = mapped_column(String(64))
+    mac: Mapped[str] = mapped_column(String(17), unique=True)
+    first_seen_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(default=utcnow)
+    requests: Mapped[int] = mapped_column(Integer, default=1)
+    last_address: Mapped[str | None] = mapped_column(String(45))
+
+
+class EngineStatus(Base):
+    """One row per boot server: who runs its engine and how its last pass went."""
+
+    __tablename__ = "engine_status"
+
+    server: Mapped[str] = mapped_column(String(64), primary_key=True)
+    pid: Mapped[int | None] = mapped_column(Integer)
+    mode: Mapped[str | None] = mapped_column(String(16))  # "serve", "embedded" (a console), "once" (a CLI pass)
+    started_at: Mapped[datetime | None]
+    heartbeat_at: Mapped[datetime | None]
+    last_pass_at: Mapped[datetime | None]
+    last_pass_ms: Mapped[int | None] = mapped_column(Integer)
+    last_pass_ok: Mapped[bool | None] = mapped_column(Boolean)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    backend: Mapped[str | None] = mapped_column(String(8))
+    backend_ok: Mapped[bool | None] = mapped_column(Boolean)
+    backend_detail: Mapped[str | None] = mapped_column(Text)
+    free_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    passes: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), default=0)
+    repaired_total: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), default=0)
+    last_drift: Mapped[list[Any] | None] = mapped_column(JSON)
+
+
+class EngineRequest(Base):
+    """Work an operator asked the engine to do that is not a boot (a pass now, a maintenance apply)."""
+
+    __tablename__ = "engine_requests"
+    __table_args__ = (Index("ix_engine_requests_server_state", "server", "state"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    server: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = enum_column(EngineRequestKind)
+    machine_id: Mapped[int | None] = mapped_column(ForeignKey("machines.id", ondelete="SET NULL"))
+    params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    requested_by: Mapped[str] = mapped_column(String(64))
+    requested_at: Mapped[datetime] = mapped_column(default=utcnow)
+    state: Mapped[str] = enum_column(EngineRequestState)
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    error: Mapped[str | None] = mapped_column(Text)
+    done_at: Mapped[datetime | None]
+
+
+class IntentSignal(Base):
+    """A counter every change of desired state bumps, so the engine notices within a second (SQLite);
+    PostgreSQL also gets a NOTIFY."""
+
+    __tablename__ = "intent_signal"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), default=0)
+
+
+class AuthToken(Base):
+    """A login token: the CLI's (``ggnet login``) or the HTTP API's refresh token. Only its hash is stored."""
+
+    __tablename__ = "auth_tokens"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    kind: Mapped[str] = enum_column(TokenKind)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)  # sha256 hex of the token
+    family: Mapped[str] = mapped_column(String(32), index=True)  # refresh rotation: reuse revokes the family
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime]
+    used_at: Mapped[datetime | None]  # a refresh token is used once (rotated)
+    revoked_at: Mapped[datetime | None]
+    client: Mapped[str | None] = mapped_column(String(255))  # address or OS user, for the audit trail
 
 
 class AuditEvent(Base):

@@ -1,5 +1,6 @@
 """Liveness of client PCs: concurrent probes (ARP table, then ICMP through the system ``ping``)
-combined with the session state in the database and the iSCSI logins the target stack reports.
+combined with the boot state and the iSCSI logins the engine recorded (the console never walks
+the target stack itself).
 
 The console polls ``Monitor.poll`` in a background worker and never waits on it. Tests replace
 the PC probe (``Monitor(core, probe=...)``): pinging PCs that do not exist cannot be reached.
@@ -17,9 +18,7 @@ from typing import Protocol
 from sqlalchemy import select
 
 from .context import Core
-from .errors import GgnetError
-from .log import get_logger
-from .models import BootSession, Machine, SessionState, Target, utcnow
+from .models import CURRENT_BOOT_STATES, Boot, BootState, Machine, MachineObservation, utcnow
 
 OFFLINE, ONLINE, BOOTING, BOOTED = "offline", "online", "booting", "booted"
 PING_TIMEOUT_SECONDS = 1
@@ -111,7 +110,8 @@ class SystemProbe:
 def decide(reachable: bool, logged_in: bool, session_state: str | None) -> str:
     if logged_in:
         return BOOTED
-    if session_state == SessionState.STARTING.value or (session_state == SessionState.ACTIVE.value and reachable):
+    preparing = (BootState.REQUESTED.value, BootState.PREPARING.value)
+    if session_state in preparing or (session_state == BootState.READY.value and reachable):
         return BOOTING
     return ONLINE if reachable else OFFLINE
 
@@ -127,44 +127,43 @@ class Monitor:
         self.polled_at: datetime | None = None
         self._lock = asyncio.Lock()
 
-    async def _rows(self) -> list[tuple[Host, str | None, str | None]]:
-        live = [SessionState.STARTING.value, SessionState.ACTIVE.value, SessionState.STOPPING.value]
+    async def _rows(self) -> list[tuple[Host, str | None, bool | None, str | None]]:
+        """Each machine with its current boot's state and the login the engine last saw."""
+        current = [s.value for s in CURRENT_BOOT_STATES]
         async with self.core.db.session() as session:
             query = (
-                select(Machine.name, Machine.ip, Machine.mac, BootSession.state, Target.iqn)
-                .outerjoin(BootSession, (BootSession.machine_id == Machine.id) & BootSession.state.in_(live))
-                .outerjoin(Target, Target.session_id == BootSession.id)
+                select(
+                    Machine.name,
+                    Machine.ip,
+                    Machine.mac,
+                    Boot.state,
+                    MachineObservation.logged_in,
+                    MachineObservation.client_address,
+                )
+                .outerjoin(Boot, (Boot.machine_id == Machine.id) & Boot.state.in_(current))
+                .outerjoin(MachineObservation, MachineObservation.machine_id == Machine.id)
             )
-            return [(Host(n, ip, mac), state, iqn) for n, ip, mac, state, iqn in (await session.execute(query)).all()]
-
-    async def _logins(self) -> dict[str, str | None] | None:
-        """Target IQN (lower case) → client address for every target with an initiator logged in."""
-        try:
-            backend, _health = await self.core.target_backend()
-            if backend is None:
-                return None
-            targets = await backend.list_targets()
-        except (GgnetError, OSError) as exc:  # no target stack (yet): liveness from probes only
-            get_logger().debug("monitor: target stack not asked", reason=str(exc))
-            return None
-        return {t.iqn.lower(): next((s.address for s in t.sessions if s.address), None) for t in targets if t.sessions}
+            return [
+                (Host(n, ip, mac), state, logged_in, address)
+                for n, ip, mac, state, logged_in, address in (await session.execute(query)).all()
+            ]
 
     async def poll(self) -> dict[str, MachineStatus]:
         async with self._lock:  # one poll at a time, whoever asks
             rows = await self._rows()
-            reachable, logins = await asyncio.gather(self.probe([h for h, _s, _i in rows]), self._logins())
+            reachable = await self.probe([h for h, *_ in rows])
             now = self.clock()
             statuses = {}
-            for host, state, iqn in rows:
-                logged_in = bool(logins and iqn and iqn.lower() in logins)
+            for host, state, observed_login, address in rows:
+                logged_in = bool(observed_login) and state is not None
                 up = host.name in reachable
                 previous = self.statuses.get(host.name)
                 seen = now if (up or logged_in) else (previous.seen_at if previous else None)
                 statuses[host.name] = MachineStatus(
                     state=decide(up, logged_in, state),
                     reachable=up,
-                    logged_in=None if logins is None else logged_in,
-                    client_address=logins.get(iqn.lower()) if logins and iqn and logged_in else None,
+                    logged_in=None if observed_login is None else logged_in,
+                    client_address=address if logged_in else None,
                     seen_at=seen,
                 )
             self.statuses = statuses

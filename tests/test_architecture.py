@@ -32,6 +32,7 @@ def test_command_line_does_not_load_the_console_or_rtslib() -> None:
 
 def test_core_services_do_not_load_the_ui_or_rtslib() -> None:
     loaded = _modules_after(
-        "import core.services.machines, core.services.sessions, core.services.images, core.services.targets"
+        "import core.services.machines, core.services.boots, core.services.images, core.services.targets,"
+        " core.engine.engine"
     )
     assert not {m for m in loaded if m.split(".")[0] in ("textual", "ggnet_tui", "rtslib_fb")}

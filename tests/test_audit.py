@@ -12,7 +12,7 @@ from core.auth import Actor
 from core.context import Core
 from core.errors import AuthenticationFailed, Conflict, Invalid
 from core.log import REDACTED
-from core.models import AuditEvent, Machine, Role, User
+from core.models import AuditEvent, Boot, Role, User
 from core.services import audit, machines, users
 
 from .conftest import PASSWORD, make_user
@@ -30,7 +30,7 @@ async def stored_secrets(core: Core) -> list[str]:
     """Every password hash and CHAP secret in the database right now."""
     async with core.db.session() as session:
         hashes = (await session.execute(select(User.password_hash))).scalars().all()
-        chap = (await session.execute(select(Machine.chap_secret))).scalars().all()
+        chap = (await session.execute(select(Boot.chap_secret).where(Boot.chap_secret.is_not(None)))).scalars().all()
     return [*hashes, *chap]
 
 

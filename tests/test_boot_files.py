@@ -1,24 +1,18 @@
-"""iPXE boot scripts: golden renderings, injection refused, atomic writes, stale-script removal,
-and the service that renders them from the database (SQLite and PostgreSQL)."""
+"""iPXE boot scripts: golden renderings, injection refused, atomic writes, stale-script removal.
+(The engine answers the per-machine scripts over HTTP: tests/test_engine.py, tests/e2e.)"""
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
 
-from core.auth import Actor
 from core.boot import ipxe
 from core.boot.ipxe import MachineScript, SanBoot, Why
-from core.context import Core
-from core.errors import Invalid, PermissionDenied
-from core.models import AuditEvent, BootSession, Image, Machine, Target
-from core.services import boot, machines
+from core.errors import Invalid
 
 GOLDEN = Path(__file__).parent / "golden"
 
@@ -52,13 +46,23 @@ def sanboot(**overrides: object) -> SanBoot:
 # --- rendering -------------------------------------------------------------------
 
 
+URL = ipxe.boot_url("10.0.2.2", 8067)
+
+
 def test_boot_script_golden() -> None:
-    text = ipxe.render_boot_script()
+    text = ipxe.render_boot_script(URL)
     assert_golden("boot.ipxe", text)
     assert text.startswith("#!ipxe\n")
-    assert "chain ${mac:hexhyp}.ipxe || goto unregistered" in text
-    assert "not registered in ggnet" in text
+    assert "chain --replace --autofree http://10.0.2.2:8067/boot/${mac:hexhyp} || goto retry" in text
+    assert f"echo {ipxe.CHAIN_FAILED}: the boot server did not answer" in text
     assert "shell" not in text  # never hands the keyboard an iPXE shell
+
+
+def test_boot_url_refuses_what_clients_cannot_reach() -> None:
+    with pytest.raises(Invalid, match="boot_address"):
+        ipxe.boot_url("0.0.0.0", 8067)
+    with pytest.raises(Invalid, match="http_port"):
+        ipxe.boot_url("10.0.2.2", 0)
 
 
 def test_sanboot_script_golden() -> None:
@@ -68,7 +72,13 @@ def test_sanboot_script_golden() -> None:
     assert "set initiator-iqn iqn.2024-01.lan.ggnet:client.pc01" in lines
     assert "set username pc01" in lines and f"set password {SECRET}" in lines
     assert "sanboot iscsi:10.0.2.2::3260:1:iqn.2024-01.lan.ggnet:pc01 || goto failed" in lines
-    assert "--no-describe" not in text  # Windows needs the iBFT
+    assert "--no-describe" not in text  # the OS finds its disk through the iBFT
+
+
+def test_secure_boot_starts_the_images_signed_loader() -> None:
+    loader = "\\EFI\\ggnet-sb\\shimx64.efi"
+    text = ipxe.render_machine_script(MachineScript("pc01", "52:54:00:aa:00:01", sanboot(efi_loader=loader)))
+    assert f"sanboot --filename {loader} iscsi:10.0.2.2::3260:1:iqn.2024-01.lan.ggnet:pc01 || goto failed" in text
 
 
 def test_lun_is_hexadecimal_and_protocol_empty() -> None:
@@ -79,27 +89,44 @@ def test_lun_is_hexadecimal_and_protocol_empty() -> None:
     )
 
 
-def test_no_session_script_golden() -> None:
-    text = ipxe.render_machine_script(MachineScript("pc01", "52:54:00:aa:00:01", why=Why.NO_SESSION))
-    assert_golden("52-54-00-aa-00-01.no-session.ipxe", text)
-    assert "no boot session for pc01: start one with ggnet session start pc01" in text
+def test_refusal_script_golden() -> None:
+    text = ipxe.render_machine_script(MachineScript("pc01", "52:54:00:aa:00:01", why=Why.NO_IMAGE))
+    assert_golden("52-54-00-aa-00-01.no-image.ipxe", text)
+    assert "no image is assigned to pc01: assign one with ggnet machine set pc01 --image IMAGE" in text
     assert "sanboot" not in text and "password" not in text
 
 
 @pytest.mark.parametrize(
-    "why, phrase",
+    "why, detail, phrase",
     [
-        (Why.NO_IMAGE, "no image is assigned to pc07"),
-        (Why.FAILED, "the last boot session of pc07 failed"),
-        (Why.STOPPING, "the boot session of pc07 is being stopped"),
-        (Why.NO_TARGET, "has no iSCSI target: run ggnet reconcile"),
+        (Why.DISABLED, "", "pc07 may not boot: it is disabled"),
+        (Why.NO_IMAGE, "", "no image is assigned to pc07"),
+        (Why.NO_VERSION, "image desk has no active version", "pc07 cannot boot: image desk has no active version"),
+        (Why.NO_SPACE, "10 MiB free", "low on disk space, so new boots are refused: 10 MiB free"),
+        (Why.FAILED, "tgtd does not answer", "could not prepare the disk of pc07: tgtd does not answer"),
     ],
 )
-def test_every_reason_is_explained(why: Why, phrase: str) -> None:
-    text = ipxe.render_machine_script(MachineScript("pc07", "52:54:00:aa:00:07", why=why))
+def test_every_reason_is_explained(why: Why, detail: str, phrase: str) -> None:
+    text = ipxe.render_machine_script(MachineScript("pc07", "52:54:00:aa:00:07", why=why, detail=detail))
     assert phrase in text
     assert f"echo {ipxe.NOT_BOOTING}:" in text
-    assert text.rstrip().endswith("exit 0")
+    assert text.rstrip().endswith("exit 1")
+
+
+def test_an_unregistered_mac_is_told_how_to_register() -> None:
+    text = ipxe.render_unregistered("52:54:00:aa:00:99")
+    assert "the PC with MAC 52:54:00:aa:00:99 is not registered" in text
+    assert "ggnet machine add NAME --mac 52:54:00:aa:00:99" in text
+
+
+def test_a_reason_from_the_engine_cannot_inject() -> None:
+    """A failure's sentence comes from a daemon's error text: no ${...}, no comment, no second line."""
+    text = ipxe.render_machine_script(
+        MachineScript("pc07", "52:54:00:aa:00:07", why=Why.FAILED, detail="boom ${password} #x\nsanboot evil || shell")
+    )
+    echoed = [line for line in text.splitlines() if line.startswith(f"echo {ipxe.NOT_BOOTING}")]
+    assert len(echoed) == 1 and "${" not in echoed[0] and "#" not in echoed[0]
+    assert not any(line.startswith("sanboot") for line in text.splitlines())
 
 
 def test_hostname_boot_address_is_allowed() -> None:
@@ -128,6 +155,8 @@ INJECTIONS = [
     ("boot_address", dict(boot=sanboot(address="0.0.0.0"))),
     ("port", dict(boot=sanboot(port=0))),
     ("lun", dict(boot=sanboot(lun=-1))),
+    ("efi_loader", dict(boot=sanboot(efi_loader="\\EFI\\x.efi || shell"))),
+    ("efi_loader", dict(boot=sanboot(efi_loader="${x}"))),
 ]
 
 
@@ -141,11 +170,6 @@ def test_unsafe_values_are_refused(field: str, change: dict[str, object]) -> Non
     assert "abc" not in refused.value.message  # a secret is never quoted back
 
 
-def test_two_machines_with_one_mac_are_refused() -> None:
-    with pytest.raises(Invalid, match="more than one machine"):
-        ipxe.render_all([MachineScript("pc01", "52:54:00:aa:00:01"), MachineScript("pc02", "52-54-00-AA-00-01")])
-
-
 # --- writing ---------------------------------------------------------------------------
 
 
@@ -155,9 +179,7 @@ def listing(root: Path) -> list[str]:
 
 def test_sync_writes_world_readable_files_and_leaves_no_temporary_files(tmp_path: Path) -> None:
     root = tmp_path / "tftp"
-    files = ipxe.render_all(
-        [MachineScript("pc01", "52:54:00:aa:00:01", sanboot()), MachineScript("pc02", "52:54:00:aa:00:02")]
-    )
+    files = ipxe.tftp_files(URL)
     first = ipxe.sync_tftp_root(root, files)
     assert sorted(first.written) == sorted(files)
     assert listing(root) == sorted([*files, ".ggnet.lock"])
@@ -200,8 +222,10 @@ def test_failed_write_keeps_the_old_file_and_no_temporary(tmp_path: Path) -> Non
 
 def test_stale_scripts_removed_only_when_ggnet_wrote_them(tmp_path: Path) -> None:
     root = tmp_path / "tftp"
-    old = ipxe.render_all([MachineScript("pc01", "52:54:00:aa:00:01"), MachineScript("pc09", "52:54:00:aa:00:09")])
-    ipxe.sync_tftp_root(root, old)
+    root.mkdir()
+    # per-machine scripts ggnet wrote before the engine answered them over HTTP (with the older marker)
+    for mac in ("52-54-00-aa-00-01", "52-54-00-aa-00-09"):
+        (root / f"{mac}.ipxe").write_text(f"#!ipxe\n{ipxe.MARKER} (rewritten on every session start and stop)\n")
     operators_own = root / "52-54-00-bb-00-01.ipxe"  # hand-written for a machine ggnet does not know
     operators_own.write_text("#!ipxe\nsanboot iscsi:10.0.0.1::3260:0:iqn.2000-01.com.example:disk\n")
     other = root / "notes.txt"
@@ -211,98 +235,9 @@ def test_stale_scripts_removed_only_when_ggnet_wrote_them(tmp_path: Path) -> Non
     crashed = root / ".ggnet-abc123.tmp"  # a temporary file left by a crashed run
     crashed.write_text("half")
 
-    new = ipxe.render_all([MachineScript("pc01", "52:54:00:aa:00:01")])
-    result = ipxe.sync_tftp_root(root, new)
+    result = ipxe.sync_tftp_root(root, ipxe.tftp_files(URL))
 
-    assert result.removed == ["52-54-00-aa-00-09.ipxe"]
+    assert result.removed == ["52-54-00-aa-00-01.ipxe", "52-54-00-aa-00-09.ipxe"]
     assert not (root / "52-54-00-aa-00-09.ipxe").exists()
     assert operators_own.exists() and other.exists() and linked.is_symlink()
     assert not crashed.exists()
-
-
-# --- the service, on SQLite and PostgreSQL --------------------------------------------------
-
-
-async def _seed(core: Core, admin: Actor) -> None:
-    """pc01 active (target LUN 1), pc02 image but no session, pc03 no image, pc04 failed, pc05 stopping."""
-    for i in range(1, 6):
-        await machines.add_machine(core, admin, name=f"pc0{i}", mac=f"52:54:00:aa:00:0{i}")
-    async with core.db.transaction() as session:
-        image = Image(name="win11", kind="system", description="")
-        session.add(image)
-        await session.flush()
-        rows = {m.name: m for m in (await session.execute(select(Machine))).scalars()}
-        for name in ("pc01", "pc02", "pc04", "pc05"):
-            rows[name].image_id = image.id
-        for name, state in (("pc01", "active"), ("pc04", "error"), ("pc05", "stopping")):
-            boot_session = BootSession(machine_id=rows[name].id, kind="normal", state=state)
-            session.add(boot_session)
-            await session.flush()
-            if state == "active":
-                session.add(
-                    Target(
-                        session_id=boot_session.id,
-                        machine_id=rows[name].id,
-                        backend="tgt",
-                        lun=1,
-                        iqn=f"iqn.2024-01.lan.ggnet:{name}",
-                        portal="0.0.0.0:3261",
-                    )
-                )
-
-
-async def test_render_boot_files_from_the_database(core: Core, admin: Actor, operator: Actor) -> None:
-    core.settings.boot_address = "10.0.2.2"
-    core.settings.portal = "0.0.0.0:3261"
-    await _seed(core, admin)
-    report = await boot.render_boot_files(core, operator)
-    root = Path(core.settings.tftp_root)  # type: ignore[arg-type]
-    assert report.machines == 5 and len(report.written) == 6 and report.removed == []
-    secret = (await machines.get_machine(core, admin, "pc01")).chap_secret
-    pc01 = (root / "52-54-00-aa-00-01.ipxe").read_text()
-    assert "sanboot iscsi:10.0.2.2::3261:1:iqn.2024-01.lan.ggnet:pc01 || goto failed" in pc01
-    assert f"set password {secret}" in pc01
-    assert "set initiator-iqn iqn.2024-01.lan.ggnet:client.pc01" in pc01
-    assert "no boot session for pc02" in (root / "52-54-00-aa-00-02.ipxe").read_text()
-    assert "no image is assigned to pc03" in (root / "52-54-00-aa-00-03.ipxe").read_text()
-    assert "the last boot session of pc04 failed" in (root / "52-54-00-aa-00-04.ipxe").read_text()
-    assert "pc05 is being stopped" in (root / "52-54-00-aa-00-05.ipxe").read_text()
-    async with core.db.session() as session:
-        events = (await session.execute(select(AuditEvent).where(AuditEvent.action == "boot.render"))).scalars().all()
-    assert len(events) == 1 and events[0].actor == "oscar"
-    assert secret not in json.dumps(events[0].after) + (events[0].detail or "")
-
-    # a removed machine's script goes at the next render; the others stay as they are
-    await machines.remove_machine(core, admin, "pc03")
-    again = await boot.render_boot_files(core, operator)
-    assert again.removed == ["52-54-00-aa-00-03.ipxe"] and again.written == []
-
-
-async def test_write_boot_files_joins_the_callers_transaction(core: Core, admin: Actor) -> None:
-    core.settings.boot_address = "10.0.2.2"
-    await machines.add_machine(core, admin, name="pc01", mac="52:54:00:aa:00:01")
-    async with core.db.transaction() as session:
-        changed = await boot.write_boot_files(core, session)
-        assert changed == 2  # boot.ipxe and pc01's script
-        assert await boot.write_boot_files(core, session) == 0
-    async with core.db.session() as session:
-        assert (await session.execute(select(AuditEvent).where(AuditEvent.action.like("boot.%")))).first() is None
-
-
-async def test_viewer_may_not_render(core: Core, viewer: Actor) -> None:
-    with pytest.raises(PermissionDenied):
-        await boot.render_boot_files(core, viewer)
-    assert not Path(core.settings.tftp_root).exists()  # type: ignore[arg-type]
-    async with core.db.session() as session:
-        denied = (await session.execute(select(AuditEvent).where(AuditEvent.outcome == "denied"))).scalars().all()
-    assert [(e.action, e.actor) for e in denied] == [("boot.render", "vera")]
-
-
-async def test_wildcard_portal_needs_a_boot_address(sqlite_core: Core) -> None:
-    from tests.conftest import make_user
-
-    admin = await make_user(sqlite_core, "root-admin", "admin")
-    await _seed(sqlite_core, admin)
-    with pytest.raises(Invalid, match="GGNET_BOOT_ADDRESS"):
-        await boot.render_boot_files(sqlite_core, admin)
-    assert not Path(sqlite_core.settings.tftp_root).exists()  # type: ignore[arg-type]

@@ -69,7 +69,6 @@ async def test_insert_waits_for_an_uncommitted_clash(core: Core, other: Core, ad
                 mac="52:54:00:00:02:01",
                 initiator_iqn="iqn.2024-01.lan.ggnet:first",
                 chap_username="first",
-                chap_secret="x" * 16,
                 updated_by="test",
             )
         )
@@ -167,7 +166,6 @@ async def test_import_racing_an_uncommitted_clash_imports_nothing(core: Core, ot
                 mac="52:54:00:00:03:11",
                 initiator_iqn="iqn.2024-01.lan.ggnet:first",
                 chap_username="first",
-                chap_secret="x" * 16,
                 updated_by="test",
             )
         )

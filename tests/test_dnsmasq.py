@@ -176,9 +176,9 @@ def test_cli_boot_commands(tmp_path: Path) -> None:
     ok(as_admin(["machine", "add", "pc01", "--mac", "52:54:00:aa:00:01", "--ip", "192.168.1.21"], env))
 
     rendered = ok(as_admin(["boot", "render"], env)).stdout
-    assert "2 written" in rendered
     tftp = tmp_path / "data" / "tftp"
-    assert "no image is assigned to pc01" in (tftp / "52-54-00-aa-00-01.ipxe").read_text()
+    assert f"{tftp}/boot.ipxe chains http://192.168.1.2:8067/boot/${{mac:hexhyp}}" in rendered
+    assert "http://192.168.1.2:8067/boot/${mac:hexhyp}" in (tftp / "boot.ipxe").read_text()
 
     conf = tmp_path / "dnsmasq.conf"
     wrote = ok(

@@ -34,7 +34,7 @@ async def healthy_site(tmp_path: Path, template_root: Path) -> dict[str, str]:
     tftp = tmp_path / "tftp"
     data.mkdir()
     tftp.mkdir()
-    (tftp / "boot.ipxe").write_text(ipxe.render_boot_script())
+    (tftp / "boot.ipxe").write_text(ipxe.render_boot_script(ipxe.boot_url("10.0.2.2", 8067)))
     for name in ("undionly.kpxe", "ipxe.efi", "snponly.efi"):
         (tftp / name).write_bytes(b"placeholder")  # the doctor checks that they are there, not what they are
     return {

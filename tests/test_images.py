@@ -23,7 +23,9 @@ from sqlalchemy import select as sql_select
 from core.auth import Actor
 from core.context import Core
 from core.errors import Conflict, Invalid, NotFound, PermissionDenied
-from core.models import AuditEvent, BootSession, Image, ImageVersion, Machine, utcnow
+from core.boot.ipxe import Why
+from core.engine.prepare import Refusal, resolve_version
+from core.models import AuditEvent, Boot, Disk, Image, ImageVersion, Machine, Writeback, utcnow
 from core.services import images, machines
 from core.storage.qemu_img import Cancelled
 
@@ -89,8 +91,8 @@ async def actions(core: Core, prefix: str = "image", outcome: str = "ok") -> lis
         return list((await session.execute(query)).scalars())
 
 
-async def live_session(core: Core, machine_name: str, image_name: str, number: int, state: str = "active") -> int:
-    """A boot session row as the sessions service writes it (that service is tested elsewhere)."""
+async def live_session(core: Core, machine_name: str, image_name: str, number: int, state: str = "ready") -> int:
+    """A current boot as the engine records it (the engine is tested elsewhere)."""
     async with core.db.transaction() as session:
         machine = (await session.execute(sql_select(Machine).where(Machine.name == machine_name))).scalar_one()
         version = (
@@ -100,8 +102,16 @@ async def live_session(core: Core, machine_name: str, image_name: str, number: i
                 .where(Image.name == image_name, ImageVersion.number == number)
             )
         ).scalar_one()
-        row = BootSession(
-            machine_id=machine.id, image_version_id=version.id, kind="normal", state=state, started_at=utcnow()
+        row = Boot(
+            server=core.settings.server_name,
+            machine_id=machine.id,
+            machine_name=machine.name,
+            mac=machine.mac,
+            origin="pc",
+            policy="fresh",
+            image_version_id=version.id,
+            state=state,
+            requested_at=utcnow(),
         )
         session.add(row)
         await session.flush()
@@ -110,7 +120,7 @@ async def live_session(core: Core, machine_name: str, image_name: str, number: i
 
 async def set_session_state(core: Core, session_id: int, state: str) -> None:
     async with core.db.transaction() as session:
-        row = await session.get(BootSession, session_id)
+        row = await session.get(Boot, session_id)
         assert row is not None
         row.state = state
 
@@ -255,11 +265,11 @@ async def test_removal_is_refused_while_used_and_names_the_machines(
 
     with pytest.raises(Conflict, match="version 2 is pinned by pc01"):
         await images.remove_image(core, admin, "win", 2)
-    with pytest.raises(Conflict, match="version 3 is in use by the running sessions of pc02"):
+    with pytest.raises(Conflict, match="version 3 is in use by the current boots of pc02"):
         await images.remove_image(core, admin, "win", 3)
     with pytest.raises(Conflict, match="version 1 is the active version .* activate another one first"):
         await images.remove_image(core, admin, "win", 1)
-    with pytest.raises(Conflict, match="in use by the running sessions of pc02"):
+    with pytest.raises(Conflict, match="in use by the current boots of pc02"):
         await images.remove_image(core, admin, "win")
     versions = await images.list_versions(core, admin, "win")
     assert [(v.number, v.pinned_by, v.in_use_by) for v in versions] == [
@@ -270,14 +280,14 @@ async def test_removal_is_refused_while_used_and_names_the_machines(
     assert image_files(core) == sorted(files.values())
 
     # once the session has stopped and the pin is gone, versions can go: row and file
-    await set_session_state(core, running, "stopped")
+    await set_session_state(core, running, "ended")
     await images.remove_image(core, admin, "win", 3)
     await images.assign_image(core, admin, "pc01", pin_version=None)
     await images.remove_image(core, admin, "win", 2)
     assert [v.number for v in await images.list_versions(core, admin, "win")] == [1]
     assert image_files(core) == [files[1]]
     async with core.db.session() as session:
-        assert (await session.get(BootSession, running)).image_version_id is None  # type: ignore[union-attr]
+        assert (await session.get(Boot, running)).image_version_id is None  # type: ignore[union-attr]
 
     with pytest.raises(Conflict, match="only version .* remove the whole image"):
         await images.remove_image(core, admin, "win", 1)
@@ -292,12 +302,12 @@ async def test_removal_is_refused_while_used_and_names_the_machines(
     assert (await actions(core))[-3:] == ["image.version.delete", "image.version.delete", "image.delete"]
 
 
-async def test_starting_session_also_blocks_removal(core: Core, admin: Actor, disks: dict[str, Path]) -> None:
+async def test_a_boot_being_prepared_also_blocks_removal(core: Core, admin: Actor, disks: dict[str, Path]) -> None:
     await images.import_image(core, admin, disks["raw"], name="win")
     await machines.add_machine(core, admin, name="pc09", mac="52:54:00:00:00:09")
     await images.assign_image(core, admin, "pc09", "win")
-    await images.assign_image(core, admin, "pc09", None)  # unassigned, but its session still runs v1
-    await live_session(core, "pc09", "win", 1, state="starting")
+    await images.assign_image(core, admin, "pc09", None)  # unassigned, but its current boot still runs v1
+    await live_session(core, "pc09", "win", 1, state="preparing")
     with pytest.raises(Conflict, match="pc09"):
         await images.remove_image(core, admin, "win")
 
@@ -314,13 +324,15 @@ async def test_assign_pin_and_resolve(core: Core, admin: Actor, disks: dict[str,
     async def resolved() -> tuple[str, int]:
         async with core.db.session() as session:
             machine = await machines.get_row(session, "pc01")
-            version = await images.resolve_version_for_machine(session, machine)
+            version = await resolve_version(session, machine, Disk.SYSTEM)
+            assert version is not None
             image = await session.get(Image, version.image_id)
             assert images.version_path(core.settings, version) == images.images_dir(core.settings) / version.file_name
             return image.name, version.number  # type: ignore[union-attr]
 
-    with pytest.raises(Conflict, match="no image assigned"):
+    with pytest.raises(Refusal) as refused:
         await resolved()
+    assert refused.value.why == Why.NO_IMAGE
     view = await images.assign_image(core, admin, "pc01", "win")
     assert (view.image, view.pinned_version) == ("win", None)
     assert await resolved() == ("win", 1)
@@ -355,8 +367,32 @@ async def test_machine_whose_image_has_no_active_version(core: Core, admin: Acto
         for version in (await session.execute(sql_select(ImageVersion))).scalars():
             version.is_active = False
     async with core.db.session() as session:
-        with pytest.raises(Conflict, match="has no active version"):
-            await images.resolve_version_for_machine(session, await machines.get_row(session, "pc01"))
+        with pytest.raises(Refusal) as refused:
+            await resolve_version(session, await machines.get_row(session, "pc01"), Disk.SYSTEM)
+    assert refused.value.why == Why.NO_VERSION and "image win has no active version" in refused.value.detail
+
+
+async def test_game_disk_assignment(core: Core, admin: Actor, disks: dict[str, Path]) -> None:
+    await images.import_image(core, admin, disks["raw"], name="win")
+    await images.import_image(core, admin, disks["raw"], name="games", kind="game")
+    await images.import_image(core, admin, disks["qcow2"], new_version_of="games", activate=False)
+    await machines.add_machine(core, admin, name="pc01", mac="52:54:00:00:00:01")
+    with pytest.raises(Invalid, match="game_image: 'win' is a system image"):
+        await images.assign_image(core, admin, "pc01", game_image="win")
+    with pytest.raises(Invalid, match="image: 'games' is a game image"):
+        await images.assign_image(core, admin, "pc01", "games")
+    view = await images.assign_image(core, admin, "pc01", "win", game_image="games", game_pin_version=2)
+    assert (view.image, view.game_image, view.game_pinned_version) == ("win", "games", 2)
+    async with core.db.session() as session:
+        version = await resolve_version(session, await machines.get_row(session, "pc01"), Disk.GAME)
+    assert version is not None and version.number == 2
+    with pytest.raises(Conflict, match="pinned by pc01"):
+        await images.remove_image(core, admin, "games")
+    await images.assign_image(core, admin, "pc01", game_pin_version=None)
+    with pytest.raises(Conflict, match="assigned to pc01"):
+        await images.remove_image(core, admin, "games")
+    view = await images.assign_image(core, admin, "pc01", game_image=None)
+    assert (view.game_image, view.game_pinned_version) == (None, None)
 
 
 async def test_viewer_may_not_assign(core: Core, admin: Actor, viewer: Actor, disks: dict[str, Path]) -> None:
@@ -376,24 +412,43 @@ async def test_viewer_may_not_assign(core: Core, admin: Actor, viewer: Actor, di
 # --- a maintenance writeback applied as a version ------------------------------------------
 
 
-async def test_writeback_becomes_the_next_version(core: Core, admin: Actor, disks: dict[str, Path]) -> None:
+async def test_applied_writeback_becomes_the_next_version(core: Core, admin: Actor, disks: dict[str, Path]) -> None:
+    """The engine's last step of a maintenance apply (the engine itself is tested in tests/test_engine.py)."""
     first = await images.import_image(core, admin, disks["raw"], name="win")
-    writebacks = core.settings.data_dir / "writebacks"
-    writebacks.mkdir(parents=True)
-    changed = writebacks / "machine-1.raw"
-    shutil.copy(images.images_dir(core.settings) / first.file_name, changed)
-    with open(changed, "r+b") as handle:
+    await machines.add_machine(core, admin, name="pc01", mac="52:54:00:00:00:01")
+    await images.assign_image(core, admin, "pc01", "win")
+    clone = images.images_dir(core.settings) / "0123456789abcdef0123456789abcdef.raw"
+    shutil.copy(images.images_dir(core.settings) / first.file_name, clone)
+    with open(clone, "r+b") as handle:
         handle.write(b"installed an update")
-    expected = sha(changed)
-    async with core.db.session() as session:
+    expected = sha(clone)
+    async with core.db.transaction() as session:
         image_id = (await session.execute(sql_select(Image.id).where(Image.name == "win"))).scalar_one()
-    number = await images.add_version_from_writeback(core, admin, image_id, changed, notes="from pc01")
-    assert number == 2
-    assert not changed.exists()  # moved, not copied
+        machine = (await session.execute(sql_select(Machine).where(Machine.name == "pc01"))).scalar_one()
+        machine.writeback_policy = "maintenance"
+        writeback = Writeback(
+            server=core.settings.server_name,
+            machine_id=machine.id,
+            disk="system",
+            file_name="wb-1-system-0000abcd.raw",
+            state="ready",
+            retained=True,
+        )
+        session.add(writeback)
+        await session.flush()
+        ids = (machine.id, writeback.id)
+    for _ in range(2):  # idempotent: an engine that died after the first call does it again
+        number = await images.record_applied_version(
+            core, admin, image_id, clone, activate=True, notes="from pc01", machine_id=ids[0], writeback_id=ids[1]
+        )
+        assert number == 2
     versions = await images.list_versions(core, admin, "win")
     assert [(v.number, v.is_active, v.notes) for v in versions] == [(1, False, ""), (2, True, "from pc01")]
-    assert versions[1].sha256 == expected == sha(images.images_dir(core.settings) / versions[1].file_name)
-    assert (await actions(core))[-1] == "image.version.apply"
+    assert versions[1].sha256 == expected and versions[1].file_name == clone.name
+    async with core.db.session() as session:
+        assert (await session.get(Writeback, ids[1])).state == "discard"  # type: ignore[union-attr]
+        assert (await session.get(Machine, ids[0])).writeback_policy == "fresh"  # type: ignore[union-attr]
+    assert "image.version.apply" in await actions(core)
 
 
 # --- the command line ---------------------------------------------------------------------

@@ -6,7 +6,7 @@ import pytest
 
 from core.auth import Actor
 from core.context import Core
-from core.errors import Conflict, NotFound
+from core.errors import Conflict, Invalid, NotFound
 from core.services import machines
 
 
@@ -22,9 +22,9 @@ async def test_add_normalises_and_generates_credentials(core: Core, admin: Actor
     )
     assert added.initiator_iqn == f"{core.settings.iqn_base}:client.pc01"
     assert added.chap_username == "pc01"
-    assert added.chap_secret is not None and len(added.chap_secret) == 16 and added.chap_secret.isalnum()
+    assert added.chap_secret is None  # a secret is made for each boot (tests/test_engine.py)
+    assert (added.writeback_policy, added.boot_enabled, added.status) == ("fresh", True, "off")
     other = await machines.add_machine(core, admin, name="pc02", mac="52:54:00:12:34:57")
-    assert other.chap_secret != added.chap_secret
     assert other.boot_mode == "bios" and other.ip is None
     assert (added.row_version, added.updated_by) == (1, "root-admin")
     assert added.updated_at.tzinfo is not None
@@ -43,9 +43,9 @@ async def test_list_is_sorted_and_show_finds_any_case(core: Core, admin: Actor) 
 async def test_update_changes_only_what_is_given(core: Core, admin: Actor) -> None:
     await machines.add_machine(core, admin, name="pc01", mac="52:54:00:12:34:56", ip="192.168.1.21")
     changed = await machines.update_machine(core, admin, "pc01", boot_mode="uefi", keep_writeback=True)
-    assert (changed.boot_mode, changed.keep_writeback, changed.ip, changed.mac) == (
+    assert (changed.boot_mode, changed.writeback_policy, changed.ip, changed.mac) == (
         "uefi",
-        True,
+        "keep",
         "192.168.1.21",
         "52:54:00:12:34:56",
     )
@@ -103,4 +103,25 @@ async def test_csv_import_all_rows(core: Core, admin: Actor) -> None:
     listed = {m.name: m for m in await machines.list_machines(core, admin)}
     assert listed["pc01"].boot_mode == "uefi" and listed["pc01"].ip == "192.168.1.11"
     assert listed["pc02"].mac == "52:54:00:00:00:02" and listed["pc02"].ip is None
-    assert len({m.chap_secret for m in listed.values()}) == 3
+    assert {m.writeback_policy for m in listed.values()} == {"fresh"}
+
+
+async def test_policy_and_may_boot(core: Core, admin: Actor) -> None:
+    await machines.add_machine(core, admin, name="pc01", mac="52:54:00:12:34:56")
+    changed = await machines.update_machine(core, admin, "pc01", writeback_policy="keep", boot_enabled=False)
+    assert (changed.writeback_policy, changed.boot_enabled) == ("keep", False)
+    back = await machines.update_machine(core, admin, "pc01", keep_writeback=False, boot_enabled=True)
+    assert (back.writeback_policy, back.boot_enabled) == ("fresh", True)
+    with pytest.raises(Invalid, match="writeback_policy: maintenance is started with"):
+        await machines.update_machine(core, admin, "pc01", writeback_policy="maintenance")
+    with pytest.raises(Invalid, match="writeback_policy"):
+        await machines.update_machine(core, admin, "pc01", writeback_policy="sometimes")
+
+
+async def test_set_is_all_or_nothing(core: Core, admin: Actor) -> None:
+    """`machine set pc02 --name pc99 --mac ... --image nope` used to rename and then fail."""
+    await machines.add_machine(core, admin, name="pc02", mac="52:54:00:12:34:56")
+    with pytest.raises(NotFound, match="no image named 'nope'"):
+        await machines.update_machine(core, admin, "pc02", name="pc99", mac="52:54:00:00:00:99", image="nope")
+    kept = await machines.get_machine(core, admin, "pc02")
+    assert (kept.name, kept.mac, kept.row_version) == ("pc02", "52:54:00:12:34:56", 1)

@@ -181,10 +181,34 @@ def test_every_permission_belongs_to_admins_and_viewers_only_read() -> None:
     assert auth.Permission.MANAGE_SETTINGS not in auth.PERMISSIONS[Role.OPERATOR]
 
 
+async def booted(core: Core, name: str) -> None:
+    """A current boot with its CHAP secret, as the engine records one."""
+    from sqlalchemy import select
+
+    from core.models import Boot, Machine
+    from core.services.machines import new_chap_secret
+
+    async with core.db.transaction() as session:
+        machine = (await session.execute(select(Machine).where(Machine.name == name))).scalar_one()
+        session.add(
+            Boot(
+                server=core.settings.server_name,
+                machine_id=machine.id,
+                machine_name=name,
+                mac=machine.mac,
+                origin="pc",
+                policy="fresh",
+                state="ready",
+                chap_secret=new_chap_secret(),
+            )
+        )
+
+
 async def test_viewers_never_see_chap_secrets(core: Core, admin: Actor) -> None:
     viewer = await make_user(core, "vera", Role.VIEWER)
     operator = await make_user(core, "oscar", Role.OPERATOR)
     await machines.add_machine(core, admin, name="pc01", mac="52:54:00:12:34:56")
+    await booted(core, "pc01")
     assert (await machines.get_machine(core, viewer, "pc01")).chap_secret is None
     assert [m.chap_secret for m in await machines.list_machines(core, viewer)] == [None]
     secret = (await machines.get_machine(core, operator, "pc01")).chap_secret

@@ -1,23 +1,24 @@
-"""iPXE boot scripts: rendering (pure) and writing them into the TFTP root (atomic).
+"""iPXE boot scripts: rendering (pure), and ``boot.ipxe`` in the TFTP root (written atomically).
 
-``boot.ipxe`` is what iPXE loads first; it chains ``${mac:hexhyp}.ipxe``, the script of the
-machine with that MAC. A machine's script either sanboots its own iSCSI disk (while it has a
-boot session) or says why it does not and exits, so the firmware falls back to its next boot
-device. No script ever drops to the iPXE shell: from there anyone at the keyboard could type
-a sanboot of their own.
+``boot.ipxe`` is what iPXE loads first over TFTP; it chains
+``http://<boot address>:<port>/boot/${mac:hexhyp}`` — the engine of ``ggnet serve`` answers that
+request with the machine's script, prepared for this boot. A machine's script either sanboots its
+own iSCSI disk or says why it does not and exits, so the firmware falls back to its next boot
+device. No script ever drops to the iPXE shell: from there anyone at the keyboard could type a
+sanboot of their own.
 
 Injection: iPXE splits a script line on whitespace, treats a token starting with ``#`` as a
 comment, ``||``/``&&``/``;`` tokens as command separators and expands ``${...}``. Every value
 written into a script is therefore checked against a small set of characters that can do none
 of that (letters, digits, ``.``, ``-``, ``_``, ``:``); anything else is refused with Invalid,
-whoever the caller is. The messages around the values are fixed text.
+whoever the caller is. Sentences from the engine (a failure's reason) are reduced to characters
+iPXE prints as they are.
 
-File modes: scripts are written 0644. A machine's script holds its CHAP secret, but TFTP has
-no authentication: anyone on the boot LAN can fetch any script by MAC, so a stricter mode would
-protect nothing from the network, and dnsmasq's TFTP serves only world-readable files when it
-runs as root (and only files it can read as its own user otherwise). The secret's job is to keep
-one machine off another machine's disk by accident or by a casual attempt, not to stand up to
-someone sniffing the boot LAN; keep the boot LAN separate from untrusted networks.
+Secrets: a machine's script carries this boot's CHAP secret and travels over plain HTTP, as
+TFTP did before: anyone on the boot LAN can watch it. The secret is new at every boot, so one
+sniffed from a boot is worthless at the next; keep the boot LAN apart from untrusted networks.
+The TFTP root holds no secret (only ``boot.ipxe`` and the iPXE binaries) and stays world-readable,
+which dnsmasq's TFTP server requires.
 """
 
 from __future__ import annotations
@@ -42,19 +43,22 @@ from ..validation import (
 
 BOOT_SCRIPT = "boot.ipxe"
 # second line of every script ggnet writes: how stale scripts are recognised (and only those removed)
-MARKER = "# ggnet: generated boot script; do not edit (rewritten on every session start and stop)"
+MARKER = "# ggnet: generated boot script; do not edit"
 SCRIPT_MODE = 0o644
 # markers the e2e harness (and an operator reading the screen) can match on
 CHAIN_FAILED = "GGNET-CHAIN-FAILED"
 SANBOOT_FAILED = "GGNET-SANBOOT-FAILED"
-NOT_BOOTING = "GGNET-NO-SESSION"
+NOT_BOOTING = "GGNET-NOT-BOOTING"
 # seconds a failure message stays on screen before the firmware tries its next boot device
 PAUSE_SECONDS = 10
+CHAIN_TRIES = 3  # boot.ipxe asks the boot server this often before giving up (a restart of ggnet serve)
 
 _MAC_SCRIPT = re.compile(r"^[0-9a-f]{2}(-[0-9a-f]{2}){5}\.ipxe\Z")
 _SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]*\Z")
 _SECRET = re.compile(r"^[A-Za-z0-9]{1,64}\Z")
+_EFI_PATH = re.compile(r"^[A-Za-z0-9\\/][A-Za-z0-9._\\/-]{0,254}\Z")
 _HOSTNAME = re.compile(r"^(?=.{1,253}\Z)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*\Z")
+_SAY = re.compile(r"[^A-Za-z0-9 .,:;()'/_=+@-]")  # what a sentence may keep when echoed by iPXE
 _TMP_PREFIX = ".ggnet-"
 _LOCK_NAME = ".ggnet.lock"
 
@@ -62,26 +66,34 @@ _LOCK_NAME = ".ggnet.lock"
 class Why(str, enum.Enum):
     """Why a machine's script does not boot its disk."""
 
+    UNREGISTERED = "unregistered"
+    DISABLED = "disabled"
     NO_IMAGE = "no-image"
-    NO_SESSION = "no-session"
+    NO_VERSION = "no-version"
+    NO_SPACE = "no-space"
     FAILED = "failed"
-    STOPPING = "stopping"
-    NO_TARGET = "no-target"
 
 
 _WHY_TEXT = {
-    Why.NO_IMAGE: (
-        "no image is assigned to {name}: assign one with ggnet machine set {name} --image IMAGE",
-        "then start a session with ggnet session start {name}",
+    Why.UNREGISTERED: (
+        "the PC with MAC {mac} is not registered on the boot server",
+        "register it with ggnet machine add NAME --mac {mac}, or adopt it from the discovered PCs",
     ),
-    Why.NO_SESSION: ("no boot session for {name}: start one with ggnet session start {name}",),
-    Why.FAILED: (
-        "the last boot session of {name} failed: see ggnet session list",
-        "then start a new one with ggnet session start {name}",
+    Why.DISABLED: ("{name} may not boot: it is disabled on the boot server (ggnet machine set {name} --enable)",),
+    Why.NO_IMAGE: ("no image is assigned to {name}: assign one with ggnet machine set {name} --image IMAGE",),
+    Why.NO_VERSION: ("{name} cannot boot: {detail}",),
+    Why.NO_SPACE: (
+        "the boot server is low on disk space, so new boots are refused: {detail}",
+        "free space on the boot server, or lower GGNET_RESERVED_SPACE",
     ),
-    Why.STOPPING: ("the boot session of {name} is being stopped: start a new one with ggnet session start {name}",),
-    Why.NO_TARGET: ("the boot session of {name} has no iSCSI target: run ggnet reconcile",),
+    Why.FAILED: ("the boot server could not prepare the disk of {name}: {detail}",),
 }
+
+
+def sentence(text: str, limit: int = 300) -> str:
+    """A sentence iPXE echoes as written: no ${...} expansion, no comment, no line break."""
+    flat = " ".join(str(text).split())
+    return _SAY.sub("?", flat)[:limit]
 
 
 @dataclass(frozen=True)
@@ -95,6 +107,7 @@ class SanBoot:
     initiator_iqn: str
     chap_username: str
     chap_secret: str
+    efi_loader: str | None = None  # Secure Boot: the signed loader on the disk (sanboot --filename)
 
 
 @dataclass(frozen=True)
@@ -102,7 +115,8 @@ class MachineScript:
     name: str
     mac: str
     boot: SanBoot | None = None
-    why: Why = Why.NO_SESSION  # used when boot is None
+    why: Why = Why.FAILED  # used when boot is None
+    detail: str = ""  # the engine's sentence for why (a failure's reason)
 
     @property
     def file_name(self) -> str:
@@ -170,6 +184,8 @@ def _check(script: MachineScript) -> None:
         if not isinstance(script.why, Why):
             raise _refuse(f"{name}.why", "must be one of the known reasons")
         return
+    if boot.efi_loader is not None and not _EFI_PATH.match(boot.efi_loader):
+        raise _refuse(f"{name}.efi_loader", "must be a path on the disk such as \\EFI\\BOOT\\shimx64.efi")
     check_address(boot.address)
     if not isinstance(boot.port, int) or not 1 <= boot.port <= 65535:
         raise _refuse(f"{name}.port", "must be a TCP port between 1 and 65535")
@@ -187,22 +203,34 @@ def _check(script: MachineScript) -> None:
 # --- rendering -----------------------------------------------------------------
 
 
-def render_boot_script() -> str:
-    """``boot.ipxe``: chain the machine's own script; say so plainly when there is none."""
+def boot_url(address: str, port: int) -> str:
+    """Where iPXE asks for a machine's script (``${mac:hexhyp}`` is filled in by iPXE)."""
+    host = check_address(address)
+    if not isinstance(port, int) or not 1 <= port <= 65535:
+        raise _refuse("http_port", "must be a TCP port between 1 and 65535")
+    return f"http://{host}:{port}/boot/${{mac:hexhyp}}"
+
+
+def render_boot_script(url: str) -> str:
+    """``boot.ipxe``: ask the boot server for this machine's script; say so plainly when it does not answer."""
     return "\n".join(
         [
             "#!ipxe",
             MARKER,
-            "# Loads the script of this machine, named after its MAC address (52-54-00-aa-00-01.ipxe).",
-            "chain ${mac:hexhyp}.ipxe || goto unregistered",
-            "# the machine's script ran and did not boot; it has said why",
-            "exit 1",
-            ":unregistered",
+            "# Asks ggnet serve for this machine's script (prepared for this boot), a few times.",
+            "set ggnet-tries 0",
+            ":ask",
+            f"chain --replace --autofree {url} || goto retry",
+            ":retry",
+            "inc ggnet-tries",
+            f"iseq ${{ggnet-tries}} {CHAIN_TRIES} && goto unanswered ||",
+            "sleep 2",
+            "goto ask",
+            ":unanswered",
             (
-                f"echo {CHAIN_FAILED}: could not load ${{mac:hexhyp}}.ipxe: the machine with MAC ${{mac}} "
-                "is not registered in ggnet (or the boot server did not answer)"
+                f"echo {CHAIN_FAILED}: the boot server did not answer at {url} "
+                "(is ggnet serve running, and GGNET_BOOT_ADDRESS right?)"
             ),
-            "echo Register it on the boot server with: ggnet machine add NAME --mac ${mac}",
             f"sleep {PAUSE_SECONDS}",
             "exit 1",
             "",
@@ -211,7 +239,7 @@ def render_boot_script() -> str:
 
 
 def render_machine_script(script: MachineScript) -> str:
-    """One machine's script: sanboot its disk, or print why not and exit."""
+    """One machine's script for this boot: sanboot its disk, or print why not and exit."""
     _check(script)
     name, mac = script.name, normalize_mac(script.mac)
     lines = ["#!ipxe", MARKER]
@@ -219,39 +247,39 @@ def render_machine_script(script: MachineScript) -> str:
     if boot is not None:
         where = f"{boot.address}:{boot.port}"
         # iscsi:<server>:<protocol>:<port>:<LUN>:<target>; protocol empty, LUN in hex.
-        # No --no-describe: Windows finds its disk through the iBFT that sanboot publishes.
+        # No --no-describe: the OS finds its disk through the iBFT that sanboot publishes.
         uri = f"iscsi:{boot.address}::{boot.port}:{boot.lun:x}:{boot.target_iqn}"
+        sanboot = f"sanboot --filename {boot.efi_loader} {uri}" if boot.efi_loader else f"sanboot {uri}"
         lines += [
             f"# machine {name} ({mac}): boots its own disk over iSCSI",
             f"echo ggnet: {name} boots {boot.target_iqn} from {where}",
             f"set initiator-iqn {boot.initiator_iqn}",
             f"set username {boot.chap_username}",
             f"set password {boot.chap_secret}",
-            f"sanboot {uri} || goto failed",
+            f"{sanboot} || goto failed",
             "exit 0",
             ":failed",
             f"echo {SANBOOT_FAILED}: {name} could not boot {boot.target_iqn} from {where} (iPXE's reason is above)",
-            "echo Check the target on the boot server: ggnet target list, then ggnet reconcile",
+            "echo See this machine's boot history on the boot server: ggnet machine show " + name,
         ]
     else:
+        detail = sentence(script.detail)
         text = _WHY_TEXT[script.why]
         lines += [f"# machine {name} ({mac}): does not boot now ({script.why.value})"]
-        lines += [f"echo {NOT_BOOTING}: {text[0].format(name=name)}"]
-        lines += [f"echo {more.format(name=name)}" for more in text[1:]]
-    # exit 0 hands control back to boot.ipxe, which exits without its "not registered" message
-    lines += [f"sleep {PAUSE_SECONDS}", "exit 0", ""]
+        lines += [f"echo {NOT_BOOTING}: {sentence(text[0].format(name=name, mac=mac, detail=detail))}"]
+        lines += [f"echo {sentence(more.format(name=name, mac=mac, detail=detail))}" for more in text[1:]]
+    lines += [f"sleep {PAUSE_SECONDS}", "exit 1", ""]
     return "\n".join(lines)
 
 
-def render_all(machines: list[MachineScript]) -> dict[str, str]:
-    """Every file the TFTP root should hold, by file name."""
-    files = {BOOT_SCRIPT: render_boot_script()}
-    for machine in machines:
-        name = machine.file_name
-        if name in files:
-            raise Invalid("mac", f"{machine.mac} is used by more than one machine")
-        files[name] = render_machine_script(machine)
-    return files
+def render_unregistered(mac: str) -> str:
+    """The answer to a MAC no machine has."""
+    return render_machine_script(MachineScript("unregistered", mac, why=Why.UNREGISTERED))
+
+
+def tftp_files(url: str) -> dict[str, str]:
+    """Every ggnet file the TFTP root should hold, by file name (per-machine scripts come over HTTP)."""
+    return {BOOT_SCRIPT: render_boot_script(url)}
 
 
 # --- writing -------------------------------------------------------------------
@@ -266,7 +294,7 @@ def is_ggnet_script(path: Path) -> bool:
             head = handle.read(len(MARKER) + 16)
     except OSError:
         return False
-    return head.startswith(f"#!ipxe\n{MARKER}\n".encode())
+    return head.startswith(f"#!ipxe\n{MARKER}".encode())  # also older scripts, whose marker said more
 
 
 def write_atomic(path: Path, text: str, mode: int = SCRIPT_MODE) -> None:

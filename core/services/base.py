@@ -61,7 +61,12 @@ class Operation:
         self.actor = actor
         self.action = action
         self.audited = False
+        self.changes_intent = False
         self.log = get_logger()
+
+    def intent_changed(self) -> None:
+        """This change alters what the engine should converge to: wake it when committed."""
+        self.changes_intent = True
 
     def audit(
         self,
@@ -141,6 +146,10 @@ async def operation(core: Core, actor: Actor, permission: Permission, action: st
                 op = Operation(session, actor, action)
                 yield op
                 try:
+                    if op.changes_intent:
+                        from ..engine.signals import bump_intent
+
+                        await bump_intent(session)
                     await session.flush()
                 except IntegrityError:
                     raise Conflict("another console changed the same data at the same time; reload and retry") from None

@@ -8,9 +8,6 @@ hashed. A failed or cancelled import leaves neither a row nor a file.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import errno
-import os
 import uuid
 from collections.abc import Callable
 from datetime import datetime
@@ -25,9 +22,8 @@ from ..auth import Actor, Permission
 from ..config import Settings
 from ..context import Core
 from ..errors import Conflict, Invalid, NotFound
-from ..files import fsync_dir
 from ..log import get_logger
-from ..models import LIVE_SESSION_STATES, BootSession, Image, ImageKind, ImageVersion, Machine, utcnow
+from ..models import CURRENT_BOOT_STATES, Boot, Image, ImageKind, ImageVersion, Machine, utcnow
 from ..storage import qemu_img
 from ..validation import ImageName, Notes, StrictInput, parse, shown
 from .base import Operation, operation, reading, snapshot
@@ -154,43 +150,43 @@ async def _version_row(session: AsyncSession, image: Image, number: int) -> Imag
 
 
 async def _pinned_by(session: AsyncSession, version_ids: list[int]) -> dict[int, list[str]]:
+    """Machines that pin one of these versions (for their system or game disk)."""
     if not version_ids:
         return {}
-    query = (
-        select(Machine.pinned_version_id, Machine.name)
-        .where(Machine.pinned_version_id.in_(version_ids))
-        .order_by(Machine.name)
-    )
     found: dict[int, list[str]] = {}
-    for version_id, name in (await session.execute(query)).all():
-        found.setdefault(version_id, []).append(name)
+    for column in (Machine.pinned_version_id, Machine.game_pinned_version_id):
+        query = select(column, Machine.name).where(column.in_(version_ids)).order_by(Machine.name)
+        for version_id, name in (await session.execute(query)).all():
+            found.setdefault(version_id, []).append(name)
     return found
 
 
 async def _in_use_by(session: AsyncSession, version_ids: list[int]) -> dict[int, list[str]]:
+    """Machines whose current boot runs on one of these versions (system or game disk)."""
     if not version_ids:
         return {}
-    query = (
-        select(BootSession.image_version_id, Machine.name)
-        .join(Machine, Machine.id == BootSession.machine_id)
-        .where(
-            BootSession.image_version_id.in_(version_ids), BootSession.state.in_([s.value for s in LIVE_SESSION_STATES])
-        )
-        .order_by(Machine.name)
-    )
     found: dict[int, list[str]] = {}
-    for version_id, name in (await session.execute(query)).all():
-        found.setdefault(version_id, []).append(name)
+    current = [s.value for s in CURRENT_BOOT_STATES]
+    for column in (Boot.image_version_id, Boot.game_version_id):
+        query = (
+            select(column, Boot.machine_name)
+            .where(column.in_(version_ids), Boot.state.in_(current))
+            .order_by(Boot.machine_name)
+        )
+        for version_id, name in (await session.execute(query)).all():
+            found.setdefault(version_id, []).append(name)
     return found
 
 
 async def _assigned_to(session: AsyncSession, image_ids: list[int]) -> dict[int, list[str]]:
+    """Machines that boot one of these images (as their system or game disk)."""
     if not image_ids:
         return {}
-    query = select(Machine.image_id, Machine.name).where(Machine.image_id.in_(image_ids)).order_by(Machine.name)
     found: dict[int, list[str]] = {}
-    for image_id, name in (await session.execute(query)).all():
-        found.setdefault(image_id, []).append(name)
+    for column in (Machine.image_id, Machine.game_image_id):
+        query = select(column, Machine.name).where(column.in_(image_ids)).order_by(Machine.name)
+        for image_id, name in (await session.execute(query)).all():
+            found.setdefault(image_id, []).append(name)
     return found
 
 
@@ -412,65 +408,66 @@ async def _deactivate_all(op: Operation, image: Image) -> None:
     await op.flush(conflict=f"image '{image.name}' was changed by another console meanwhile; retry")
 
 
-async def add_version_from_writeback(
-    core: Core, actor: Actor, image_id: int, writeback: Path, *, activate: bool = True, notes: str = ""
+async def record_applied_version(
+    core: Core,
+    actor: Actor,
+    image_id: int,
+    file: Path,
+    *,
+    activate: bool,
+    notes: str,
+    machine_id: int,
+    writeback_id: int,
 ) -> int:
-    """Turn a (no longer served) writeback into the image's next version; the file is moved,
-    not copied. Returns the new version number."""
-    writeback = Path(writeback)
+    """The engine's last step of a maintenance apply: ``file`` (a clone of the machine's maintenance
+    writeback, already in the images directory) becomes the image's next version, the writeback is
+    given up and the machine boots fresh again. Idempotent: a second call finds the version."""
+    from ..models import CURRENT_BOOT_STATES, Boot, BootState, WritebackPolicy, WritebackState
+    from ..models import Writeback as WritebackRow
+
+    size = file.stat().st_size
+    digest = await qemu_img.sha256(file)
     async with operation(core, actor, Permission.MANAGE_IMAGES, "image.version.apply") as op:
-        image = await op.session.get(Image, image_id)
+        existing = (
+            await op.session.execute(select(ImageVersion).where(ImageVersion.file_name == file.name))
+        ).scalar_one_or_none()
+        if existing is not None:
+            return existing.number
+        image = await op.session.get(Image, image_id, with_for_update=True)
         if image is None:
-            raise NotFound(f"no image with id {image_id}")
-    if not writeback.is_file():
-        raise NotFound(f"the writeback {writeback.name} does not exist")
-    size = writeback.stat().st_size
-    digest = await qemu_img.sha256(writeback)
-    directory = images_dir(core.settings)
-    directory.mkdir(parents=True, exist_ok=True)
-    dest = directory / _new_file_name()
-    moved = await _move(writeback, dest)
-    try:
-        async with operation(core, actor, Permission.MANAGE_IMAGES, "image.version.apply") as op:
-            image = await op.session.get(Image, image_id, with_for_update=True)
-            if image is None:
-                raise NotFound(f"image {image_id} was removed meanwhile")
-            latest = await op.session.execute(
-                select(func.max(ImageVersion.number)).where(ImageVersion.image_id == image.id)
-            )
-            number = (latest.scalar_one() or 0) + 1
-            version = await _add_version(op, image, number, dest.name, "raw", size, digest, notes[:NOTES_MAX], activate)
-            op.audit(
-                "image",
-                image.id,
-                f"{image.name} v{number}",
-                None,
-                snapshot(version),
-                detail=f"from writeback {writeback.name}",
-            )
-            return number
-    except BaseException:
-        if moved:  # give the writeback back, so the session's work is not lost
-            with contextlib.suppress(OSError):
-                os.replace(dest, writeback)
-        _remove_files([dest])
-        raise
-
-
-async def _move(source: Path, dest: Path) -> bool:
-    """Rename (constant time); across file systems, copy then remove. True if renamed."""
-    try:
-        os.replace(source, dest)
-        fsync_dir(dest.parent)
-        return True
-    except OSError as exc:
-        if exc.errno != errno.EXDEV:
-            raise
-    from ..storage.writeback import CopyDriver
-
-    await CopyDriver().create(source, dest)
-    source.unlink()
-    return False
+            raise NotFound(f"image {image_id} was removed meanwhile")
+        latest = await op.session.execute(
+            select(func.max(ImageVersion.number)).where(ImageVersion.image_id == image.id)
+        )
+        number = (latest.scalar_one() or 0) + 1
+        version = await _add_version(op, image, number, file.name, "raw", size, digest, notes[:NOTES_MAX], activate)
+        writeback = await op.session.get(WritebackRow, writeback_id)
+        if writeback is not None:
+            writeback.state = WritebackState.DISCARD.value
+        machine = await op.session.get(Machine, machine_id)
+        if machine is not None:
+            before = snapshot(machine)
+            machine.writeback_policy = WritebackPolicy.FRESH.value
+            op.stamp(machine)
+            for boot in (
+                await op.session.execute(
+                    select(Boot).where(
+                        Boot.machine_id == machine.id, Boot.state.in_([s.value for s in CURRENT_BOOT_STATES])
+                    )
+                )
+            ).scalars():
+                boot.state, boot.end_reason, boot.ended_by = BootState.ENDING.value, "applied", actor.username
+            op.audit("machine", machine.id, machine.name, before, snapshot(machine), detail="maintenance ended")
+        op.audit(
+            "image",
+            image.id,
+            f"{image.name} v{number}",
+            None,
+            snapshot(version),
+            detail=f"applied from the maintenance writeback of {machine.name if machine else 'a removed machine'}",
+        )
+        op.intent_changed()
+        return number
 
 
 # --- changes -------------------------------------------------------------------------
@@ -512,14 +509,14 @@ async def remove_image(core: Core, actor: Actor, name: str, version: int | None 
             raise Conflict(
                 f"image '{image.name}'"
                 + (f" version {version}" if version else "")
-                + f" is in use by the running sessions of {_names(in_use)}; stop them first"
+                + f" is in use by the current boots of {_names(in_use)}; take them offline first (ggnet session stop)"
             )
         pinned = sorted({m for names in (await _pinned_by(op.session, ids)).values() for m in names})
         if pinned:
             raise Conflict(
                 f"image '{image.name}'"
                 + (f" version {version}" if version else "")
-                + f" is pinned by {_names(pinned)}; unpin first (ggnet machine set NAME --unpin)"
+                + f" is pinned by {_names(pinned)}; unpin first (ggnet machine set NAME --unpin, or --game-unpin)"
             )
         if version is None:
             assigned = (await _assigned_to(op.session, [image.id])).get(image.id, [])
@@ -567,62 +564,81 @@ UNCHANGED: Any = _Unchanged()
 
 
 async def assign_image(
-    core: Core, actor: Actor, machine_name: str, image: str | None = UNCHANGED, pin_version: int | None = UNCHANGED
+    core: Core,
+    actor: Actor,
+    machine_name: str,
+    image: str | None = UNCHANGED,
+    pin_version: int | None = UNCHANGED,
+    game_image: str | None = UNCHANGED,
+    game_pin_version: int | None = UNCHANGED,
 ) -> MachineView:
-    """Set what a machine boots. ``image``: a name, or None for no image. ``pin_version``: a
-    version number to boot instead of the active one, or None to follow the active version.
-    Choosing another image drops an old pin unless a new one is given."""
+    """Set what a machine boots: see ``assign``."""
     from .machines import get_machine, get_row
 
-    if image is UNCHANGED and pin_version is UNCHANGED:
-        raise Invalid("image", "give an image (or none) or a version to pin (or unpin)")
-    if (
-        pin_version is not UNCHANGED
-        and pin_version is not None
-        and (isinstance(pin_version, bool) or not isinstance(pin_version, int) or pin_version < 1)
-    ):
-        raise Invalid("pin_version", "must be a version number (1 or more)")
     async with operation(core, actor, Permission.MANAGE_MACHINES, "machine.assign_image") as op:
         machine = await get_row(op.session, machine_name)
         before = snapshot(machine)
-        image_id = machine.image_id
-        if image is not UNCHANGED:
-            image_id = None if image is None else (await _image_row(op.session, image)).id
-            if image_id != machine.image_id:
-                machine.pinned_version_id = None
-            machine.image_id = image_id
-        if pin_version is None:
-            machine.pinned_version_id = None
-        elif pin_version is not UNCHANGED:
-            if image_id is None:
-                raise Invalid(
-                    "pin_version", f"machine '{machine.name}' has no image; give an image to pin a version of"
-                )
-            chosen = await op.session.get(Image, image_id)
-            assert chosen is not None
-            machine.pinned_version_id = (await _version_row(op.session, chosen, pin_version)).id
-        op.stamp(machine)
-        await op.flush(conflict=f"machine '{machine.name}' or its image was changed by another console; retry")
+        await assign(op, machine, image, pin_version, game_image, game_pin_version)
         op.audit("machine", machine.id, machine.name, before, snapshot(machine))
     return await get_machine(core, actor, machine.name)
 
 
-async def resolve_version_for_machine(session: AsyncSession, machine: Machine) -> ImageVersion:
-    """The version a machine boots: its pinned one, else its image's active one."""
-    if machine.pinned_version_id is not None:
-        version = await session.get(ImageVersion, machine.pinned_version_id)
-        if version is not None:
-            return version
-    if machine.image_id is None:
-        raise Conflict(
-            f"machine '{machine.name}' has no image assigned; run 'ggnet machine set {machine.name} --image NAME'"
-        )
-    query = select(ImageVersion).where(ImageVersion.image_id == machine.image_id, ImageVersion.is_active.is_(True))
-    version = (await session.execute(query)).scalar_one_or_none()
-    if version is None:
-        image = await session.get(Image, machine.image_id)
-        label = image.name if image else str(machine.image_id)
-        raise Conflict(
-            f"image '{label}' of machine '{machine.name}' has no active version; run 'ggnet image activate {label} N'"
-        )
-    return version
+def _check_pin(value: Any, field: str) -> None:
+    if (
+        value is not UNCHANGED
+        and value is not None
+        and (isinstance(value, bool) or not isinstance(value, int) or value < 1)
+    ):
+        raise Invalid(field, "must be a version number (1 or more)")
+
+
+async def assign(
+    op: Operation,
+    machine: Machine,
+    image: str | None = UNCHANGED,
+    pin_version: int | None = UNCHANGED,
+    game_image: str | None = UNCHANGED,
+    game_pin_version: int | None = UNCHANGED,
+) -> None:
+    """Within the caller's operation: set a machine's system image (``image``: a name, or None for
+    none) and pinned version (a number, or None to follow the active version), and likewise its game
+    disk. Choosing another image drops an old pin unless a new one is given. Only system images can
+    be a machine's image, only game images its game image."""
+    if all(v is UNCHANGED for v in (image, pin_version, game_image, game_pin_version)):
+        raise Invalid("image", "give an image (or none) or a version to pin (or unpin)")
+    _check_pin(pin_version, "pin_version")
+    _check_pin(game_pin_version, "game_pin_version")
+    for kind, name_value, pin_value, image_attr, pin_attr, field, pin_field in (
+        (ImageKind.SYSTEM, image, pin_version, "image_id", "pinned_version_id", "image", "pin_version"),
+        (
+            ImageKind.GAME,
+            game_image,
+            game_pin_version,
+            "game_image_id",
+            "game_pinned_version_id",
+            "game_image",
+            "game_pin_version",
+        ),
+    ):
+        image_id = getattr(machine, image_attr)
+        if name_value is not UNCHANGED:
+            chosen = None if name_value is None else await _image_row(op.session, name_value)
+            if chosen is not None and chosen.kind != kind.value:
+                raise Invalid(
+                    field, f"'{chosen.name}' is a {chosen.kind} image; a machine's {field} must be a {kind.value} image"
+                )
+            image_id = None if chosen is None else chosen.id
+            if image_id != getattr(machine, image_attr):
+                setattr(machine, pin_attr, None)
+            setattr(machine, image_attr, image_id)
+        if pin_value is None:
+            setattr(machine, pin_attr, None)
+        elif pin_value is not UNCHANGED:
+            if image_id is None:
+                raise Invalid(pin_field, f"machine '{machine.name}' has no {field}; give one to pin a version of")
+            target = await op.session.get(Image, image_id)
+            assert target is not None
+            setattr(machine, pin_attr, (await _version_row(op.session, target, pin_value)).id)
+    op.stamp(machine)
+    await op.flush(conflict=f"machine '{machine.name}' or its image was changed by another console; retry")
+    op.intent_changed()

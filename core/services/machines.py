@@ -15,7 +15,18 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from ..auth import Actor, Permission
 from ..context import Core
 from ..errors import Conflict, Invalid, NotFound
-from ..models import LIVE_SESSION_STATES, BootMode, BootSession, Image, ImageVersion, Machine, utcnow
+from ..models import (
+    CURRENT_BOOT_STATES,
+    Boot,
+    BootMode,
+    Image,
+    ImageVersion,
+    Machine,
+    MachineObservation,
+    MachineStatus,
+    WritebackPolicy,
+    utcnow,
+)
 from ..validation import IPv4Host, Iqn, MacAddress, MachineName, Notes, StrictInput, lookup_key, parse, shown
 from .base import Operation, check_version, may, operation, reading, snapshot
 from .views import MachineView
@@ -40,7 +51,10 @@ class MachineChanges(StrictInput):
     ip: IPv4Host | None = None
     boot_mode: BootMode | None = None
     initiator_iqn: Iqn | None = None
-    keep_writeback: bool | None = None
+    boot_enabled: bool | None = None
+    # fresh: a new disk at every boot; keep: the same one (--keep-writeback); maintenance: see services/boots
+    writeback_policy: WritebackPolicy | None = None
+    keep_writeback: bool | None = None  # the older spelling of writeback_policy keep / fresh
     notes: Notes | None = None
 
 
@@ -61,11 +75,11 @@ _VIEW_COLUMNS = (
     Machine.boot_mode,
     Machine.initiator_iqn,
     Machine.chap_username,
-    Machine.chap_secret,
     Machine.image_id,
-    Machine.keep_writeback,
+    Machine.game_image_id,
+    Machine.boot_enabled,
+    Machine.writeback_policy,
     Machine.notes,
-    Machine.last_seen_at,
     Machine.updated_at,
     Machine.updated_by,
     Machine.row_version,
@@ -75,33 +89,64 @@ _VIEW_COLUMNS = (
 def _machine_query() -> Select[Any]:
     # plain columns rather than ORM objects: listing 10,000 machines is about twice as fast
     pinned = ImageVersion.__table__.alias("pinned")
+    game = Image.__table__.alias("game")
+    game_pinned = ImageVersion.__table__.alias("game_pinned")
+    current = Boot.__table__.alias("current")
     return (
-        select(*_VIEW_COLUMNS, Image.name.label("image_name"), pinned.c.number.label("pinned_number"))
+        select(
+            *_VIEW_COLUMNS,
+            Image.name.label("image_name"),
+            pinned.c.number.label("pinned_number"),
+            game.c.name.label("game_image_name"),
+            game_pinned.c.number.label("game_pinned_number"),
+            MachineObservation.status,
+            MachineObservation.detail.label("status_detail"),
+            MachineObservation.logged_in,
+            MachineObservation.client_address,
+            MachineObservation.last_seen_at,
+            MachineObservation.writeback_bytes,
+            current.c.chap_secret,
+        )
         .outerjoin(Image, Image.id == Machine.image_id)
         .outerjoin(pinned, pinned.c.id == Machine.pinned_version_id)
+        .outerjoin(game, game.c.id == Machine.game_image_id)
+        .outerjoin(game_pinned, game_pinned.c.id == Machine.game_pinned_version_id)
+        .outerjoin(MachineObservation, MachineObservation.machine_id == Machine.id)
+        .outerjoin(
+            current,
+            (current.c.machine_id == Machine.id) & current.c.state.in_([s.value for s in CURRENT_BOOT_STATES]),
+        )
     )
 
 
-def _view(machine: Any, image_name: str | None, pinned: int | None, secrets_ok: bool) -> MachineView:
-    """From a Machine row object or a result row of _machine_query."""
+def _view(row: Any, secrets_ok: bool) -> MachineView:
+    """From a result row of _machine_query."""
     return MachineView(
-        id=machine.id,
-        name=machine.name,
-        mac=machine.mac,
-        ip=machine.ip,
-        boot_mode=machine.boot_mode,
-        initiator_iqn=machine.initiator_iqn,
-        chap_username=machine.chap_username,
-        chap_secret=machine.chap_secret if secrets_ok else None,
-        image=image_name,
-        image_id=machine.image_id,
-        pinned_version=pinned,
-        keep_writeback=machine.keep_writeback,
-        notes=machine.notes,
-        last_seen_at=machine.last_seen_at,
-        updated_at=machine.updated_at,
-        updated_by=machine.updated_by,
-        row_version=machine.row_version,
+        id=row.id,
+        name=row.name,
+        mac=row.mac,
+        ip=row.ip,
+        boot_mode=row.boot_mode,
+        initiator_iqn=row.initiator_iqn,
+        chap_username=row.chap_username,
+        chap_secret=row.chap_secret if secrets_ok else None,
+        image=row.image_name,
+        image_id=row.image_id,
+        pinned_version=row.pinned_number,
+        game_image=row.game_image_name,
+        game_pinned_version=row.game_pinned_number,
+        boot_enabled=row.boot_enabled,
+        writeback_policy=row.writeback_policy,
+        status=row.status or MachineStatus.OFF.value,
+        status_detail=row.status_detail,
+        logged_in=bool(row.logged_in),
+        client_address=row.client_address,
+        last_seen_at=row.last_seen_at,
+        writeback_bytes=row.writeback_bytes,
+        notes=row.notes,
+        updated_at=row.updated_at,
+        updated_by=row.updated_by,
+        row_version=row.row_version,
     )
 
 
@@ -140,8 +185,8 @@ def _new_values(op: Operation, data: MachineInput, iqn_base: str) -> dict[str, A
         "boot_mode": data.boot_mode.value,
         "initiator_iqn": data.initiator_iqn or default_initiator_iqn(iqn_base, data.name),
         "chap_username": data.name,
-        "chap_secret": new_chap_secret(),
-        "keep_writeback": False,
+        "boot_enabled": True,
+        "writeback_policy": WritebackPolicy.FRESH.value,
         "notes": data.notes,
         "created_at": now,
         "updated_at": now,
@@ -166,13 +211,33 @@ async def add_machine(core: Core, actor: Actor, **fields: Any) -> MachineView:
         op.session.add(machine)
         await op.flush(conflict=f"machine '{data.name}' or its MAC, IP or IQN was just added by another console")
         op.audit("machine", machine.id, machine.name, None, snapshot(machine))
-        return _view(machine, None, None, await may(op.session, actor, Permission.READ_SECRETS))
+        op.intent_changed()
+        await _forget_discovered(op, [machine.mac])
+    return await get_machine(core, actor, machine.name)
+
+
+async def _forget_discovered(op: Operation, macs: list[str]) -> None:
+    """A registered MAC is no longer a discovered PC."""
+    from sqlalchemy import delete
+
+    from ..models import DiscoveredMac
+
+    for start in range(0, len(macs), 500):
+        await op.session.execute(delete(DiscoveredMac).where(DiscoveredMac.mac.in_(macs[start : start + 500])))
+
+
+_ASSIGNMENT = ("image", "pin_version", "game_image", "game_pin_version")
 
 
 async def update_machine(
     core: Core, actor: Actor, name: str, /, expected_version: int | None = None, **fields: Any
 ) -> MachineView:
-    """Change only the fields given; ``ip=None`` clears the IP; ``name=`` renames (hence ``/``)."""
+    """Change only the fields given, all or nothing; ``ip=None`` clears the IP; ``name=`` renames
+    (hence ``/``); ``image``, ``pin_version``, ``game_image``, ``game_pin_version`` as in
+    ``images.assign``."""
+    from .images import assign
+
+    assignment = {k: fields.pop(k) for k in _ASSIGNMENT if k in fields}
     changes = parse(MachineChanges, fields)
     given = changes.model_dump(exclude_unset=True)
     async with operation(core, actor, Permission.MANAGE_MACHINES, "machine.update") as op:
@@ -183,15 +248,32 @@ async def update_machine(
         clashes = await _clashes(op.session, exclude_id=machine.id, **unique)
         if clashes:
             raise Conflict("; ".join(f"{k}: {v}" for k, v in clashes.items()))
+        if given.get("keep_writeback") is not None:
+            if given.get("writeback_policy") is not None:
+                raise Invalid("keep_writeback", "give writeback_policy or keep_writeback, not both")
+            given["writeback_policy"] = WritebackPolicy.KEEP if given["keep_writeback"] else WritebackPolicy.FRESH
+        given.pop("keep_writeback", None)
+        if given.get("writeback_policy") == WritebackPolicy.MAINTENANCE:
+            raise Invalid("writeback_policy", "maintenance is started with 'ggnet maintenance start' (one per image)")
+        if machine.writeback_policy == WritebackPolicy.MAINTENANCE.value and given.get("writeback_policy") is not None:
+            raise Conflict(
+                f"machine '{machine.name}' is in maintenance: apply or discard its writeback first "
+                f"(ggnet maintenance apply|discard {machine.name})"
+            )
         if "name" in given and given["name"] != machine.name:
             if await _has_live_session(op.session, machine.id):
-                raise Conflict(f"machine '{machine.name}' has a running session; stop it before renaming")
+                raise Conflict(
+                    f"machine '{machine.name}' is booted or being prepared; take it offline before renaming "
+                    f"(ggnet session stop {machine.name})"
+                )
             if machine.initiator_iqn == default_initiator_iqn(core.settings.iqn_base, machine.name):
                 given.setdefault("initiator_iqn", default_initiator_iqn(core.settings.iqn_base, given["name"]))
             machine.chap_username = given["name"]
+        if given.get("writeback_policy") == WritebackPolicy.FRESH and machine.writeback_policy != "fresh":
+            await _release_kept_writebacks(op, machine.id)
         for key, value in given.items():
-            if key == "boot_mode" and value is not None:
-                value = BootMode(value).value
+            if key in ("boot_mode", "writeback_policy") and value is not None:
+                value = value.value
             if value is None and key not in ("ip",):
                 continue
             setattr(machine, key, value)
@@ -199,14 +281,34 @@ async def update_machine(
         await op.flush(
             conflict=f"machine '{machine.name}': that MAC, IP, IQN or name was just taken by another console"
         )
+        if assignment:
+            await assign(op, machine, **assignment)
         op.audit("machine", machine.id, machine.name, before, snapshot(machine))
+        op.intent_changed()
     return await get_machine(core, actor, machine.name)
 
 
-async def _has_live_session(session: AsyncSession, machine_id: int) -> bool:
-    query = select(BootSession.id).where(
-        BootSession.machine_id == machine_id, BootSession.state.in_([s.value for s in LIVE_SESSION_STATES])
+async def _release_kept_writebacks(op: Operation, machine_id: int) -> None:
+    """Back to fresh: a kept writeback is given up (the engine removes it once no boot uses it)."""
+    from ..models import Writeback, WritebackState
+
+    in_use = select(Boot.system_writeback_id).where(
+        Boot.machine_id == machine_id, Boot.state.in_([s.value for s in CURRENT_BOOT_STATES])
     )
+    rows = await op.session.execute(
+        select(Writeback).where(
+            Writeback.machine_id == machine_id,
+            Writeback.retained.is_(True),
+            Writeback.id.not_in(in_use.where(Boot.system_writeback_id.is_not(None))),
+        )
+    )
+    for row in rows.scalars():
+        row.state = WritebackState.DISCARD.value
+
+
+async def _has_live_session(session: AsyncSession, machine_id: int) -> bool:
+    """Booted or being prepared: its target exists (or is about to)."""
+    query = select(Boot.id).where(Boot.machine_id == machine_id, Boot.state.in_([s.value for s in CURRENT_BOOT_STATES]))
     return (await session.execute(query)).first() is not None
 
 
@@ -214,10 +316,14 @@ async def remove_machine(core: Core, actor: Actor, name: str) -> None:
     async with operation(core, actor, Permission.MANAGE_MACHINES, "machine.delete") as op:
         machine = await get_row(op.session, name)
         if await _has_live_session(op.session, machine.id):
-            raise Conflict(f"machine '{machine.name}' has a running session; stop it first")
+            raise Conflict(
+                f"machine '{machine.name}' is booted or being prepared; take it offline first "
+                f"(ggnet session stop {machine.name})"
+            )
         before = snapshot(machine)
         await op.session.delete(machine)
         op.audit("machine", machine.id, machine.name, before, None)
+        op.intent_changed()  # its ended boots' writebacks are the engine's to remove
 
 
 async def get_machine(core: Core, actor: Actor, name: str) -> MachineView:
@@ -226,14 +332,14 @@ async def get_machine(core: Core, actor: Actor, name: str) -> MachineView:
         row = None if key is None else (await session.execute(_machine_query().where(Machine.name == key))).first()
         if row is None:
             raise NotFound(f"no machine named '{shown(key if key is not None else name)}'")
-        return _view(row, row.image_name, row.pinned_number, await may(session, actor, Permission.READ_SECRETS))
+        return _view(row, await may(session, actor, Permission.READ_SECRETS))
 
 
 async def list_machines(core: Core, actor: Actor) -> list[MachineView]:
     async with reading(core, actor) as session:
         secrets_ok = await may(session, actor, Permission.READ_SECRETS)
         rows = (await session.execute(_machine_query().order_by(Machine.name))).all()
-        return [_view(r, r.image_name, r.pinned_number, secrets_ok) for r in rows]
+        return [_view(r, secrets_ok) for r in rows]
 
 
 async def count_machines(core: Core, actor: Actor) -> int:
@@ -356,4 +462,6 @@ async def import_csv(core: Core, actor: Actor, text: str, source: str = "CSV") -
             ) from None
         names = [item.name for _line, item in rows]
         op.audit("machine", None, f"{len(names)} machines from {shown(source, 200)}", None, {"names": names})
+        op.intent_changed()
+        await _forget_discovered(op, [item.mac for _line, item in rows])
         return names

@@ -35,13 +35,21 @@ class MachineView(View):
     boot_mode: str
     initiator_iqn: str
     chap_username: str
-    chap_secret: str | None  # None unless the actor may read secrets
+    chap_secret: str | None  # this boot's secret; None unless booted and the actor may read secrets
     image: str | None
     image_id: int | None
     pinned_version: int | None
-    keep_writeback: bool
+    game_image: str | None = None
+    game_pinned_version: int | None = None
+    boot_enabled: bool = True
+    writeback_policy: str = "fresh"
+    status: str = "off"  # off, booting, booted, failed: what the engine last saw
+    status_detail: str | None = None
+    logged_in: bool = False
+    client_address: str | None = None
+    last_seen_at: datetime | None = None
+    writeback_bytes: int | None = None
     notes: str
-    last_seen_at: datetime | None
     updated_at: datetime
     updated_by: str | None
     row_version: int

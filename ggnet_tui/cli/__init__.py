@@ -10,7 +10,7 @@ import sys
 
 import click
 
-from . import audit, boot, doctor, images, machines, sessions, users
+from . import audit, boot, doctor, images, machines, serve, sessions, users
 from .base import State
 
 
@@ -35,6 +35,8 @@ main.add_command(audit.audit)
 main.add_command(sessions.session)
 main.add_command(sessions.target)
 main.add_command(sessions.reconcile)
+main.add_command(sessions.maintenance)
+main.add_command(serve.serve)
 main.add_command(images.image)
 main.add_command(boot.boot)
 main.add_command(doctor.doctor)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from .base import State, emit_json, json_option, run
+from .base import State, emit_json, fail, json_option, run, table
 
 
 @click.group()
@@ -15,21 +15,57 @@ def boot() -> None:
 
 
 @boot.command("render")
+@run
+async def boot_render(state: State) -> int:
+    """Write boot.ipxe into the TFTP root now (the engine does it on every pass anyway)."""
+    from core.boot.ipxe import boot_url
+    from core.engine.report import PassReport
+    from core.services import boots
+
+    core, actor = await state.login_or_system()
+    request_id = await boots.request_pass(core, actor)
+    await boots.converge_now(core)
+    request = await boots.wait_request(core, request_id)
+    report = PassReport.from_json(request.result or {}) if request is not None else None
+    host = core.settings.boot_host
+    if host is not None:
+        click.echo(f"{core.settings.tftp_root}/boot.ipxe chains {boot_url(host, core.settings.http_listen[1])}")
+    errors = [e for e in (report.errors if report else ["the engine did not answer"]) if "boot" in e]
+    for line in errors:
+        fail(line)
+    return 1 if errors else 0
+
+
+@boot.command("history")
+@click.argument("machine", required=False)
+@click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True)
 @json_option
 @run
-async def boot_render(state: State, as_json: bool) -> None:
-    """Write boot.ipxe and every machine's script into the TFTP root now."""
-    from core.services import boot as service
+async def boot_history(state: State, machine: str | None, limit: int, as_json: bool) -> None:
+    """The latest boots (of one machine, or all), newest first."""
+    from core.services import boots
 
     core, actor = await state.login()
-    report = await service.render_boot_files(core, actor)
+    rows = [b.to_json() for b in await boots.boot_history(core, actor, machine, limit)]
     if as_json:
-        emit_json(report.to_json())
+        emit_json(rows)
         return
-    click.echo(
-        f"{report.tftp_root}: {len(report.written)} written, {len(report.removed)} stale removed, "
-        f"{report.unchanged} unchanged ({report.machines} machines)"
-    )
+    table(rows, HISTORY_COLUMNS)
+
+
+HISTORY_COLUMNS = [
+    "requested_at",
+    "machine",
+    "state",
+    "image",
+    "image_version",
+    "policy",
+    "prepare_ms",
+    "login_at",
+    "login_address",
+    "logout_at",
+    "error",
+]
 
 
 @boot.command("dnsmasq")

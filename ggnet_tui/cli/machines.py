@@ -17,7 +17,17 @@ def machine() -> None:
     """Register and edit client PCs."""
 
 
-MACHINE_COLUMNS = ["name", "mac", "ip", "boot_mode", "image", "pinned_version"]
+MACHINE_COLUMNS = [
+    "name",
+    "mac",
+    "ip",
+    "boot_mode",
+    "image",
+    "pinned_version",
+    "game_image",
+    "writeback_policy",
+    "status",
+]
 BOOT_MODES = click.Choice(["bios", "uefi", "uefi-secure"])
 
 
@@ -57,14 +67,26 @@ async def machine_list(state: State, as_json: bool) -> None:
 
 @machine.command("show")
 @click.argument("name")
+@click.option("--boots", type=click.IntRange(0, 1000), default=5, show_default=True, help="Latest boots to show.")
 @json_option
 @run
-async def machine_show(state: State, name: str, as_json: bool) -> None:
+async def machine_show(state: State, name: str, boots: int, as_json: bool) -> None:
+    """A machine, what the engine last saw of it, and its latest boots."""
+    from core.services import boots as boot_service
     from core.services import machines
+
+    from .boot import HISTORY_COLUMNS
 
     core, actor = await state.login()
     data = (await machines.get_machine(core, actor, name)).to_json()
-    emit_json(data) if as_json else details(data)
+    history = [b.to_json() for b in await boot_service.boot_history(core, actor, name, max(boots, 1))][:boots]
+    if as_json:
+        emit_json({**data, "boots": history})
+        return
+    details(data)
+    if boots:
+        click.echo("\nlatest boots:")
+        table(history, [c for c in HISTORY_COLUMNS if c != "machine"])
 
 
 @machine.command("set")
@@ -74,15 +96,20 @@ async def machine_show(state: State, name: str, as_json: bool) -> None:
 @click.option("--ip", default=None, help="IPv4 address; an empty string clears it.")
 @click.option("--boot-mode", type=BOOT_MODES, default=None)
 @click.option("--initiator-iqn", default=None)
+@click.option("--enable/--disable", "boot_enabled", default=None, help="May the machine boot at all.")
 @click.option(
     "--keep-writeback/--discard-writeback",
     default=None,
-    help="Keep the machine's writeback across reboots, or discard it each time.",
+    help="Keep the machine's writeback across reboots (policy keep), or a fresh one at every boot (fresh).",
 )
-@click.option("--image", "image_name", metavar="IMAGE", default=None, help="Boot this image.")
+@click.option("--image", "image_name", metavar="IMAGE", default=None, help="Boot this system image.")
 @click.option("--no-image", is_flag=True, help="Assign no image.")
 @click.option("--pin-version", type=click.IntRange(min=1), default=None, help="Boot this version, not the active one.")
 @click.option("--unpin", is_flag=True, help="Follow the image's active version again.")
+@click.option("--game-image", metavar="IMAGE", default=None, help="Serve this game image as a second disk.")
+@click.option("--no-game-image", is_flag=True, help="No game disk.")
+@click.option("--game-pin-version", type=click.IntRange(min=1), default=None, help="Pin the game image's version.")
+@click.option("--game-unpin", is_flag=True, help="Follow the game image's active version again.")
 @json_option
 @run
 async def machine_set(
@@ -93,42 +120,79 @@ async def machine_set(
     ip: str | None,
     boot_mode: str | None,
     initiator_iqn: str | None,
+    boot_enabled: bool | None,
     keep_writeback: bool | None,
     image_name: str | None,
     no_image: bool,
     pin_version: int | None,
     unpin: bool,
+    game_image: str | None,
+    no_game_image: bool,
+    game_pin_version: int | None,
+    game_unpin: bool,
     as_json: bool,
 ) -> None:
-    """Change a machine; only the options given are changed."""
-    from core.services import images, machines
+    """Change a machine; only the options given are changed, all or nothing."""
+    from core.services import machines
 
     options = {
         "name": new_name,
         "mac": mac,
         "boot_mode": boot_mode,
         "initiator_iqn": initiator_iqn,
+        "boot_enabled": boot_enabled,
         "keep_writeback": keep_writeback,
     }
     fields: dict[str, Any] = {k: v for k, v in options.items() if v is not None}
     if ip is not None:
         fields["ip"] = ip.strip() or None
-    assignment: dict[str, Any] = {}
-    if (image_name is not None and no_image) or (pin_version is not None and unpin):
-        raise click.UsageError("--image/--no-image and --pin-version/--unpin each take one of the two")
-    if image_name is not None or no_image:
-        assignment["image"] = image_name
-    if pin_version is not None or unpin:
-        assignment["pin_version"] = pin_version
-    if not fields and not assignment:
+    pairs = (
+        ("image", image_name, no_image, "--image/--no-image"),
+        ("pin_version", pin_version, unpin, "--pin-version/--unpin"),
+        ("game_image", game_image, no_game_image, "--game-image/--no-game-image"),
+        ("game_pin_version", game_pin_version, game_unpin, "--game-pin-version/--game-unpin"),
+    )
+    for key, value, clear, names in pairs:
+        if value is not None and clear:
+            raise click.UsageError(f"{names} take one of the two")
+        if value is not None or clear:
+            fields[key] = value
+    if not fields:
         raise click.UsageError("nothing to change: give at least one option")
     core, actor = await state.login()
-    if fields:
-        changed = await machines.update_machine(core, actor, name, **fields)
-        name = changed.name
-    if assignment:
-        changed = await images.assign_image(core, actor, name, **assignment)
+    changed = await machines.update_machine(core, actor, name, **fields)
     emit_json(changed.to_json()) if as_json else click.echo(f"machine '{changed.name}' changed")
+
+
+@machine.command("discovered")
+@json_option
+@run
+async def machine_discovered(state: State, as_json: bool) -> None:
+    """PCs that asked to boot but are not registered (adopt them with `ggnet machine adopt`)."""
+    from core.services import boots
+
+    core, actor = await state.login()
+    rows = [d.to_json() for d in await boots.discovered(core, actor)]
+    emit_json(rows) if as_json else table(rows, ["mac", "first_seen_at", "last_seen_at", "requests", "last_address"])
+
+
+@machine.command("adopt")
+@click.argument("mac")
+@click.argument("name")
+@click.option("--image", "image_name", metavar="IMAGE", default=None, help="Boot this system image.")
+@click.option("--boot-mode", type=BOOT_MODES, default=None)
+@click.option("--ip", default=None)
+@run
+async def machine_adopt(
+    state: State, mac: str, name: str, image_name: str | None, boot_mode: str | None, ip: str | None
+) -> None:
+    """Register a discovered PC as machine NAME."""
+    from core.services import boots
+
+    core, actor = await state.login()
+    item = {"mac": mac, "name": name, "image": image_name, "boot_mode": boot_mode, "ip": ip}
+    names = await boots.adopt(core, actor, [item])
+    click.echo(f"machine '{names[0]}' adopted ({mac})")
 
 
 @machine.command("rm")

@@ -70,3 +70,36 @@ def written_token(path: str | os.PathLike[str]) -> str | None:
         data = f.read(SECTOR)
     text = data.split(b"\0", 1)[0].decode("latin1").strip()
     return text or None
+
+
+# --- a disk that tells whether it was fresh -----------------------------------------------------
+# The machine code of /work/shared/lab/boot/prevboot.asm (credit: the lab's make_prevdisk.py). It
+# prints GGNET-BOOT-OK, then what an earlier boot left in LBA 2 (GGNET-PREV-EMPTY, or
+# GGNET-PREV:<text>), then LBA 1's text, copies LBA 1 to LBA 2 and prints GGNET-WRITE-OK.
+_PREV_CODE = bytes.fromhex(
+    "fa31c08ed88ec08ed0bc007cfb8816c67cbaf90330c0eebafb03b080eebaf803b001eebaf90330c0eebafb03b003eebafa03b0c7"
+    "eebafc03b00beebe097de86500b90300e850007244803e007e007508beea7ce85000eb0cbefd7ce84800be007ee84200b90200"
+    "e82d007221be007ee83400b80103b9030030f68a16c67cbb007ecd137208bed97ce81b00eb06bec77ce81300faf4ebfdb801"
+    "0230f68a16c67cbb007ecd13c3ac84c0741a88c3bafd03eca82074fbbaf80388d8eeb40eb70056cd105eebe1c30047474e45"
+    "542d494e5431332d4552520d0a0047474e45542d57524954452d4f4b0d0a0047474e45542d505245562d454d5054590d0a00"
+    "47474e45542d505245563a0047474e45542d424f4f542d4f4b0d0a00"
+)
+PREV_EMPTY = "GGNET-PREV-EMPTY"  # this boot found the disk as the image left it
+PREV_KEPT = "GGNET-PREV:"  # this boot found what an earlier boot wrote
+
+
+def make_prev_disk(path: str | os.PathLike[str], size_mib: int = 8, token: str = "none") -> Path:
+    """A sparse raw disk whose boot sector says whether an earlier boot wrote to it."""
+    if not token or not token.isascii() or any(c in token for c in "\0\r\n") or len(token) > 400:
+        raise ValueError("token must be short printable ASCII without NUL or line breaks")
+    mbr = bytearray(SECTOR)
+    mbr[: len(_PREV_CODE)] = _PREV_CODE
+    mbr[510:512] = b"\x55\xaa"
+    payload = bytearray(SECTOR)
+    text = f"{sector_marker(token)}\r\n".encode() + b"\0"
+    payload[: len(text)] = text
+    path = Path(path)
+    with open(path, "wb") as f:
+        f.write(bytes(mbr) + bytes(payload))
+        f.truncate(size_mib << 20)
+    return path

@@ -131,6 +131,16 @@ async def _stop(proc: asyncio.subprocess.Process) -> None:
     _live.discard(proc.pid)
 
 
+async def _settle(log: Path, quiet: float = 0.5, limit: float = 3.0) -> None:
+    """Wait until ``log`` stops growing (a failure message is printed over a few lines)."""
+    start, last, size = time.monotonic(), time.monotonic(), -1
+    while time.monotonic() - start < limit and time.monotonic() - last < quiet:
+        now = log.stat().st_size if log.exists() else 0
+        if now != size:
+            size, last = now, time.monotonic()
+        await asyncio.sleep(_POLL_S)
+
+
 async def run_client(spec: ClientSpec) -> BootResult:
     """Boot one client and decide: expected text, failure text, QEMU exiting, or timeout."""
     workdir = Path(spec.workdir)
@@ -159,6 +169,7 @@ async def run_client(spec: ClientSpec) -> BootResult:
             hit = next((f for f in spec.fail if f in text1 or f in text2), None)
             if hit is not None:
                 reason = f"fail: {hit}"
+                await _settle(com2)  # let the rest of the sentence arrive
                 break
             if proc.returncode is not None:
                 err = _read(workdir / "qemu.stderr").strip()

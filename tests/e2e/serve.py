@@ -1,0 +1,105 @@
+"""A real `ggnet serve` process for tests: started with a test's environment, ready once /healthz
+answers 200, stopped with SIGTERM (SIGKILL in a test that wants a crash)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tests.cli import ggnet_executable
+
+_live: set[int] = set()
+
+
+@dataclass
+class GgnetServe:
+    env: dict[str, str]
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = None
+    stopped: list[int] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        host, _, port = self.env["GGNET_HTTP_ADDRESS"].rpartition(":")
+        return f"http://{host}:{port}"
+
+    def start(self, wait: bool = True) -> GgnetServe:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [ggnet_executable(), "serve"],
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+            )
+        _live.add(self.process.pid)
+        if wait:
+            self.wait_healthy()
+        return self
+
+    def health(self) -> tuple[int, dict[str, object]]:
+        try:
+            with urllib.request.urlopen(f"{self.url}/healthz", timeout=5) as answer:
+                return answer.status, json.loads(answer.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read() or b"{}")
+
+    def wait_healthy(self, timeout: float = 30.0) -> dict[str, object]:
+        deadline = time.monotonic() + timeout
+        last: object = None
+        while time.monotonic() < deadline:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise RuntimeError(f"ggnet serve exited {self.process.returncode}: {self.log_path.read_text()[-3000:]}")
+            try:
+                status, body = self.health()
+                if status == 200:
+                    return body
+                last = body
+            except (OSError, ValueError) as exc:
+                last = exc
+            time.sleep(0.1)
+        raise RuntimeError(f"ggnet serve not healthy within {timeout} s: {last}")
+
+    def boot_script(self, mac: str) -> str:
+        with urllib.request.urlopen(f"{self.url}/boot/{mac.replace(':', '-')}", timeout=30) as answer:
+            return answer.read().decode()
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int | None:
+        proc = self.process
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            os.kill(proc.pid, sig)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait(5)
+        _live.discard(proc.pid)
+        self.process = None
+        self.stopped.append(proc.returncode)
+        return proc.returncode
+
+
+def kill_leftovers() -> None:
+    for pid in list(_live):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        _live.discard(pid)
+
+
+import atexit  # noqa: E402 - registered after the helpers it calls
+
+atexit.register(kill_leftovers)
