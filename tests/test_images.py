@@ -21,10 +21,10 @@ from sqlalchemy import func
 from sqlalchemy import select as sql_select
 
 from core.auth import Actor
-from core.context import Core
-from core.errors import Conflict, Invalid, NotFound, PermissionDenied
 from core.boot.ipxe import Why
+from core.context import Core
 from core.engine.prepare import Refusal, resolve_version
+from core.errors import Conflict, Invalid, NotFound, PermissionDenied
 from core.models import AuditEvent, Boot, Disk, Image, ImageVersion, Machine, Writeback, utcnow
 from core.services import images, machines
 from core.storage.qemu_img import Cancelled

@@ -17,7 +17,7 @@ import os
 import socket
 import uuid
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import sqlalchemy as sa
 from alembic import op
@@ -317,10 +317,7 @@ def _carry_over_sessions() -> None:
         "boots",
         *(
             sa.column(c)
-            for c in (
-                "server machine_id machine_name mac origin requested_by policy image_version_id"
-                " system_writeback_id target_iqn chap_secret state error ended_by end_reason"
-            ).split()
+            for c in ["server", "machine_id", "machine_name", "mac", "origin", "requested_by", "policy", "image_version_id", "system_writeback_id", "target_iqn", "chap_secret", "state", "error", "ended_by", "end_reason"]
         ),
         *(sa.column(c, _TZ) for c in ("requested_at", "prepared_at", "ended_at")),
     )
@@ -379,7 +376,7 @@ def _aware(value: object) -> datetime | None:
     if isinstance(value, str):
         value = datetime.fromisoformat(value)
     assert isinstance(value, datetime)
-    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def downgrade() -> None:
