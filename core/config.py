@@ -85,6 +85,7 @@ class Settings(BaseSettings):
     converge_seconds: float = Field(default=30.0, gt=0)  # a pass at least this often
     reserved_space: int | str = "10G"  # below this much free space, new boots are refused
     writeback_idle_hours: float = Field(default=12.0, ge=0)  # fresh writebacks unused this long are discarded
+    console_engine: bool = True  # the console runs the engine while no ggnet serve does (as root)
 
     # console
     idle_lock_minutes: float = 15

@@ -154,7 +154,9 @@ class GgnetApp(App[int]):
         self.close_core_on_exit = False
         self._last_input = monotonic()
         self._session_timers: list[Any] = []
-        self._reconciled_at_start = False
+        self.embed_engine = False  # run_console: run the engine here while no ggnet serve does
+        self.embedded: Any = None
+        self.engine_text = "not checked yet"
         self._linux_console = (term if term is not None else os.environ.get("TERM", "")) == "linux"
         for mode in SCREENS:
             self.add_mode(mode, partial(_make_screen, mode))
@@ -191,6 +193,7 @@ class GgnetApp(App[int]):
             self.monitor = Monitor(self.core, self._probe, self.clock)
             await self.core.db.upgrade()
             anyone = await users.count_users(self.core)
+            self._start_embedded_engine()
         except GgnetError as exc:
             self.exit(None, 1, message=f"error: {exc.message}")
             return
@@ -199,7 +202,16 @@ class GgnetApp(App[int]):
             await self.switch_mode("first_run")
         self.opened.set()
 
+    def _start_embedded_engine(self) -> None:
+        from .embedded import EmbeddedEngine
+
+        if self.embed_engine and self.embedded is None and EmbeddedEngine.wanted(self.core.settings):
+            self.embedded = EmbeddedEngine(self.core.settings)
+            self.embedded.start()
+
     async def on_unmount(self) -> None:
+        if self.embedded is not None:  # bounded: the console never hangs on its engine at exit
+            await asyncio.to_thread(self.embedded.stop, 5.0)
         if self.close_core_on_exit and self.core is not None:
             try:  # never hang the exit on a database that stopped answering
                 await asyncio.wait_for(self.core.close(), timeout=5)
@@ -256,7 +268,6 @@ class GgnetApp(App[int]):
         ]
         self.run_worker(self._check_health(), group="health")
         self.run_worker(self._monitor_loop(), group="monitor", exclusive=True)
-        self.run_worker(self._reconcile_at_start(), group="reconcile")
         await self.switch_mode("dashboard")
         self.notify(f"Logged in as {self.actor.username} ({self.actor.role.value}). Press ? for keys.", timeout=3)
 
@@ -344,47 +355,29 @@ class GgnetApp(App[int]):
                 get_logger().warning("liveness poll failed", reason=str(exc))
             await asyncio.sleep(self.refresh_seconds)
 
-    async def _reconcile_at_start(self) -> None:
-        """LIO and tgtd forget their targets when they restart: the first login that may manage
-        targets repairs the drift (viewers see it on the Targets screen instead)."""
-        from core.auth import Permission
-        from core.services import targets
-
-        if self._reconciled_at_start or self.actor is None or not self.actor.can(Permission.MANAGE_TARGETS):
-            return
-        backend, _health = await self.core.target_backend()
-        if backend is None:
-            return
-        self._reconciled_at_start = True
-        try:
-            report = await self.run_work(targets.reconcile(self.core, self.actor))
-        except GgnetError as exc:
-            self.notify(f"Reconcile at start failed: {exc.message}", severity="error", timeout=8)
-            return
-        if report.errors:
-            self.notify(
-                f"Reconcile at start: {len(report.errors)} repairs failed; see Targets (5).",
-                severity="error",
-                timeout=8,
-            )
-        elif report.drift:
-            self.notify(f"Reconcile at start repaired {len(report.repaired)} drift items.", timeout=5)
-
     async def _check_health(self) -> None:
+        """The engine's own record of the target stack (the console never walks the stack itself)."""
+        from core.services import boots
+
+        if self.actor is None:
+            return
         try:
-            backend, health = await self.core.target_backend()
-            if backend is not None:
-                health = await backend.health()
-            self.backend_ok = health.ok and backend is not None
-            self.backend_text = (
-                f"{backend.name} {'ok' if health.ok else 'DOWN'}" if backend is not None else "unavailable"
-            )
-            self.backend_detail = health.detail
+            engine = await boots.engine_status(self.core, self.actor)
         except (GgnetError, OSError) as exc:
-            self.backend_ok = False
-            self.backend_text = "unavailable"
-            self.backend_detail = str(exc)
-            get_logger().info("target stack not available", reason=str(exc))
+            self.backend_ok, self.backend_text, self.backend_detail = False, "unknown", str(exc)
+            self.refresh_header()
+            return
+        if not engine.running:
+            self.engine_text = "engine not running"
+            self.backend_ok, self.backend_text = False, "no engine"
+            self.backend_detail = (
+                "no ggnet serve runs for this server (start it: systemctl start ggnet), so PCs cannot boot"
+            )
+        else:
+            self.engine_text = f"engine: {engine.mode or '?'} (pid {engine.pid or '?'})"
+            self.backend_ok = engine.backend is not None
+            self.backend_text = f"{engine.backend} ok" if engine.backend else "unavailable"
+            self.backend_detail = engine.backend_detail or engine.last_error or ""
         self.refresh_header()
 
     def refresh_header(self) -> None:
@@ -442,6 +435,7 @@ def run_console(state: Any) -> int:
     """``ggnet`` without a subcommand."""
     app = GgnetApp(open_core=lambda: state.core)  # settings errors are shown by _open
     app.close_core_on_exit = True
+    app.embed_engine = True
     app.run()
     code = app.return_code or 0
     # A read cut off by the exit can leave an aiosqlite worker thread (not a daemon) behind,

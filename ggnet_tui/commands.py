@@ -35,7 +35,7 @@ COMMANDS: tuple[Command, ...] = (
     Command("app.dashboard", "1", "app.go('dashboard')", "Dashboard", "Overview, health and alerts", show=False),
     Command("app.machines", "2", "app.go('machines')", "Machines", "Client PCs and their live status", show=False),
     Command("app.images", "3", "app.go('images')", "Images", "Disk images and their versions", show=False),
-    Command("app.sessions", "4", "app.go('sessions')", "Sessions", "Running boot sessions", show=False),
+    Command("app.sessions", "4", "app.go('sessions')", "Boots", "Current boots and the boot history", show=False),
     Command("app.targets", "5", "app.go('targets')", "Targets", "What the iSCSI target stack holds", show=False),
     Command("app.users", "6", "app.go('users')", "Users", "Operator accounts (admins)", _U, show=False),
     Command("app.audit", "7", "app.go('audit')", "Audit", "Who changed what, and when", show=False),
@@ -56,8 +56,8 @@ COMMANDS: tuple[Command, ...] = (
     Command(
         "machines.mark_all", "ctrl+a", "screen.mark_all", "Mark all", "Mark every shown row, or clear marks", show=False
     ),
-    Command("machines.start", "s", "screen.start", "Start", "Start sessions on the marked machines", _S),
-    Command("machines.stop", "x", "screen.stop", "Stop", "Stop sessions on the marked machines", _S),
+    Command("machines.start", "s", "screen.start", "Prepare", "Prepare the marked machines' boots now", _S),
+    Command("machines.stop", "x", "screen.stop", "Offline", "Take the marked machines offline now", _S),
     Command("machines.wake", "w", "screen.wake", "Wake", "Send wake-on-LAN to the marked machines", "wake_machines"),
     Command("machines.assign", "i", "screen.assign", "Image", "Assign an image to the marked machines", _M),
     Command("machines.import", "c", "screen.import_csv", "CSV", "Import machines from a CSV file", _M),
@@ -66,8 +66,8 @@ COMMANDS: tuple[Command, ...] = (
     Command("images.activate", "v", "screen.activate", "Activate", "Make the version under the cursor active", _I),
     Command("images.delete", "ctrl+d", "screen.delete", "Delete", "Delete the image or version (asks first)", _I),
     # sessions
-    Command("sessions.stop", "x", "screen.stop", "Stop", "Stop the session under the cursor", _S),
-    Command("sessions.show_ended", "h", "screen.toggle_ended", "History", "Show or hide ended sessions"),
+    Command("sessions.stop", "x", "screen.stop", "Offline", "Take the machine under the cursor offline", _S),
+    Command("sessions.show_ended", "h", "screen.toggle_ended", "History", "Show the boot history, or current boots"),
     # targets
     Command("targets.reconcile", "R", "screen.reconcile", "Reconcile", "Make the target stack match the database", _T),
     # users

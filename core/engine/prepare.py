@@ -184,19 +184,7 @@ class Preparer:
             )
             refusal: Refusal | None = None
             try:
-                if not machine.boot_enabled:
-                    raise Refusal(Why.DISABLED)
-                system = await resolve_version(session, machine, Disk.SYSTEM)
-                game = await resolve_version(session, machine, Disk.GAME)
-                free = disks.free_bytes(self.settings)
-                if free is not None and free < self.settings.reserved_bytes:
-                    raise Refusal(
-                        Why.NO_SPACE,
-                        f"{free >> 20} MiB free, {self.settings.reserved_bytes >> 20} MiB reserved",
-                    )
-                boot.image_version_id = system.id if system else None
-                boot.game_version_id = game.id if game else None
-                boot.chap_secret = new_chap_secret()
+                await self._decide(session, machine, boot)
             except Refusal as exc:
                 refusal = exc
                 boot.state = BootState.REFUSED.value
@@ -217,6 +205,19 @@ class Preparer:
                 # another boot of this machine was recorded at the same instant by another process
                 raise BackendUnavailable(f"{machine.name} was booted twice at once; try again") from None
             return boot.id, refusal, machine.name
+
+    async def _decide(self, session: object, machine: Machine, boot: Boot) -> None:
+        """What this boot serves (versions, a new CHAP secret), or Refusal: not allowed, no image, no space."""
+        if not machine.boot_enabled:
+            raise Refusal(Why.DISABLED)
+        system = await resolve_version(session, machine, Disk.SYSTEM)
+        game = await resolve_version(session, machine, Disk.GAME)
+        free = disks.free_bytes(self.settings)
+        if free is not None and free < self.settings.reserved_bytes:
+            raise Refusal(Why.NO_SPACE, f"{free >> 20} MiB free, {self.settings.reserved_bytes >> 20} MiB reserved")
+        boot.image_version_id = system.id if system else None
+        boot.game_version_id = game.id if game else None
+        boot.chap_secret = new_chap_secret()
 
     # --- preparing -----------------------------------------------------------------------
 
@@ -290,6 +291,17 @@ class Preparer:
             if machine is None:
                 boot.state, boot.error, boot.ended_at = BootState.FAILED.value, "the machine was removed", utcnow()
                 return None, [], None
+            if boot.chap_secret is None:  # recorded by an operator ("prepare now"): what it boots is decided now
+                try:
+                    await self._decide(session, machine, boot)
+                except Refusal as exc:
+                    boot.state, boot.error, boot.ended_at, boot.end_reason = (
+                        BootState.REFUSED.value,
+                        exc.detail or exc.why.value,
+                        utcnow(),
+                        "refused",
+                    )
+                    return None, [], None
             boot.state = BootState.PREPARING.value
             needed: list[WritebackRow] = []
             for disk, version_id, slot in (

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from pydantic import Field
 from sqlalchemy import func, select
 
 from ..auth import Actor, Permission
@@ -95,6 +96,7 @@ class EngineView(View):
     free_bytes: int | None
     reserved_bytes: int
     passes: int
+    drift: list[dict[str, Any]] = Field(default_factory=list)  # what the last pass found (and repaired)
 
 
 @dataclass(frozen=True)
@@ -208,6 +210,7 @@ async def engine_status(core: Core, actor: Actor) -> EngineView:
         free_bytes=row.free_bytes if row else None,
         reserved_bytes=settings.reserved_bytes,
         passes=row.passes if row else 0,
+        drift=list(row.last_drift or []) if row else [],
     )
 
 

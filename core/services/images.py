@@ -583,6 +583,23 @@ async def assign_image(
     return await get_machine(core, actor, machine.name)
 
 
+async def assign_images(core: Core, actor: Actor, machine_names: list[str], image: str | None) -> list[str]:
+    """Give several machines one system image, all or none (one audit event each)."""
+    from .machines import get_row
+
+    if not machine_names:
+        raise Invalid("machines", "name at least one machine")
+    async with operation(core, actor, Permission.MANAGE_MACHINES, "machine.assign_image") as op:
+        done = []
+        for name in dict.fromkeys(machine_names):
+            machine = await get_row(op.session, name)
+            before = snapshot(machine)
+            await assign(op, machine, image)
+            op.audit("machine", machine.id, machine.name, before, snapshot(machine))
+            done.append(machine.name)
+        return done
+
+
 def _check_pin(value: Any, field: str) -> None:
     if (
         value is not UNCHANGED

@@ -326,6 +326,25 @@ async def remove_machine(core: Core, actor: Actor, name: str) -> None:
         op.intent_changed()  # its ended boots' writebacks are the engine's to remove
 
 
+async def remove_machines(core: Core, actor: Actor, names: list[str]) -> list[str]:
+    """Remove several machines, all or none (one audit event each, one transaction)."""
+    if not names:
+        raise Invalid("machines", "name at least one machine")
+    async with operation(core, actor, Permission.MANAGE_MACHINES, "machine.delete") as op:
+        rows = [await get_row(op.session, name) for name in dict.fromkeys(names)]
+        busy = [m.name for m in rows if await _has_live_session(op.session, m.id)]
+        if busy:
+            raise Conflict(
+                f"{', '.join(busy)} {'is' if len(busy) == 1 else 'are'} booted or being prepared; take "
+                "them offline first; nothing was deleted"
+            )
+        for machine in rows:
+            op.audit("machine", machine.id, machine.name, snapshot(machine), None)
+            await op.session.delete(machine)
+        op.intent_changed()
+        return [m.name for m in rows]
+
+
 async def get_machine(core: Core, actor: Actor, name: str) -> MachineView:
     async with reading(core, actor) as session:
         key = lookup_key(name)

@@ -37,8 +37,16 @@ def _listen(host: str, port: int) -> socket.socket:
     return sock
 
 
-async def serve_forever(core: Any, *, mode: str = "serve", say: Any = None) -> None:
-    """Run the engine and its HTTP listener until SIGTERM or SIGINT (also used by the console)."""
+async def serve_forever(
+    core: Any,
+    *,
+    mode: str = "serve",
+    say: Any = None,
+    wait_for_lock: bool = True,
+    stopping: asyncio.Event | None = None,
+) -> bool:
+    """Run the engine and its HTTP listener until SIGTERM or SIGINT (the console: until ``stopping``
+    is set, signals untouched). False when another process holds the lock and ``wait_for_lock`` is off."""
     import uvicorn
 
     from core.engine.engine import Engine
@@ -48,6 +56,8 @@ async def serve_forever(core: Any, *, mode: str = "serve", say: Any = None) -> N
     say = say or (lambda text: click.echo(text, err=True))
     engine = Engine(core, mode=mode)
     if not await engine.lock.acquire(wait=False):
+        if not wait_for_lock:
+            return False
         await engine.lock.acquire(wait=True, say=say)
     host, port = core.settings.http_listen
     try:
@@ -70,7 +80,14 @@ async def serve_forever(core: Any, *, mode: str = "serve", say: Any = None) -> N
         server.should_exit = True
 
     # uvicorn swaps in its own handlers while it serves, then hands a caught signal back to these
-    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    previous = (
+        {} if stopping is not None else {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    )
+
+    async def stop_when_asked() -> None:
+        if stopping is not None:
+            await stopping.wait()
+            stop()
 
     async def run_engine() -> None:
         try:
@@ -83,16 +100,19 @@ async def serve_forever(core: Any, *, mode: str = "serve", say: Any = None) -> N
             raise
 
     engine_task = asyncio.create_task(run_engine())
+    asker = asyncio.create_task(stop_when_asked())
     try:
         await server.serve(sockets=[sock])
     finally:
         stop()
+        asker.cancel()
         with contextlib.suppress(Exception):
             await engine_task
         await engine.close()
         sock.close()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+    return True
 
 
 @click.command()

@@ -22,6 +22,13 @@ STATUS_STYLE = {
     "ok": "green",
     "denied": "bold red",
     "failed": "red",
+    "ready": "green",
+    "requested": "cyan",
+    "preparing": "cyan",
+    "ending": "yellow",
+    "ended": "",
+    "refused": "red",
+    "disabled": "dim",
 }
 
 

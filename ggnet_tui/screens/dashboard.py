@@ -50,15 +50,11 @@ class DashboardScreen(GgnetScreen):
         data: dict[str, Any] = {}
         data["machines"] = await machine_service.list_machines(core, actor)
         data["events"], _ = await audit_service.list_events(core, actor, limit=8)
-        data["sessions"], data["sessions_error"] = await self._optional(
-            "sessions", "list_sessions", actor, live_state=False
-        )
+        data["sessions"], data["sessions_error"] = await self._optional("boots", "current_boots", actor)
         data["images"], data["images_error"] = await self._optional("images", "list_images", actor)
-        data["drift"], data["drift_error"] = None, None
-        data["targets"] = None
-        if self.app.backend_ok:  # type: ignore[attr-defined]
-            data["drift"], data["drift_error"] = await self._optional("targets", "find_drift")
-            data["targets"], _ = await self._optional("targets", "list_targets", actor)
+        engine, data["drift_error"] = await self._optional("boots", "engine_status", actor)
+        data["drift"] = [d for d in (engine.drift if engine else []) if d.get("kind")]
+        data["engine"] = engine
         try:
             usage = self.app.disk_usage(core.settings.data_dir if core.settings.data_dir.exists() else "/")  # type: ignore[attr-defined]
             data["disk"] = (usage.free, usage.total)
@@ -74,21 +70,25 @@ class DashboardScreen(GgnetScreen):
         counts = Table.grid(padding=(0, 1))
         for justify in ("right", "left", "right", "left"):
             counts.add_column(justify=justify)
-        sessions_text = "-" if data["sessions"] is None else str(by_state.get("active", 0))
-        failed_text = "-" if data["sessions"] is None else str(by_state.get("error", 0))
+        sessions_text = "-" if data["sessions"] is None else str(by_state.get("ready", 0))
+        failed = [m for m in data["machines"] if m.status == "failed"]
+        failed_text = str(len(failed))
         images_text = "-" if data["images"] is None else str(len(data["images"]))
-        targets_text = "-" if data["targets"] is None else str(len(data["targets"]))
+        preparing = by_state.get("requested", 0) + by_state.get("preparing", 0)
+        targets_text = "-" if data["sessions"] is None else str(preparing)
         counts.add_row(
-            Text("Machines", style="bold"), str(len(data["machines"])), Text("Sessions", style="bold"), sessions_text
+            Text("Machines", style="bold"), str(len(data["machines"])), Text("Boots", style="bold"), sessions_text
         )
         counts.add_row(status("booted"), str(states.get("booted", 0)), status("failed"), failed_text)
         counts.add_row(status("booting"), str(states.get("booting", 0)), Text("Images", style="bold"), images_text)
-        counts.add_row(status("online"), str(states.get("online", 0)), Text("Targets", style="bold"), targets_text)
+        counts.add_row(status("online"), str(states.get("online", 0)), Text("Preparing", style="bold"), targets_text)
         counts.add_row(status("offline"), str(states.get("offline", 0)), "", "")
         self.query_one("#counts", Static).update(counts)
 
         app = self.app
         health = Text()
+        health.append("Engine: ", style="bold")
+        health.append(f"{app.engine_text}\n")  # type: ignore[attr-defined]
         health.append("Target stack: ", style="bold")
         health.append(f"{app.backend_text}\n", style="green" if app.backend_ok else "red")  # type: ignore[attr-defined]
         health.append("Database: ", style="bold")
@@ -113,14 +113,14 @@ class DashboardScreen(GgnetScreen):
             )
         if data["disk"] and data["disk"][0] < data["disk"][1] * LOW_DISK_FRACTION:
             lines.append(("Low disk space in the data directory", "red"))
-        for s in sessions:
-            if s.state == "error":
-                lines.append((f"Session of {s.machine} failed: {s.error or 'see the log'}", "red"))
+        for m in failed:
+            lines.append((f"{m.name} did not boot: {m.status_detail or 'see its boot history'}", "red"))
         for key in ("sessions_error", "images_error", "drift_error"):
             if data[key]:
                 lines.append((data[key], "yellow"))
         if app.backend_ok is False:  # type: ignore[attr-defined]
-            lines.insert(0, (f"Target stack {app.backend_text}: {app.backend_detail}", "yellow"))  # type: ignore[attr-defined]
+            what = "Engine not running" if app.backend_text == "no engine" else f"Target stack {app.backend_text}"  # type: ignore[attr-defined]
+            lines.insert(0, (f"{what}: {app.backend_detail}", "yellow"))  # type: ignore[attr-defined]
         width = max(self.size.width - 4, 20)
         for line, style in lines[:3] or [("None.", "green")]:
             line = " ".join(str(line).split())

@@ -18,7 +18,19 @@ from .common import attempt, full_time, status, when
 from .modals import ConfirmScreen, CsvImportScreen, Field, FormScreen
 
 BOOT_MODES = ("bios", "uefi", "uefi-secure")
-SESSION_KINDS = ("normal", "keep", "maintenance")
+POLICIES = ("as it is", "fresh", "keep")
+
+
+POLICY_SHORT = {"fresh": "fresh", "keep": "keep", "maintenance": "maint"}
+
+
+def machine_state(m: Any, live: Any) -> str:
+    """What the row says: the engine's failed or booting wins, else what liveness and logins show."""
+    if not m.boot_enabled:
+        return "disabled"
+    if m.status in ("failed", "booting"):
+        return str(m.status)
+    return str(live.state) if live else ("booted" if m.status == "booted" else "offline")
 
 
 class MachinesScreen(TableScreen):
@@ -30,7 +42,7 @@ class MachinesScreen(TableScreen):
         Column("name", "Name", 15, 0),
         Column("status", "Status", 8, 0),
         Column("ip", "IP", 15, 1),
-        Column("session", "Session", 9, 2),
+        Column("policy", "Disk", 5, 2),
         Column("image", "Image", 14, 3),
         Column("mac", "MAC", 17, 4),
         Column("boot", "Boot", 10, 5),
@@ -41,27 +53,16 @@ class MachinesScreen(TableScreen):
         super().__init__()
         self.marked: set[str] = set()
         self.machines: dict[str, Any] = {}
-        self.sessions: dict[str, Any] = {}
         self._row_cache: dict[str, tuple[Any, dict[str, Any]]] = {}
 
     def compose_extra(self) -> ComposeResult:
         yield Static("", id="details")
 
     async def fetch(self) -> Any:
-        from core.services import sessions as session_service
-
-        found = await machine_service.list_machines(self.core, self.actor)
-        sessions: dict[str, Any] = {}
-        try:
-            listed = await session_service.list_sessions(self.core, self.actor, live_state=False)
-            sessions = {s.machine: s for s in listed}
-        except Exception as exc:  # sessions are extra information here; the table still shows
-            self.app.log.warning(f"sessions not listed: {exc}")
-        return found, sessions
+        return await machine_service.list_machines(self.core, self.actor)
 
     def show(self, data: Any) -> None:
-        found, self.sessions = data
-        self.machines = {m.name: m for m in found}
+        self.machines = {m.name: m for m in data}
         self.marked &= set(self.machines)
         self.rebuild()
 
@@ -71,18 +72,9 @@ class MachinesScreen(TableScreen):
         cache: dict[str, tuple[Any, dict[str, Any]]] = {}
         for name, m in self.machines.items():
             live = statuses.get(name)
-            session = self.sessions.get(name)
             seen = max((t for t in (m.last_seen_at, live.seen_at if live else None) if t), default=None)
-            state = live.state if live else "offline"
-            signature = (
-                m.row_version,
-                m.image,
-                m.pinned_version,
-                state,
-                seen,
-                session.state if session else None,
-                name in self.marked,
-            )
+            state = machine_state(m, live)
+            signature = (m.row_version, m.image, m.pinned_version, state, seen, name in self.marked)
             previous = self._row_cache.get(name)
             if previous is not None and previous[0] == signature:
                 cells = previous[1]  # unchanged: the same object, so the table skips it at once
@@ -95,7 +87,7 @@ class MachinesScreen(TableScreen):
                     "name": name,
                     "status": status(state),
                     "ip": m.ip or "-",
-                    "session": status(session.state) if session else "-",
+                    "policy": POLICY_SHORT.get(m.writeback_policy, m.writeback_policy),
                     "image": image,
                     "mac": m.mac,
                     "boot": m.boot_mode,
@@ -120,16 +112,15 @@ class MachinesScreen(TableScreen):
         if m is None:
             box.update("No machine selected. Press a to add one, c to import a CSV file.")
             return
-        session = self.sessions.get(m.name)
         live = self.app.monitor.statuses.get(m.name)  # type: ignore[attr-defined]
         text = Text()
         text.append(f"{m.name}", style="bold")
         text.append(f"  {m.mac}  {m.ip or 'no IP'}  {m.boot_mode}  image {m.image or '-'}")
-        text.append(f"{' v' + str(m.pinned_version) if m.pinned_version else ''}\n")
-        text.append(f"IQN {m.initiator_iqn}\n")
-        state = (
-            f"session {session.kind} {session.state} since {full_time(session.started_at)}" if session else "no session"
-        )
+        text.append(f"{' v' + str(m.pinned_version) if m.pinned_version else ''}")
+        if m.game_image:
+            text.append(f"  games {m.game_image}{' v' + str(m.game_pinned_version) if m.game_pinned_version else ''}")
+        text.append(f"\nIQN {m.initiator_iqn}  disk {m.writeback_policy}{'' if m.boot_enabled else '  DISABLED'}\n")
+        state = f"{m.status}" + (f": {m.status_detail}" if m.status_detail and m.status == "failed" else "")
         login = ""
         if live is not None and live.logged_in:
             login = f", iSCSI logged in from {live.client_address or '?'}"
@@ -222,13 +213,10 @@ class MachinesScreen(TableScreen):
         listing = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
 
         async def go() -> None:
-            failed = []
-            for name in names:
-                if await attempt(self, machine_service.remove_machine(self.core, self.actor, name)) is None:
-                    failed.append(name)
-            if len(names) > len(failed):
-                self.notify(f"Deleted {len(names) - len(failed)} machine(s).", timeout=4)
-            self.after_change(clear_marks=True)
+            removed = await attempt(self, machine_service.remove_machines(self.core, self.actor, names))
+            if removed:
+                self.notify(f"Deleted {len(removed)} machine(s).", timeout=4)
+                self.after_change(clear_marks=True)
 
         def answer(yes: bool | None) -> None:
             if yes:
@@ -266,21 +254,24 @@ class MachinesScreen(TableScreen):
         self.run_worker(go(), group="work")
 
     def action_start(self) -> None:
+        """Prepare the boots now (before the PCs are switched on); the engine does the work."""
         names = self.chosen()
-        from core.services import sessions as module
+        from core.services import boots
 
         if not names:
             return
 
         async def submit(values: dict[str, str]) -> Any:
-            return await self.app.run_work(module.start_sessions(self.core, self.actor, names, kind=values["kind"]))  # type: ignore[attr-defined]
+            policy = None if values["policy"] == POLICIES[0] else values["policy"]
+            results, _ids = await self.app.run_work(boots.prepare(self.core, self.actor, names, policy=policy))  # type: ignore[attr-defined]
+            return results
 
         self.app.push_screen(
             FormScreen(
-                f"Start sessions on {len(names)} machine(s)",
-                [Field("kind", "Kind", "normal", choices=SESSION_KINDS)],
+                f"Prepare the boot of {len(names)} machine(s)",
+                [Field("policy", "Disk", POLICIES[0], choices=POLICIES)],
                 submit,
-                "Start",
+                "Prepare",
             ),
             self._results,
         )
@@ -288,12 +279,10 @@ class MachinesScreen(TableScreen):
     def _results(self, results: Any) -> None:
         if not results or results is True:
             return
+        from .sessions import summarise
+
         bad = [r for r in results if not r.ok]
-        good = len(results) - len(bad)
-        if good:
-            self.notify(f"{good} done.", timeout=4)
-        for r in bad:
-            self.notify(r.message, severity="error", timeout=10)
+        self.notify(summarise(results), severity="error" if bad else "information", timeout=10 if bad else 4)
         self.after_change(clear_marks=not bad)
 
     def action_stop(self) -> None:
@@ -322,8 +311,7 @@ class MachinesScreen(TableScreen):
                 return
 
             async def submit(values: dict[str, str]) -> Any:
-                for name in names:
-                    await self.app.run_work(images.assign_image(self.core, self.actor, name, values["image"]))  # type: ignore[attr-defined]
+                await self.app.run_work(images.assign_images(self.core, self.actor, names, values["image"]))  # type: ignore[attr-defined]
                 return True
 
             def done(result: Any) -> None:

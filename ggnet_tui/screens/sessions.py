@@ -1,5 +1,5 @@
-"""Sessions: what is running, with the live iSCSI login state; stop with an explicit confirmation
-when a client is still logged in."""
+"""Boots: every machine's current boot as the engine last saw it (or the boot history); take a
+machine offline with an explicit confirmation when its client is still logged in."""
 
 from __future__ import annotations
 
@@ -14,68 +14,55 @@ from ..commands import bindings
 from ..widgets.table import Column
 from .base import TableScreen
 from .common import status, when
-from .modals import ConfirmScreen, Field, FormScreen
+from .modals import ConfirmScreen
+
+
+def summarise(results: list[Any]) -> str:
+    """One line for a bulk action: "3 done; 2 refused: pc05: ..., pc06: ..."."""
+    good = [r for r in results if r.ok]
+    bad = [r for r in results if not r.ok]
+    parts = [f"{len(good)} done"] if good else []
+    if bad:
+        parts.append(f"{len(bad)} refused: " + "; ".join(r.message for r in bad[:4]) + (" ..." if len(bad) > 4 else ""))
+    return "; ".join(parts) or "nothing to do"
 
 
 def stop_with_confirmation(screen: Any, names: list[str], done: Callable[[Any], None]) -> None:
-    """Ask for options; if a client is still logged in, the operator types its name to force."""
-    from core.services import sessions as module
+    """Take machines offline; if a client is still logged in, the operator types its name to force."""
+    from core.services import boots
 
     app = screen.app
 
-    async def stop(options: dict[str, str], force: bool) -> Any:
-        apply = options.get("after") == "apply as new version"
-        return await app.run_work(module.stop_sessions(app.core, app.actor, names, force=force, apply=apply))
+    async def stop(force: bool) -> Any:
+        return await app.run_work(boots.take_offline(app.core, app.actor, names, force=force))
 
-    async def check_then_stop(options: dict[str, str]) -> None:
+    async def check_then_stop() -> None:
         try:
-            live = await module.list_sessions(app.core, app.actor, live_state=True)
+            current = await boots.current_boots(app.core, app.actor)
         except GgnetError as exc:
             app.notify(exc.message, severity="error")
             return
-        logged_in = [s.machine for s in live if s.machine in names and s.logged_in]
+        logged_in = [b.machine for b in current if b.machine in names and b.logged_in]
         if not logged_in:
-            done(await _guarded(app, stop(options, False)))
+            done(await _guarded(app, stop(False)))
             return
         who = ", ".join(logged_in)
-        word = logged_in[0] if len(logged_in) == 1 else "stop"
+        word = logged_in[0] if len(logged_in) == 1 else "offline"
 
         def answer(yes: bool | None) -> None:
             if yes:
-                app.run_worker(_finish(app, stop(options, True), done), group="work")
+                app.run_worker(_finish(app, stop(True), done), group="work")
 
         app.push_screen(
             ConfirmScreen(
-                f"The client of {who} is still logged in: stopping cuts its disk off while it runs.",
-                yes="Stop anyway",
+                f"The client of {who} is still logged in: taking it offline cuts its disk off while it runs.",
+                yes="Offline anyway",
                 type_to_confirm=word,
             ),
             answer,
         )
 
-    async def submit(values: dict[str, str]) -> dict[str, str]:
-        return values
-
-    def chosen(values: Any) -> None:
-        if values:
-            app.run_worker(check_then_stop(values), group="work")
-
-    app.push_screen(
-        FormScreen(
-            f"Stop sessions on {', '.join(names[:4])}{' ...' if len(names) > 4 else ''}",
-            [
-                Field(
-                    "after",
-                    "Writeback",
-                    "discard or keep by kind",
-                    choices=("discard or keep by kind", "apply as new version"),
-                )
-            ],
-            submit,
-            "Stop",
-        ),
-        chosen,
-    )
+    app.run_worker(check_then_stop(), group="work")
 
 
 async def _guarded(app: Any, coro: Any) -> Any:
@@ -94,15 +81,15 @@ async def _finish(app: Any, coro: Any, done: Callable[[Any], None]) -> None:
 
 class SessionsScreen(TableScreen):
     SCOPE = "sessions"
-    TITLE = "Sessions"
+    TITLE = "Boots"
     BINDINGS = bindings("table", "sessions")
     COLUMNS = [
         Column("machine", "Machine", 15, 0),
-        Column("state", "State", 8, 0),
-        Column("kind", "Kind", 11, 1),
+        Column("state", "State", 9, 0),
         Column("login", "iSCSI", 9, 0),
         Column("client", "Client", 15, 2),
-        Column("image", "Image", 14, 3),
+        Column("image", "Image", 14, 1),
+        Column("policy", "Disk", 5, 3),
         Column("since", "Since", 11, 4),
         Column("by", "By", 10, 5),
     ]
@@ -112,35 +99,40 @@ class SessionsScreen(TableScreen):
         self.show_ended = False
 
     async def fetch(self) -> Any:
-        from core.services import sessions as module
+        from core.services import boots
 
-        return await module.list_sessions(self.core, self.actor, include_ended=self.show_ended)
+        if self.show_ended:
+            return await boots.boot_history(self.core, self.actor, limit=500)
+        return await boots.current_boots(self.core, self.actor)
 
     def show(self, data: Any) -> None:
         rows = []
-        for s in data:
-            login = "-" if s.logged_in is None else ("logged in" if s.logged_in else "no")
-            image = f"{s.image} v{s.image_version}" if s.image else "-"
+        for b in data:
+            if b.logged_in is None:
+                login = "yes" if b.login_at and not b.logout_at else "-"
+            else:
+                login = "logged in" if b.logged_in else "no"
+            image = f"{b.image} v{b.image_version}" if b.image else "-"
             rows.append(
                 (
-                    str(s.id),
+                    str(b.id),
                     {
-                        "machine": s.machine,
-                        "state": status(s.state),
-                        "kind": s.kind,
-                        "login": Text(login, style="bold green" if s.logged_in else ""),
-                        "client": s.client_address or "-",
+                        "machine": b.machine,
+                        "state": status(b.state),
+                        "login": Text(login, style="bold green" if login in ("logged in", "yes") else ""),
+                        "client": b.login_address or b.client_address or "-",
                         "image": image,
-                        "since": when(s.started_at),
-                        "by": s.started_by or "-",
+                        "policy": b.policy[:5],
+                        "since": when(b.requested_at),
+                        "by": b.requested_by or "-",
                     },
                 )
             )
         self.set_rows(rows)
-        self.sub_title = f"{len(rows)} sessions"
-        errors = [s for s in data if s.state == "error" and s.error]
-        if errors:
-            self.set_notice("; ".join(f"{s.machine}: {s.error}" for s in errors[:3]))
+        self.sub_title = f"{len(rows)} {'boots in the history' if self.show_ended else 'current boots'}"
+        failed = [b for b in data if b.state in ("failed", "refused") and b.error]
+        if failed:
+            self.set_notice("; ".join(f"{b.machine}: {b.error}" for b in failed[:3]))
 
     def action_toggle_ended(self) -> None:
         self.show_ended = not self.show_ended
@@ -157,6 +149,6 @@ class SessionsScreen(TableScreen):
 
     def _done(self, results: Any) -> None:
         if results:
-            for r in results:
-                self.notify(r.message, severity="information" if r.ok else "error", timeout=6)
+            bad = [r for r in results if not r.ok]
+            self.notify(summarise(results), severity="error" if bad else "information", timeout=6)
         self.action_refresh_now()

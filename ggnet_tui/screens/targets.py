@@ -27,11 +27,12 @@ class TargetsScreen(TableScreen):
     ]
 
     async def fetch(self) -> Any:
+        from core.services import boots
         from core.services import targets as module
 
         views = await module.list_targets(self.core, self.actor)
-        drift = await module.find_drift(self.core)
-        return views, drift
+        engine = await boots.engine_status(self.core, self.actor)  # the engine's last pass, not a walk of ours
+        return views, engine.drift
 
     def show(self, data: Any) -> None:
         views, drift = data
@@ -46,25 +47,25 @@ class TargetsScreen(TableScreen):
                         "state": Text(state, style="green" if t.wanted else ("bold red" if t.owned else "dim")),
                         "machine": t.machine or "-",
                         "login": ", ".join(t.addresses) or ("yes" if t.initiators else "-"),
-                        "lun": "-" if t.lun is None else str(t.lun),
-                        "file": t.backing_file or "-",
+                        "lun": ",".join(str(n) for n in t.luns) or "-",
+                        "file": ", ".join(f for f in t.luns.values() if f) or "-",
                     },
                 )
             )
         shown = {t.iqn.lower() for t in views}
         for d in drift:
-            if d.subject.lower() in shown:
+            if d["subject"].lower() in shown:
                 continue
             rows.append(
                 (
-                    f"drift:{d.kind}:{d.subject}",
+                    f"drift:{d['kind']}:{d['subject']}",
                     {
-                        "iqn": d.subject,
-                        "state": Text(d.kind, style="bold red"),
-                        "machine": d.machine or "-",
+                        "iqn": d["subject"],
+                        "state": Text(d["kind"], style="bold red"),
+                        "machine": d.get("machine") or "-",
                         "login": "-",
                         "lun": "-",
-                        "file": d.repair,
+                        "file": ", ".join(d.get("fields") or []) or d.get("repair") or "-",
                     },
                 )
             )
@@ -72,11 +73,20 @@ class TargetsScreen(TableScreen):
         self.sub_title = f"{len(views)} targets, {len(drift)} drift"
 
     def action_reconcile(self) -> None:
-        from core.services import targets as module
+        from core.engine.report import PassReport
+        from core.services import boots
 
         async def go() -> None:
-            report = await attempt(self, module.reconcile(self.core, self.actor))
-            if report:
+            request_id = await attempt(self, boots.request_pass(self.core, self.actor))
+            if not request_id:
+                return
+            request = await boots.wait_request(self.core, request_id)
+            if request is None or request.state == "pending":
+                self.notify("The engine has not answered yet: is ggnet serve running?", severity="warning")
+            elif request.state == "failed":
+                self.notify(request.error or "the pass failed", severity="error")
+            else:
+                report = PassReport.from_json(request.result or {})
                 lines = [f"repaired: {r}" for r in report.repaired] + [f"failed: {e}" for e in report.errors]
                 self.app.push_screen(TextScreen("Reconcile", "\n".join(lines) or "Nothing to do: no drift."))
             self.action_refresh_now()

@@ -317,7 +317,23 @@ def _carry_over_sessions() -> None:
         "boots",
         *(
             sa.column(c)
-            for c in ["server", "machine_id", "machine_name", "mac", "origin", "requested_by", "policy", "image_version_id", "system_writeback_id", "target_iqn", "chap_secret", "state", "error", "ended_by", "end_reason"]
+            for c in [
+                "server",
+                "machine_id",
+                "machine_name",
+                "mac",
+                "origin",
+                "requested_by",
+                "policy",
+                "image_version_id",
+                "system_writeback_id",
+                "target_iqn",
+                "chap_secret",
+                "state",
+                "error",
+                "ended_by",
+                "end_reason",
+            ]
         ),
         *(sa.column(c, _TZ) for c in ("requested_at", "prepared_at", "ended_at")),
     )

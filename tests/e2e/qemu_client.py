@@ -48,7 +48,7 @@ from tests.e2e.bootdisk import INT13_ERR, WRITE_OK
 
 QEMU = "qemu-system-x86_64"
 # iPXE's own failure messages (on COM2 via sercon) and the markers our scripts echo on failure
-DEFAULT_FAIL = (INT13_ERR, "GGNET-SANBOOT-FAILED", "GGNET-CHAIN-FAILED", "GGNET-NO-SESSION")
+DEFAULT_FAIL = (INT13_ERR, "GGNET-SANBOOT-FAILED", "GGNET-CHAIN-FAILED", "GGNET-NOT-BOOTING")
 _POLL_S = 0.05
 
 _live: set[int] = set()  # PIDs of running clients, killed if the test process exits early

@@ -1,10 +1,11 @@
-"""The operator's path, end to end, on tgtd: only the `ggnet` command line provisions.
+"""The operator's path, end to end, on tgtd: only the `ggnet` command line and `ggnet serve`.
 
 init → machine add (the clients' MACs) → image import (a boot-sector disk given as qcow2) →
-machine set --image → session start → two diskless QEMU clients with the stock iPXE ROM boot
-their own writebacks at the same time and prove a read and a write on COM1 → session stop →
-the client no longer boots the disk → tgtd restarts empty → `ggnet reconcile` restores the
-target → the client boots again.
+machine set --image → session start (prepared by the command itself: no engine runs yet) →
+ggnet serve → two diskless QEMU clients with the stock iPXE ROM boot their own writebacks at the
+same time and prove a read and a write on COM1 → session stop takes pc01 offline → a disabled
+machine is refused → tgtd restarts empty → `ggnet reconcile` (answered by serve) restores the
+target of pc02's current boot.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ import pytest
 from tests.e2e import qemu_client
 from tests.e2e.bootdisk import WRITE_OK, make_boot_disk, sector_marker, written_token
 from tests.e2e.qemu_client import ClientSpec, boot_clients, run_client
-from tests.e2e.tgtd import TgtDaemon
+from tests.e2e.serve import GgnetServe
+from tests.e2e.tgtd import TgtDaemon, free_tcp_port
 
 pytestmark = pytest.mark.e2e
 
@@ -43,6 +45,8 @@ def env(tmp_path: Path, tgtd_daemon: TgtDaemon) -> dict[str, str]:
         "GGNET_TGT_CONTROL_PORT": str(tgtd_daemon.control_port),
         "GGNET_PORTAL": f"127.0.0.1:{tgtd_daemon.portal_port}",
         "GGNET_BOOT_ADDRESS": "10.0.2.2",  # the host as QEMU's user network shows it to the client
+        "GGNET_HTTP_ADDRESS": f"127.0.0.1:{free_tcp_port()}",
+        "GGNET_RESERVED_SPACE": "1M",
         "GGNET_USER": "admin",
         "GGNET_PASSWORD": PASSWORD,
         "GGNET_NEW_PASSWORD": PASSWORD,
@@ -61,8 +65,11 @@ def client(tmp_path: Path, env: dict[str, str], name: str, run: str, **kw: objec
 
 
 def writeback_of(env: dict[str, str], name: str) -> Path:
-    shown = json.loads(ggnet(env, "machine", "show", name, "--json").stdout)
-    return Path(env["GGNET_DATA_DIR"]) / "writebacks" / f"machine-{shown['id']}.raw"
+    """The writeback the machine's current target serves."""
+    targets = json.loads(ggnet(env, "target", "list", "--json").stdout)
+    [target] = [t for t in targets if t["machine"] == name]
+    [path] = [p for p in target["luns"].values() if p]
+    return Path(path)
 
 
 def test_cli_provisions_and_real_clients_boot(tmp_path: Path, env: dict[str, str], tgtd_daemon: TgtDaemon) -> None:
@@ -76,46 +83,45 @@ def test_cli_provisions_and_real_clients_boot(tmp_path: Path, env: dict[str, str
     ggnet(env, "image", "import", str(qcow2), "--name", "bootsector")
     for name in MACS:
         ggnet(env, "machine", "set", name, "--image", "bootsector")
-    started = ggnet(env, "session", "start", *MACS)
-    assert "pc01" in started.stdout and "pc02" in started.stdout
+    started = ggnet(env, "session", "start", *MACS)  # no engine runs: the command runs one pass itself
+    assert "pc01: ready" in started.stdout and "pc02: ready" in started.stdout
 
     targets = json.loads(ggnet(env, "target", "list", "--json").stdout)
     assert {t["machine"] for t in targets} == {"pc01", "pc02"}
     for t in targets:  # each target admits exactly its own machine's initiator
         assert t["acls"] == [f"iqn.2024-01.lan.ggnet:client.{t['machine']}"]
 
-    # both clients boot their own disks at the same time
-    results = asyncio.run(boot_clients([client(tmp_path, env, n, "first") for n in MACS]))
-    for name, result in zip(MACS, results, strict=False):
-        assert result.ok, f"{name}: {result.reason}\n{result.com2_text[-2000:]}"
-        assert sector_marker("e2e") in result.com1_text
-        assert written_token(writeback_of(env, name)) == sector_marker("e2e")  # the write landed in its own writeback
-    assert written_token(raw) is None  # ... and never in the image
+    serve = GgnetServe(env, tmp_path / "serve.log").start()
+    try:
+        # both clients boot their own disks at the same time
+        results = asyncio.run(boot_clients([client(tmp_path, env, n, "first") for n in MACS]))
+        for name, result in zip(MACS, results, strict=True):
+            assert result.ok, f"{name}: {result.reason}\n{result.com2_text[-2000:]}"
+            assert sector_marker("e2e") in result.com1_text
+            assert written_token(writeback_of(env, name)) == sector_marker("e2e")  # in its own writeback
+        assert written_token(raw) is None  # ... and never in the image
 
-    sessions = json.loads(ggnet(env, "session", "list", "--json").stdout)
-    assert {(s["machine"], s["state"]) for s in sessions} == {("pc01", "active"), ("pc02", "active")}
+        current = json.loads(ggnet(env, "session", "list", "--json").stdout)
+        assert {(s["machine"], s["state"]) for s in current} == {("pc01", "ready"), ("pc02", "ready")}
 
-    # after stop, pc01's script no longer boots a disk
-    ggnet(env, "session", "stop", "pc01")
-    assert not writeback_of(env, "pc01").exists()  # a normal session's writeback is discarded
-    after_stop = asyncio.run(
-        run_client(
-            client(tmp_path, env, "pc01", "stopped", timeout=60, fail=("GGNET-SANBOOT-FAILED", "GGNET-NO-SESSION"))
+        # taken offline: its target and fresh writeback go
+        stopped = ggnet(env, "session", "stop", "pc01")
+        assert "pc01: taken offline" in stopped.stdout
+        assert {t["machine"] for t in json.loads(ggnet(env, "target", "list", "--json").stdout)} == {"pc02"}
+
+        # a disabled machine is refused on its screen
+        ggnet(env, "machine", "set", "pc01", "--disable")
+        refused = asyncio.run(
+            run_client(client(tmp_path, env, "pc01", "disabled", timeout=60, fail=("GGNET-NOT-BOOTING",)))
         )
-    )
-    assert not after_stop.ok
-    assert WRITE_OK not in after_stop.com1_text
+        assert refused.reason == "fail: GGNET-NOT-BOOTING" and WRITE_OK not in refused.com1_text
 
-    # the target service restarts empty; reconcile restores pc02's target from the database
-    tgtd_daemon.restart_empty()
-    assert json.loads(ggnet(env, "target", "list", "--json").stdout) == []
-    dry = ggnet(env, "reconcile", "--dry-run")
-    assert "missing-target" in dry.stdout and "pc02" in dry.stdout
-    ggnet(env, "reconcile")
-    assert {t["machine"] for t in json.loads(ggnet(env, "target", "list", "--json").stdout)} == {"pc02"}
-    again = asyncio.run(run_client(client(tmp_path, env, "pc02", "reconciled")))
-    assert again.ok, again.reason
-
-    # the audit trail names every step
-    actions = {e["action"] for e in json.loads(ggnet(env, "audit", "list", "--limit", "100", "--json").stdout)}
-    assert {"machine.create", "session.start", "session.stop", "target.reconcile"} <= actions
+        # the target service restarts empty; reconcile (answered by serve's engine) restores pc02's target
+        tgtd_daemon.restart_empty()
+        assert json.loads(ggnet(env, "target", "list", "--json").stdout) == []
+        dry = ggnet(env, "reconcile", "--dry-run")
+        assert "target iqn.2024-01.lan.ggnet:pc02 (missing)" in dry.stdout
+        ggnet(env, "reconcile")
+        assert {t["machine"] for t in json.loads(ggnet(env, "target", "list", "--json").stdout)} == {"pc02"}
+    finally:
+        serve.stop()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 
 import pytest
@@ -350,13 +351,15 @@ async def test_image_import_with_progress_then_cancel(fast_settings, tmp_path, m
     assert sorted(p.name for p in core.settings.data_dir.rglob("*") if p.is_file()) == files_before
 
 
-async def test_session_start_refusal_is_shown_in_plain_words(fast_settings):
-    """Without a target stack, core refuses to start a session; the console says why."""
+async def test_prepare_refusal_is_shown_in_plain_words(fast_settings):
+    """A machine without an image cannot be prepared: one notification says so, in core's words."""
     core = fast_settings
     admin = await make_user(core, "root-admin", Role.ADMIN)
     await machines.add_machine(core, admin, name="pc01", mac="52:54:00:aa:00:01")
-    core.settings.boot_address = "10.0.0.1"  # so that the missing target stack is what core refuses
     app = make_app(core)
+    shown: list[str] = []
+    notify = app.notify
+    app.notify = lambda message, **kw: (shown.append(message), notify(message, **kw))  # type: ignore[method-assign]
     async with app.run_test(size=(80, 24)) as pilot:
         await log_in(pilot, "root-admin")
         await wait_for(pilot, lambda: app.actor)
@@ -365,8 +368,7 @@ async def test_session_start_refusal_is_shown_in_plain_words(fast_settings):
         await pilot.press("s")
         await wait_for(pilot, lambda: isinstance(app.screen, FormScreen) and app.screen.query("#save"))
         await pilot.press("ctrl+s")  # the dialog holds only a choice: save by key
-        error = lambda: str(app.screen.query_one("#form-error", Static).render())  # noqa: E731
-        await wait_for(pilot, lambda: "no iSCSI target stack" in error())
+        await wait_for(pilot, lambda: any("pc01: has no image" in m for m in shown))
 
 
 @pytest.fixture
@@ -392,88 +394,67 @@ async def tgtd_site(fast_settings, tmp_path):
         daemon.stop()
 
 
-async def test_session_start_and_stop_on_a_real_tgtd(tgtd_site):
-    from core.iscsi.tgt import TgtBackend
-    from core.services import sessions
+async def test_prepare_and_offline_through_the_engine_on_a_real_tgtd(tgtd_site):
+    """The console records intent; an engine (here in the test's process) acts on it within a second."""
+    from core.engine.engine import Engine
+    from core.services import boots
 
     core, admin, daemon = tgtd_site
+    core.settings.target_backend = "tgt"
+    core.settings.boot_address = "10.0.2.2"
+    engine = Engine(core, mode="embedded")
+    assert await engine.lock.acquire()
+    await engine.start()
+    running = asyncio.create_task(engine.run_forever())
     app = make_app(core)
-    core.use_backend(TgtBackend(daemon.control_port))  # after make_app, which pins "no backend"
-    async with app.run_test(size=(120, 40)) as pilot:
-        await log_in(pilot, "root-admin")
-        await wait_for(pilot, lambda: app.actor)
-        await _machines_screen(pilot, app)
-        await wait_for(pilot, lambda: app.screen.table.rows_by_key)
-        await pilot.press("s")
-        await wait_for(pilot, lambda: isinstance(app.screen, FormScreen) and app.screen.query("#save"))
-        await pilot.press("ctrl+s")
-        await wait_for(
-            pilot,
-            lambda: (
-                screen_name(app) == "MachinesScreen"
-                and str(app.screen.table.rows_by_key["pc01"]["session"]) == "active"
-            ),
-        )
-        await pilot.press("4")
-        await wait_for(pilot, lambda: screen_name(app) == "SessionsScreen" and app.screen.table.rows_by_key)
-        row = next(iter(app.screen.table.rows_by_key.values()))
-        assert row["machine"] == "pc01" and str(row["state"]) == "active" and str(row["login"]) == "no"
+    try:
+        async with app.run_test(size=(120, 40)) as pilot:
+            await log_in(pilot, "root-admin")
+            await wait_for(pilot, lambda: app.actor)
+            await _machines_screen(pilot, app)
+            await wait_for(pilot, lambda: app.screen.table.rows_by_key)
+            await pilot.press("s")
+            await wait_for(pilot, lambda: isinstance(app.screen, FormScreen) and app.screen.query("#save"))
+            await pilot.press("ctrl+s")
+            await pilot.press("4")
+            await wait_for(
+                pilot,
+                lambda: (
+                    screen_name(app) == "SessionsScreen"
+                    and [str(r["state"]) for r in app.screen.table.rows_by_key.values()] == ["ready"]
+                ),
+            )
+            row = next(iter(app.screen.table.rows_by_key.values()))
+            assert row["machine"] == "pc01" and str(row["login"]) == "no"
 
-        # the target vanishes behind ggnet's back (a tgtd restart): Targets shows the drift,
-        # reconcile recreates it
-        daemon.delete_all_targets()
-        await pilot.press("5")
-        await wait_for(
-            pilot,
-            lambda: (
-                screen_name(app) == "TargetsScreen"
-                and any(str(r["state"]) == "missing-target" for r in app.screen.table.rows_by_key.values())
-            ),
-        )
-        await pilot.press("R")
-        await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen) and app.screen.query("#yes"))
-        await pilot.press("y")
-        await wait_for(pilot, lambda: screen_name(app) == "TextScreen")
-        await pilot.press("escape")
-        await wait_for(
-            pilot,
-            lambda: (
-                screen_name(app) == "TargetsScreen"
-                and [str(r["state"]) for r in app.screen.table.rows_by_key.values()] == ["ok"]
-            ),
-        )
+            # the target vanishes behind ggnet's back (a tgtd restart): reconcile from the Targets screen
+            daemon.delete_all_targets()
+            await pilot.press("5")
+            await wait_for(pilot, lambda: screen_name(app) == "TargetsScreen")
+            await pilot.press("R")
+            await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen) and app.screen.query("#yes"))
+            await pilot.press("y")
+            await wait_for(pilot, lambda: screen_name(app) == "TextScreen")
+            assert "target iqn.2024-01.lan.ggnet:pc01 (pc01): missing" in str(app.screen.body)
+            await pilot.press("escape")
+            await wait_for(
+                pilot,
+                lambda: (
+                    screen_name(app) == "TargetsScreen"
+                    and [str(r["state"]) for r in app.screen.table.rows_by_key.values()] == ["ok"]
+                ),
+            )
 
-        await pilot.press("4")
-        await wait_for(pilot, lambda: screen_name(app) == "SessionsScreen" and app.screen.table.rows_by_key)
-        await pilot.press("x")
-        await wait_for(pilot, lambda: isinstance(app.screen, FormScreen) and app.screen.query("#save"))
-        await pilot.press("ctrl+s")
-        await wait_for(pilot, lambda: screen_name(app) == "SessionsScreen" and not app.screen.table.rows_by_key)
-    assert await sessions.list_sessions(core, admin, live_state=False) == []
-    backend, _ = await core.target_backend()
-    assert await backend.list_targets() == []
-
-
-async def test_login_reconciles_what_the_target_stack_forgot(tgtd_site):
-    from core.iscsi.tgt import TgtBackend
-    from core.services import sessions
-
-    core, admin, daemon = tgtd_site
-    core.use_backend(TgtBackend(daemon.control_port))
-    [started] = await sessions.start_sessions(core, admin, ["pc01"])
-    assert started.ok
-    daemon.restart_empty()  # the target service restarted: its targets are gone
-    backend, _ = await core.target_backend()
-    assert await backend.list_targets() == []
-    app = make_app(core)
-    core.use_backend(TgtBackend(daemon.control_port))  # after make_app, which pins "no backend"
-    async with app.run_test(size=(120, 40)) as pilot:
-        await log_in(pilot, "root-admin")
-        for _ in range(200):
-            if [t.iqn for t in await backend.list_targets()] == ["iqn.2024-01.lan.ggnet:pc01"]:
-                break
-            await pilot.pause(0.05)
-        assert [t.iqn for t in await backend.list_targets()] == ["iqn.2024-01.lan.ggnet:pc01"]
+            await pilot.press("4")
+            await wait_for(pilot, lambda: screen_name(app) == "SessionsScreen" and app.screen.table.rows_by_key)
+            await pilot.press("x")
+            await wait_for(pilot, lambda: screen_name(app) == "SessionsScreen" and not app.screen.table.rows_by_key)
+    finally:
+        engine.stop()
+        await running
+        await engine.close()
+    assert await boots.current_boots(core, admin) == []
+    assert "Target" not in daemon.tgtadm("--lld", "iscsi", "--op", "show", "--mode", "target").stdout
 
 
 async def test_audit_query_and_event_details(fast_settings):
@@ -505,7 +486,7 @@ async def test_audit_query_and_event_details(fast_settings):
         await pilot.press("enter")
         await wait_for(pilot, lambda: screen_name(app) == "TextScreen")
         body = str(app.screen.body)
-        assert '"ip": null' in body and '"ip": "10.0.0.21"' in body and "***" in body  # CHAP secret redacted
+        assert '"ip": null' in body and '"ip": "10.0.0.21"' in body
 
 
 async def test_csv_import_previews_bad_rows_before_writing(fast_settings, tmp_path):

@@ -9,7 +9,7 @@ import pytest
 
 from core.errors import Invalid, NotFound, PermissionDenied
 from core.models import Role
-from core.monitor import BOOTED, BOOTING, OFFLINE, ONLINE, Host, Monitor, SystemProbe, arp_macs, decide
+from core.monitor import BOOTED, BOOTING, OFFLINE, ONLINE, Monitor, arp_macs, decide
 from core.services import audit, machines, wol
 from core.wol import magic_packet, parse_address
 from tests.conftest import make_user
@@ -57,10 +57,11 @@ async def test_wake_sends_packets_and_audits_once(sqlite_core):
 def test_decide_states():
     assert decide(False, False, None) == OFFLINE
     assert decide(True, False, None) == ONLINE
-    assert decide(True, False, "active") == BOOTING
-    assert decide(False, False, "starting") == BOOTING
-    assert decide(False, False, "active") == OFFLINE  # waiting for the PC to be switched on
-    assert decide(True, True, "active") == BOOTED
+    assert decide(True, False, "ready") == BOOTING
+    assert decide(False, False, "preparing") == BOOTING
+    assert decide(False, False, "requested") == BOOTING
+    assert decide(False, False, "ready") == OFFLINE  # prepared, waiting for the PC to be switched on
+    assert decide(True, True, "ready") == BOOTED
 
 
 def test_arp_table_parsing(tmp_path: Path):
@@ -73,20 +74,43 @@ def test_arp_table_parsing(tmp_path: Path):
     assert arp_macs(table) == {"52:54:00:aa:00:01"}
 
 
-async def test_system_probe_pings_for_real(tmp_path: Path):
-    # loopback answers; 240.0.0.1 (reserved, never routed) does not; an ARP entry counts without a ping
+PROBE_IN_A_NAMESPACE = """
+import asyncio, json, subprocess, sys
+from pathlib import Path
+from core.monitor import Host, SystemProbe
+subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+probe = SystemProbe(arp_table=Path(sys.argv[1]))
+hosts = [
+    Host("up", "127.0.0.1", "52:54:00:aa:00:01"),
+    Host("down", "10.9.9.8", "52:54:00:aa:00:02"),
+    Host("arp", None, "52:54:00:AA:00:09"),
+    Host("noip", None, "52:54:00:aa:00:03"),
+]
+print(json.dumps(sorted(asyncio.run(probe(hosts)))))
+"""
+
+
+def test_system_probe_pings_for_real(tmp_path: Path):
+    """The real ping, in a network namespace of the test's own (only loopback, nothing routed): loopback
+    answers, an address with no route does not, an ARP entry counts without a ping."""
+    import json
+    import shutil
+    import subprocess
+    import sys
+
+    if shutil.which("unshare") is None:
+        pytest.fail("unshare (util-linux) is needed to ping inside a private network namespace")
     table = tmp_path / "arp"
     table.write_text("IP address HW type Flags HW address Mask Device\n10.9.9.9 0x1 0x2 52:54:00:aa:00:09 * eth0\n")
-    probe = SystemProbe(arp_table=table)
-    alive = await probe(
-        [
-            Host("up", "127.0.0.1", "52:54:00:aa:00:01"),
-            Host("down", "240.0.0.1", "52:54:00:aa:00:02"),
-            Host("arp", None, "52:54:00:AA:00:09"),
-            Host("noip", None, "52:54:00:aa:00:03"),
-        ]
+    result = subprocess.run(
+        ["unshare", "--net", sys.executable, "-c", PROBE_IN_A_NAMESPACE, str(table)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).resolve().parents[2],
     )
-    assert alive == {"up", "arp"}
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == ["arp", "up"]
 
 
 async def test_monitor_combines_probe_and_sessions(sqlite_core):
