@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from ..auth import Actor, Permission
 from ..context import Core
 from ..errors import BackendUnavailable, Conflict, GgnetError, Invalid, NotFound
-from ..iscsi.base import ActualTarget, TargetBackend, TargetSpec
+from ..iscsi.base import ActualTarget, LunSpec, TargetBackend, TargetSpec
 from ..log import get_logger
 from ..models import (
     LIVE_SESSION_STATES,
@@ -185,7 +185,7 @@ async def _plan_start(core: Core, actor: Actor, name: str, kind: SessionKind, ba
             machine=machine.name,
             spec=TargetSpec(
                 iqn=iqn,
-                backing_file=wb_dir / file_name,
+                luns=(LunSpec(backend.first_lun, wb_dir / file_name),),
                 initiator_iqn=machine.initiator_iqn,
                 chap_username=machine.chap_username,
                 chap_secret=machine.chap_secret,

@@ -10,7 +10,7 @@ from sqlalchemy import select
 from ..auth import Actor, Permission
 from ..context import Core
 from ..errors import BackendUnavailable, GgnetError
-from ..iscsi.base import TargetSpec
+from ..iscsi.base import LunSpec, TargetSpec
 from ..log import get_logger
 from ..models import BootSession, ImageVersion, Machine, Outcome, SessionState, Target
 from ..reconcile import DesiredTarget, Drift, compare_targets, compare_writebacks, owns
@@ -59,7 +59,7 @@ async def _desired(core: Core) -> tuple[list[DesiredTarget], set[Path]]:
         for target, boot_session, machine, version in rows:
             spec = TargetSpec(
                 iqn=target.iqn,
-                backing_file=wb_dir / str(boot_session.writeback_file),
+                luns=(LunSpec(target.lun, wb_dir / str(boot_session.writeback_file)),),
                 initiator_iqn=machine.initiator_iqn,
                 chap_username=machine.chap_username,
                 chap_secret=machine.chap_secret,

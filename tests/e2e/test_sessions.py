@@ -152,12 +152,12 @@ async def test_reconcile_repairs_only_what_ggnet_owns(
     # drift: pc01's target vanished, a stale ggnet target and a foreign target exist, a stray writeback
     await backend.delete_target("iqn.2024-01.lan.ggnet:pc01")
     stale_file = make_boot_disk(tmp_path / "stale.raw", 1)
-    from core.iscsi.base import TargetSpec
+    from core.iscsi.base import LunSpec, TargetSpec
 
     await backend.create_target(
         TargetSpec(
             "iqn.2024-01.lan.ggnet:gone",
-            stale_file,
+            (LunSpec(backend.first_lun, stale_file),),
             "iqn.2024-01.lan.x:y",
             "gone",
             "abcdefgh12345678",
@@ -168,7 +168,7 @@ async def test_reconcile_repairs_only_what_ggnet_owns(
     await backend.create_target(
         TargetSpec(
             "iqn.2020-01.com.example:foreign",
-            stale_file,
+            (LunSpec(backend.first_lun, stale_file),),
             "iqn.2024-01.lan.x:z",
             "foreign",
             "abcdefgh12345678",
