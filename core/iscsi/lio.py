@@ -416,6 +416,9 @@ class LioBackend:
     def _converge_luns(self, rtslib: Any, tpg: Any, acl: Any, spec: TargetSpec) -> None:
         luns_dir = os.path.join(tpg.path, "lun")
         wanted = {lun.lun: os.path.normpath(lun.backing_file) for lun in spec.luns}
+        for number, mapped_dir in _numbered(acl.path, "lun_").items():
+            if _link_in(mapped_dir) is None:  # made, not yet linked, when a run was killed: rtslib chokes on it
+                rtslib.MappedLUN(acl, number).delete()
         for number, lun_dir in _numbered(luns_dir, "lun_").items():
             backstore = _link_in(lun_dir)
             if wanted.get(number) is not None and backstore is not None and backing_of(backstore) == wanted[number]:
@@ -458,8 +461,8 @@ class LioBackend:
         rtslib_error, _ = _rtslib_errors(rtslib)
         for index in hba_slots(name):
             hba = core / f"fileio_{index}"
-            if hba.exists() and any(hba.iterdir()):
-                continue  # another backstore's
+            if _dirs(str(hba)):
+                continue  # another backstore's (an HBA alone, a killed run's, rtslib reuses)
             try:
                 return rtslib.FileIOStorageObject(name, dev=path, size=size, write_back=False, index=index)
             except rtslib_error as exc:
@@ -500,7 +503,9 @@ class LioBackend:
         for number in range(4):  # leftovers of an interrupted apply (system and game disk on either stack)
             name = backstore_name(iqn, number)
             for index in hba_slots(name):
-                leftover = self.root / "core" / f"fileio_{index}" / name
-                if leftover.is_dir():
-                    self._remove_backstore(leftover)
+                hba = self.root / "core" / f"fileio_{index}"
+                if (hba / name).is_dir():
+                    self._remove_backstore(hba / name)
+                elif hba.is_dir() and not _dirs(str(hba)):
+                    hba.rmdir()  # made, still without a backstore, when a run was killed
         get_logger().info("lio target deleted", target=iqn, existed=existed)

@@ -315,6 +315,9 @@ class TgtBackend:
                                    spec.chap_username, spec.chap_secret)  # fmt: skip
 
     async def apply(self, spec: TargetSpec, observed: ObservedTarget | None = None) -> list[str]:
+        """See ``TargetBackend.apply``. With ``observed`` (the engine's last pass) no show is read: the
+        target's tid comes from this backend's latest read, and a refusal from tgtd (the view was stale)
+        makes it read and start over. Without, one ``show`` of tgtd (shared with concurrent callers)."""
         check_spec(spec)
         for lun in spec.luns:  # before anything changes
             if not Path(lun.backing_file).exists():

@@ -205,12 +205,15 @@ def test_leftovers_of_interrupted_runs_are_completed_or_removed(vm: LioVm) -> No
     assert backstores(vm) == []
     # an apply killed after it made the game disk's backstore and the bare target, before anything else
     slot = hba_slots(backstore_name(TARGET, 1))[0]
-    vm.call("exec", code=f"""
+    vm.call(
+        "exec",
+        code=f"""
 rtslib_fb.FileIOStorageObject({backstore_name(TARGET, 1)!r}, dev={str(spec.luns[1].backing_file)!r},
                               size=12 << 20, index={slot})
 target = rtslib_fb.Target(rtslib_fb.FabricModule("iscsi"), {TARGET!r}, mode="create")
 rtslib_fb.TPG(target, 1, mode="create")
-""")
+""",
+    )
     half = observe(vm)
     assert half is not None and not half.enabled
     assert find_drift_names(vm, spec) == ["portal", "lun", "acl", "chap_user", "enabled"]
@@ -232,6 +235,97 @@ def find_drift_names(vm: LioVm, spec: TargetSpec) -> list[str]:
             raise AssertionError("LIO needs no login probe")
 
     return asyncio.run(find_drift(NoProbe(), spec, observe(vm)))  # type: ignore[arg-type]
+
+
+KILL_LOOP = """
+import json, os, pathlib
+from core.iscsi import lio
+from core.iscsi.base import LunSpec, TargetSpec
+from core.iscsi.diff import target_diff
+
+class Killed(BaseException):  # the process died here: nothing may catch it
+    pass
+
+def spec(data):
+    data = dict(data)
+    data["luns"] = tuple(LunSpec(n, pathlib.Path(p)) for n, p in data["luns"])
+    return TargetSpec(**data)
+
+OLD, NEW = spec(json.loads(OLD_JSON)), spec(json.loads(NEW_JSON))
+WRITES = [(pathlib.Path, "write_text"), (pathlib.Path, "mkdir"), (pathlib.Path, "rmdir"), (pathlib.Path, "unlink"),
+          (os, "symlink")]
+originals = {(owner, name): getattr(owner, name) for owner, name in WRITES}
+
+def dying_after(limit, count):
+    for (owner, name), original in originals.items():
+        def wrapper(*args, _original=original, **kwargs):
+            if str(args[0]).startswith("/sys/kernel/config"):
+                count[0] += 1
+                if count[0] >= limit:
+                    raise Killed()
+            return _original(*args, **kwargs)
+        setattr(owner, name, wrapper)
+
+def heal():
+    for (owner, name), original in originals.items():
+        setattr(owner, name, original)
+
+def backstores():
+    core = "/sys/kernel/config/target/core"
+    return sorted(n for h in os.listdir(core) if h.startswith("fileio_") for n in os.listdir(f"{core}/{h}")
+                  if n not in ("hba_info", "hba_mode"))
+
+def never_open_wider(target):
+    tpg = f"/sys/kernel/config/target/iscsi/{target}/tpgt_1"
+    if lio._read(tpg + "/enable") == "1":
+        assert lio._read(tpg + "/attrib/authentication") == "1", "enabled without authentication"
+        assert lio._read(tpg + "/attrib/generate_node_acls") == "0", "enabled in demo mode"
+        assert set(lio._dirs(tpg + "/acls")) <= {NEW.initiator_iqn}, "a foreign initiator admitted"
+
+backend = lio.LioBackend()
+report = []
+for start in ("nothing", "old"):
+    count = [0]
+    backend._delete(NEW.iqn)
+    if start == "old":
+        backend._apply(OLD)
+    dying_after(10 ** 9, count)
+    backend._apply(NEW)
+    backend._delete(NEW.iqn)
+    heal()
+    steps = count[0]
+    for kill_at in range(1, steps + 1):
+        if start == "old":
+            backend._apply(OLD)
+        dying_after(kill_at, [0])
+        try:
+            backend._apply(NEW)
+            backend._delete(NEW.iqn)
+            raise AssertionError("not killed")
+        except Killed:
+            pass
+        finally:
+            heal()
+        never_open_wider(NEW.iqn)
+        if lio.read_target(lio.CONFIGFS, NEW.iqn) is not None:  # the next process completes it
+            backend._apply(NEW)
+            assert target_diff(lio.read_target(lio.CONFIGFS, NEW.iqn), NEW) == [], kill_at
+            assert backstores() == [lio.backstore_name(NEW.iqn, 0), lio.backstore_name(NEW.iqn, 1)], kill_at
+        backend._delete(NEW.iqn)
+        assert backstores() == [] and lio.read_target(lio.CONFIGFS, NEW.iqn) is None, (start, kill_at)
+        assert not [h for h in os.listdir("/sys/kernel/config/target/core") if h.startswith("fileio_")], kill_at
+    report.append((start, steps))
+result = report
+"""
+
+
+def test_an_apply_or_delete_killed_at_any_configfs_write_is_completed_by_the_next(vm: LioVm) -> None:
+    old = spec_for(vm, luns=(LunSpec(0, disk(vm, "old.img", 8)),), chap_secret="old-boot-secret")
+    new = spec_for(vm)
+    code = f"OLD_JSON = {json.dumps(as_json(old))!r}\nNEW_JSON = {json.dumps(as_json(new))!r}\n{KILL_LOOP}"
+    report = vm.call("exec", code=code, timeout=600)
+    print(f"\nkilled at each of {report} configfs writes (from nothing / from the previous boot's target)")
+    assert all(steps > 20 for _, steps in report)
 
 
 def test_delete_while_an_initiator_reads(vm: LioVm, tmp_path: Path) -> None:
