@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from core.iscsi.base import LunSpec, ObservedTarget, TargetSpec
-from core.iscsi.diff import FIELDS, portal_covered, target_diff
+from core.iscsi.diff import FIELDS, find_drift, portal_covered, target_diff
 
 SECRET = "pc01-chap-secret"
 SPEC = TargetSpec(
@@ -96,3 +96,28 @@ def test_a_wildcard_portal_covers_every_address_on_its_port() -> None:
 
 def test_secrets_stay_out_of_reprs() -> None:
     assert SECRET not in repr(SPEC) and SECRET not in repr(observed())
+
+
+class Prober:
+    def __init__(self, answer: bool | None) -> None:
+        self.answer, self.asked = answer, 0
+
+    async def verify_chap(self, spec: TargetSpec) -> bool | None:
+        self.asked += 1
+        return self.answer
+
+
+async def test_find_drift_asks_for_a_login_only_when_it_can_tell() -> None:
+    unknown = observed(chap_secret=None)
+    refused, accepted = Prober(False), Prober(True)
+    assert await find_drift(refused, SPEC, unknown) == ["chap_secret"]  # type: ignore[arg-type]
+    assert await find_drift(accepted, SPEC, unknown) == []  # type: ignore[arg-type]
+    assert await find_drift(refused, SPEC, unknown, probe_chap=False) == []  # type: ignore[arg-type]
+    # the stack shows the secret (LIO), the target is missing, or the login would fail for another reason
+    assert await find_drift(refused, SPEC, observed()) == []  # type: ignore[arg-type]
+    assert await find_drift(refused, SPEC, None) == ["missing"]  # type: ignore[arg-type]
+    assert await find_drift(refused, SPEC, observed(chap_secret=None, enabled=False)) == ["enabled"]  # type: ignore[arg-type]
+    assert await find_drift(refused, SPEC, observed(chap_secret=None, luns={1: "/x"})) == [  # type: ignore[arg-type]
+        "lun", "backing_file", "chap_secret"
+    ]  # fmt: skip
+    assert (refused.asked, accepted.asked) == (2, 1)

@@ -64,12 +64,16 @@ def target_diff(observed: ObservedTarget | None, spec: TargetSpec) -> list[str]:
     return diffs
 
 
-async def find_drift(backend: TargetBackend, spec: TargetSpec, observed: ObservedTarget | None) -> list[str]:
+async def find_drift(
+    backend: TargetBackend, spec: TargetSpec, observed: ObservedTarget | None, probe_chap: bool = True
+) -> list[str]:
     """``target_diff``, plus ``chap_secret`` when the stack cannot show its secret (tgtd) and a login
     with the spec's refused. The login is tried only when the portal, ACL, CHAP user and enabled
-    state are right: otherwise it would fail for their sake, and ``apply`` rewrites CHAP anyway."""
+    state are right: otherwise it would fail for their sake, and ``apply`` rewrites CHAP anyway.
+    A login costs about 1 ms; ``probe_chap=False`` skips it (e.g. for a target this process set)."""
     diffs = target_diff(observed, spec)
-    if observed is None or observed.chap_secret is not None or {"portal", "acl", "chap_user", "enabled"} & set(diffs):
+    unknown = observed is not None and observed.chap_secret is None
+    if not probe_chap or not unknown or {"portal", "acl", "chap_user", "enabled"} & set(diffs):
         return diffs
     if await backend.verify_chap(spec) is False:
         diffs.append("chap_secret")
