@@ -1,9 +1,11 @@
-"""The LIO backend's pure parts: session data, spec comparison, health, rtslib's exception names,
-and the one lock around rtslib. (The kernel side runs in tests/e2e/test_lio_boot.py, in a VM.)"""
+"""The LIO backend's host-side parts: reading a configfs tree (a copy of the kernel's layout in a
+temporary directory), session text, backstore naming, health, rtslib's exception names, and the one
+lock around rtslib. The kernel side runs in a VM: tests/e2e/test_lio_targets.py and test_lio_boot.py."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 from pathlib import Path
@@ -11,21 +13,23 @@ from types import SimpleNamespace
 
 import pytest
 import rtslib_fb
-from rtslib_fb.target import NodeACL
 
 from core.errors import BackendUnavailable
 from core.iscsi import lio
-from core.iscsi.base import InitiatorSession, TargetSpec
+from core.iscsi.base import InitiatorSession, LunIO, LunSpec, TargetSpec
+from core.iscsi.diff import target_diff
 from core.iscsi.lio import (
     LioBackend,
-    ObservedAcl,
-    ObservedTarget,
     assess_health,
+    backing_of,
     backstore_name,
-    differences,
-    session_from_rtslib,
+    hba_slots,
+    parse_acl_info,
+    read_target,
+    read_targets,
 )
 
+TARGET = "iqn.2024-01.lan.ggnet:pc01"
 INITIATOR = "iqn.2024-01.lan.ggnet.client:pc01"
 
 # captured from kernel 6.1 (Debian) in the LIO VM while an iPXE client was logged in:
@@ -44,48 +48,9 @@ INFO_LOGGED_IN = (
 )
 INFO_NO_SESSION = "No active iSCSI Session for Initiator Endpoint: iqn.2024-01.lan.ggnet.client:pc01\n"
 
-
-def rtslib_session(tmp_path: Path, info: str) -> dict | None:
-    """What rtslib's own parser (``NodeACL.session``) makes of an ACL's ``info`` file."""
-    (tmp_path / "info").write_text(info)
-    return NodeACL._get_session(SimpleNamespace(path=str(tmp_path)))
-
-
-def test_a_logged_in_session_from_real_kernel_text(tmp_path: Path) -> None:
-    data = rtslib_session(tmp_path, INFO_LOGGED_IN)
-    assert session_from_rtslib(INITIATOR, data) == InitiatorSession(INITIATOR, "10.0.2.2")
-
-
-def test_no_session_from_real_kernel_text(tmp_path: Path) -> None:
-    assert session_from_rtslib(INITIATOR, rtslib_session(tmp_path, INFO_NO_SESSION)) is None
-
-
-@pytest.mark.parametrize("state", ["FREE", "ACTIVE", "FAILED", "IN_CONTINUE"])
-def test_a_session_not_logged_in_is_not_listed(tmp_path: Path, state: str) -> None:
-    data = rtslib_session(tmp_path, INFO_LOGGED_IN.replace("TARG_SESS_STATE_LOGGED_IN", f"TARG_SESS_STATE_{state}"))
-    assert data is not None and data["state"] == state
-    assert session_from_rtslib(INITIATOR, data) is None
-
-
-def test_the_address_of_a_logged_in_connection_wins() -> None:
-    data = {
-        "state": "LOGGED_IN",
-        "connections": [
-            {"cid": 0, "cstate": "CLEANUP_WAIT", "address": "192.0.2.7", "transport": "TCP"},
-            {"cid": 1, "cstate": "LOGGED_IN", "address": "fe80::5054:ff:fe12:3456", "transport": "TCP"},
-        ],
-    }
-    assert session_from_rtslib(INITIATOR, data) == InitiatorSession(INITIATOR, "fe80::5054:ff:fe12:3456")
-    data["connections"][1]["cstate"] = "IN_LOGOUT"
-    assert session_from_rtslib(INITIATOR, data) == InitiatorSession(INITIATOR, "192.0.2.7")
-    assert session_from_rtslib(INITIATOR, {"state": "LOGGED_IN", "connections": []}) == InitiatorSession(
-        INITIATOR, None
-    )
-
-
 SPEC = TargetSpec(
-    iqn="iqn.2024-01.lan.ggnet:pc01",
-    backing_file=Path("/srv/ggnet/writebacks/pc01.raw"),
+    iqn=TARGET,
+    luns=(LunSpec(0, Path("/srv/ggnet/writebacks/pc01.raw")), LunSpec(1, Path("/srv/ggnet/games/g1.raw"))),
     initiator_iqn=INITIATOR,
     chap_username="pc01",
     chap_secret="pc01-chap-secret",
@@ -94,66 +59,172 @@ SPEC = TargetSpec(
 )
 
 
-def observed(**changes: object) -> ObservedTarget:
-    base = ObservedTarget(
-        tpg_tags=[1],
-        enabled=True,
-        authentication="1",
-        generate_node_acls="0",
-        lun_files={0: "/srv/ggnet/writebacks/pc01.raw"},
-        acls={INITIATOR: ObservedAcl("pc01", "pc01-chap-secret", [0])},
-        portals=["0.0.0.0:3260"],
+def test_a_logged_in_session_from_real_kernel_text() -> None:
+    assert parse_acl_info(INITIATOR, INFO_LOGGED_IN) == InitiatorSession(INITIATOR, "10.0.2.2")
+
+
+def test_no_session_from_real_kernel_text() -> None:
+    assert parse_acl_info(INITIATOR, INFO_NO_SESSION) is None
+    assert parse_acl_info(INITIATOR, None) is None
+
+
+@pytest.mark.parametrize("state", ["FREE", "ACTIVE", "FAILED", "IN_CONTINUE"])
+def test_a_session_not_logged_in_is_not_listed(state: str) -> None:
+    text = INFO_LOGGED_IN.replace("TARG_SESS_STATE_LOGGED_IN", f"TARG_SESS_STATE_{state}")
+    assert parse_acl_info(INITIATOR, text) is None
+
+
+def test_the_address_of_a_logged_in_connection_wins() -> None:
+    two = INFO_LOGGED_IN.replace(
+        "CID: 0  Connection State: TARG_CONN_STATE_LOGGED_IN\n   Address 10.0.2.2 TCP  StatSN: 0x8c4eb89e\n",
+        "CID: 0  Connection State: TARG_CONN_STATE_CLEANUP_WAIT\n   Address 192.0.2.7 TCP  StatSN: 0x1\n"
+        "CID: 1  Connection State: TARG_CONN_STATE_LOGGED_IN\n   Address fe80::5054:ff:fe12:3456 TCP  StatSN: 0x2\n",
     )
-    for key, value in changes.items():
-        setattr(base, key, value)
-    return base
+    assert parse_acl_info(INITIATOR, two) == InitiatorSession(INITIATOR, "fe80::5054:ff:fe12:3456")
+    none_live = two.replace("TARG_CONN_STATE_LOGGED_IN", "TARG_CONN_STATE_IN_LOGOUT")
+    assert parse_acl_info(INITIATOR, none_live) == InitiatorSession(INITIATOR, "192.0.2.7")
+    no_connection = INFO_LOGGED_IN.split("CID: 0")[0]
+    assert parse_acl_info(INITIATOR, no_connection) == InitiatorSession(INITIATOR, None)
 
 
-def test_an_identical_target_has_no_differences() -> None:
-    assert differences(observed(), SPEC) == []
-    # configfs keeps IQNs in lower case; the spec may not
-    spec = TargetSpec(**{**SPEC.__dict__, "initiator_iqn": INITIATOR.upper().replace("IQN.", "iqn.")})
-    assert differences(observed(), spec) == []
+# --------------------------------------------------------------------------- a configfs tree on disk
 
 
-@pytest.mark.parametrize(
-    ("changes", "named"),
-    [
-        ({"tpg_tags": [1, 2]}, "tpg"),
-        ({"enabled": False}, "enable"),
-        ({"authentication": "0"}, "authentication"),
-        ({"generate_node_acls": "1"}, "generate_node_acls"),  # demo mode
-        ({"lun_files": {0: "/srv/ggnet/writebacks/pc02.raw"}}, "backing_file"),
-        ({"lun_files": {0: None}}, "backing_file"),  # not FileIO
-        ({"lun_files": {0: "/srv/ggnet/writebacks/pc01.raw", 1: "/x"}}, "backing_file"),
-        ({"acls": {}}, "acl"),
-        ({"acls": {"iqn.2024-01.lan.ggnet.client:pc02": ObservedAcl("pc01", "pc01-chap-secret", [0])}}, "acl"),
-        (
-            {
-                "acls": {
-                    INITIATOR: ObservedAcl("pc01", "pc01-chap-secret", [0]),
-                    "iqn.2024-01.lan.ggnet.client:pc02": ObservedAcl("x", "y", [0]),
-                }
-            },
-            "acl",
-        ),
-        ({"acls": {INITIATOR: ObservedAcl("pc01", "pc01-chap-secret", [])}}, "mapped_lun"),
-        ({"acls": {INITIATOR: ObservedAcl("pc01", "an-old-secret-1", [0])}}, "chap"),
-        ({"acls": {INITIATOR: ObservedAcl("pc99", "pc01-chap-secret", [0])}}, "chap"),
-        ({"portals": ["127.0.0.1:3260"]}, "portal"),
-        ({"portals": []}, "portal"),
-    ],
-)
-def test_each_difference_is_named(changes: dict[str, object], named: str) -> None:
-    found = differences(observed(**changes), SPEC)
-    assert found == [named]
-    assert not any("secret" in item for item in found)  # names only: the caller logs them
+def write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
 
 
-def test_the_backstore_is_named_after_its_target() -> None:
-    assert backstore_name("iqn.2024-01.lan.ggnet:PC01") == backstore_name("iqn.2024-01.lan.ggnet:pc01")
-    assert backstore_name("iqn.2024-01.lan.ggnet:pc01") != backstore_name("iqn.2024-01.lan.ggnet:pc02")
-    assert "/" not in backstore_name(SPEC.iqn) and " " not in backstore_name(SPEC.iqn)
+def link(directory: Path, pointing_to: Path, root: Path) -> None:
+    """A symlink as configfs makes them: relative, from inside ``directory`` up to the mount point."""
+    directory.mkdir(parents=True, exist_ok=True)
+    up = len(directory.relative_to(root.parent).parts)
+    (directory / "3f2a1b9c0d").symlink_to("../" * up + str(pointing_to.relative_to(root.parent)))
+
+
+def backstore(root: Path, index: int, name: str, file: str, plugin: str = "fileio") -> Path:
+    path = root / "core" / f"{plugin}_{index}" / name
+    write(path / "udev_path", f"{file}\n" if plugin == "fileio" else "")
+    write(path / "info", f"Status: ACTIVATED  Max Queue Depth: 128  SectorSize: 512  HwMaxSectors: 16384\n"
+                         f"        TCM FILEIO ID: 0        File: {file}  Size: 8388608  Mode: O_DSYNC\n")  # fmt: skip
+    return path
+
+
+def kernel_tree(tmp_path: Path) -> Path:
+    """/sys/kernel/config/target as the backend leaves it for SPEC, one client logged in."""
+    root = tmp_path / "target"
+    (root / "iscsi" / "discovery_auth").mkdir(parents=True)
+    tpg = root / "iscsi" / TARGET / "tpgt_1"
+    write(tpg / "enable", "1\n")
+    write(tpg / "attrib" / "authentication", "1\n")
+    write(tpg / "attrib" / "generate_node_acls", "0\n")
+    (tpg / "np" / "0.0.0.0:3260").mkdir(parents=True)
+    acl = tpg / "acls" / INITIATOR
+    write(acl / "auth" / "userid", "pc01\n")
+    write(acl / "auth" / "password", "pc01-chap-secret\n")
+    write(acl / "info", INFO_LOGGED_IN)
+    for lun in SPEC.luns:
+        store = backstore(root, hba_slots(backstore_name(TARGET, lun.lun))[0], backstore_name(TARGET, lun.lun),
+                          str(lun.backing_file))  # fmt: skip
+        lun_dir = tpg / "lun" / f"lun_{lun.lun}"
+        link(lun_dir, store, root)
+        write(lun_dir / "statistics" / "scsi_tgt_port" / "read_mbytes", f"{3 + lun.lun}\n")
+        write(lun_dir / "statistics" / "scsi_tgt_port" / "write_mbytes", "1\n")
+        link(acl / f"lun_{lun.lun}", lun_dir, root)
+    return root
+
+
+def test_a_target_read_from_configfs(tmp_path: Path) -> None:
+    root = kernel_tree(tmp_path)
+    observed = read_target(root, TARGET.upper().replace("IQN.", "iqn."))  # any case
+    assert observed is not None
+    assert observed.iqn == TARGET
+    assert observed.luns == {0: "/srv/ggnet/writebacks/pc01.raw", 1: "/srv/ggnet/games/g1.raw"}
+    assert (observed.acls, observed.chap_users, observed.chap_secret) == ([INITIATOR], ["pc01"], "pc01-chap-secret")
+    assert observed.portals == ["0.0.0.0:3260"] and observed.enabled
+    assert observed.sessions == [InitiatorSession(INITIATOR, "10.0.2.2")]
+    assert observed.io == {0: LunIO(3 << 20, 1 << 20), 1: LunIO(4 << 20, 1 << 20)}  # the kernel counts MiB
+    assert target_diff(observed, SPEC) == []
+    assert read_target(root, "iqn.2024-01.lan.ggnet:pc02") is None
+    assert set(read_targets(root, None)) == {TARGET}  # discovery_auth is no target
+    assert set(read_targets(root, [TARGET.upper().replace("IQN.", "iqn."), "iqn.2024-01.x:none"])) == {TARGET}
+
+
+def unlink_tree(path: Path) -> None:
+    for child in path.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            unlink_tree(child)
+        else:
+            child.unlink()
+    path.rmdir()
+
+
+def other_backstore(root: Path, tpg: Path) -> None:
+    lun_dir = tpg / "lun" / "lun_0"
+    for entry in lun_dir.iterdir():
+        if entry.is_symlink():
+            entry.unlink()
+    link(lun_dir, backstore(root, 3, "someone", "/srv/other.raw"), root)
+
+
+def ramdisk_backstore(root: Path, tpg: Path) -> None:
+    lun_dir = tpg / "lun" / "lun_0"
+    for entry in lun_dir.iterdir():
+        if entry.is_symlink():
+            entry.unlink()
+    link(lun_dir, backstore(root, 4, "rd", "", plugin="rd_mcp"), root)
+
+
+def second_tpg(root: Path, tpg: Path) -> None:
+    (tpg.parent / "tpgt_2" / "np" / "0.0.0.0:3261").mkdir(parents=True)
+    (tpg.parent / "tpgt_2" / "acls" / "iqn.2024-01.lan.x:other").mkdir(parents=True)
+
+
+DRIFT = {
+    "portal removed": (lambda root, tpg: (tpg / "np" / "0.0.0.0:3260").rmdir(), ["portal"]),
+    "mapped LUN removed": (lambda root, tpg: unlink_tree(tpg / "acls" / INITIATOR / "lun_1"), ["lun"]),
+    "TPG LUN added": (lambda root, tpg: link(tpg / "lun" / "lun_5", backstore(root, 9, "x", "/x.raw"), root), []),
+    "backing file swapped": (other_backstore, ["backing_file"]),
+    "backstore not a file": (ramdisk_backstore, ["backing_file"]),
+    "initiator added": (lambda root, tpg: (tpg / "acls" / "iqn.2024-01.lan.x:intruder").mkdir(), ["lun", "acl"]),
+    "user renamed": (lambda root, tpg: write(tpg / "acls" / INITIATOR / "auth" / "userid", "pc99\n"), ["chap_user"]),
+    "user unset": (lambda root, tpg: write(tpg / "acls" / INITIATOR / "auth" / "userid", "NULL\n"), ["chap_user"]),
+    "secret replaced": (lambda root, tpg: write(tpg / "acls" / INITIATOR / "auth" / "password", "x-12345\n"),
+                        ["chap_secret"]),
+    "disabled": (lambda root, tpg: write(tpg / "enable", "0\n"), ["enabled"]),
+    "no authentication": (lambda root, tpg: write(tpg / "attrib" / "authentication", "0\n"), ["enabled"]),
+    "demo mode": (lambda root, tpg: write(tpg / "attrib" / "generate_node_acls", "1\n"), ["enabled"]),
+    "a second TPG": (second_tpg, ["lun", "acl", "enabled"]),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("change", list(DRIFT))
+def test_each_drift_in_configfs_is_seen(tmp_path: Path, change: str) -> None:
+    root = kernel_tree(tmp_path)
+    make, expected = DRIFT[change]
+    make(root, root / "iscsi" / TARGET / "tpgt_1")
+    assert target_diff(read_target(root, TARGET), SPEC) == expected
+    # an unmapped TPG LUN is invisible to the initiator ("TPG LUN added" is no drift); apply still removes it
+
+
+def test_backstore_names_and_slots() -> None:
+    assert backstore_name("iqn.2024-01.lan.ggnet:PC01", 0) == backstore_name("iqn.2024-01.lan.ggnet:pc01", 0)
+    assert backstore_name(TARGET, 0) != backstore_name(TARGET, 1)
+    assert "/" not in backstore_name(TARGET, 0) and " " not in backstore_name(TARGET, 0)
+    slots = hba_slots(backstore_name(TARGET, 0))
+    assert slots == hba_slots(backstore_name(TARGET, 0))  # found again by name, by any process
+    assert len(set(slots)) == lio.HBA_SLOTS and all(1 << 19 <= s < 1 << 20 for s in slots)
+    assert lio._ours(backstore_name(TARGET, 1), TARGET) and lio._ours(TARGET, TARGET)  # and the first version's
+    assert not lio._ours(backstore_name("iqn.2024-01.lan.ggnet:pc011", 0), TARGET)
+
+
+def test_the_file_of_a_backstore(tmp_path: Path) -> None:
+    root = tmp_path / "target"
+    assert backing_of(backstore(root, 1, "a", "/srv/a.raw")) == "/srv/a.raw"
+    no_udev = backstore(root, 2, "b", "/srv/b.raw")
+    (no_udev / "udev_path").write_text("\n")  # made by someone who did not set udev_path
+    assert backing_of(no_udev) == "/srv/b.raw"
+    assert backing_of(backstore(root, 3, "c", "/dev/sdb", plugin="iblock")) is None
 
 
 MOUNTS_WITH_CONFIGFS = (
@@ -186,6 +257,14 @@ def test_both_spellings_of_rtslibs_not_in_configfs_error() -> None:
     assert lio._rtslib_errors(rtslib_fb) == (rtslib_fb.RTSLibError, rtslib_fb.RTSLibNotInCFSError)
 
 
+def test_rtslib_objects_take_the_index_ggnet_chooses() -> None:
+    """The backend opens backstores by index (no walk over every HBA): both rtslib versions take it."""
+    import inspect
+
+    assert "index" in inspect.signature(rtslib_fb.FileIOStorageObject.__init__).parameters
+    assert "mode" in inspect.signature(rtslib_fb.Target.__init__).parameters
+
+
 async def test_rtslib_calls_run_one_at_a_time_off_the_event_loop() -> None:
     events: list[tuple[str, str]] = []
     threads: set[int] = set()
@@ -210,11 +289,17 @@ async def test_rtslib_errors_become_backend_unavailable() -> None:
     def fail() -> None:
         raise rtslib_fb.RTSLibError("Could not create NetworkPortal in configFS")
 
-    with pytest.raises(BackendUnavailable, match="LIO could not create target x: Could not create NetworkPortal"):
-        await LioBackend()._run("create target x", fail)
+    with pytest.raises(BackendUnavailable, match="LIO could not apply target x: Could not create NetworkPortal"):
+        await LioBackend()._run("apply target x", fail)
 
     def configfs_refuses() -> None:
         raise OSError(22, "Invalid argument")
 
-    with pytest.raises(BackendUnavailable, match="LIO could not list targets: .*Invalid argument"):
-        await LioBackend()._run("list targets", configfs_refuses)
+    with pytest.raises(BackendUnavailable, match="LIO could not delete target x: .*Invalid argument"):
+        await LioBackend()._run("delete target x", configfs_refuses)
+
+
+async def test_observe_reads_without_rtslib(tmp_path: Path) -> None:
+    backend = LioBackend(root=kernel_tree(tmp_path))
+    assert list(await backend.observe()) == [TARGET] and await backend.verify_chap(SPEC) is None
+    assert os.path.isdir(tmp_path / "target" / "core")

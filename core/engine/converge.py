@@ -19,7 +19,8 @@ from sqlalchemy import select
 
 from ..boot.ipxe import BOOT_SCRIPT, boot_url, sync_tftp_root, tftp_files
 from ..errors import GgnetError
-from ..iscsi.protocol import ObservedTarget, TargetSpec, target_diff
+from ..iscsi.base import ObservedTarget, TargetSpec
+from ..iscsi.diff import find_drift
 from ..models import (
     CURRENT_BOOT_STATES,
     OPEN_BOOT_STATES,
@@ -87,6 +88,7 @@ async def run_pass(engine: Engine, *, dry_run: bool = False) -> PassReport:
     if engine.backend is not None:
         try:
             observed = await engine.backend.observe()
+            engine.view = dict(observed)
         except GgnetError as exc:
             report.errors.append(f"cannot read the target stack: {exc.message}")
     else:
@@ -135,6 +137,21 @@ async def _finish_orphan_boots(engine: Engine, report: PassReport) -> None:
     await asyncio.gather(*(one(i) for i in todo))
 
 
+async def _current_boot_id(engine: Engine, iqn: str) -> int | None:
+    """The boot a target should serve, read now: a boot request may have run since the pass loaded
+    its state (the pass must neither undo that boot's target nor delete it as a stray)."""
+    async with engine.core.db.session() as session:
+        return (
+            await session.execute(
+                select(Boot.id).where(
+                    Boot.server == engine.core.settings.server_name,
+                    Boot.target_iqn == iqn,
+                    Boot.state.in_(list(_CURRENT)),
+                )
+            )
+        ).scalar_one_or_none()
+
+
 def _desired(engine: Engine, state: _State) -> dict[str, tuple[Boot, TargetSpec | None]]:
     """The target each machine with a ready boot should have (None: its writeback file is missing)."""
     wanted: dict[str, tuple[Boot, TargetSpec | None]] = {}
@@ -173,10 +190,8 @@ async def _converge_targets(
                 Drift("missing-writeback", path.name, boot.machine_name, repair="clone it again from its version")
             )
         current = observed.get(iqn)
-        diffs = target_diff(current, spec)
-        # tgtd cannot show a secret: a login probe checks it now and then
-        if not diffs and engine.chap_check_due(iqn) and await backend.verify_chap(spec) is False:
-            diffs = ["chap_secret"]
+        # tgtd cannot show a secret: a login probe checks it now and then (about 1 ms a target)
+        diffs = await find_drift(backend, spec, current, probe_chap=engine.chap_check_due(iqn))
         if diffs:
             report.drift.append(
                 Drift("target", spec.iqn, boot.machine_name, tuple(diffs), "make the target match the boot")
@@ -192,7 +207,10 @@ async def _converge_targets(
                         row.state = WritebackState.CREATING.value
                         await engine.preparer._ensure_writeback(row)
             async with engine.target_lock(iqn):
+                if await _current_boot_id(engine, spec.iqn) != boot.id:
+                    continue  # superseded meanwhile: its own boot request set the target
                 changed = await backend.apply(spec, current)
+                engine.remember(spec)
             report.repaired.append(f"target {spec.iqn} ({boot.machine_name}): {', '.join(changed or diffs)}")
             served.update(lun.backing_file for lun in spec.luns)
         except (GgnetError, OSError) as exc:
@@ -212,7 +230,11 @@ async def _converge_targets(
             continue
         try:
             async with engine.target_lock(iqn):
+                if await _current_boot_id(engine, target.iqn) is not None:
+                    served.update(Path(f) for f in target.luns.values() if f)
+                    continue  # a boot of it was recorded meanwhile
                 await backend.delete(target.iqn)
+                engine.forget(iqn)
             report.repaired.append(f"stray target {target.iqn}: deleted")
         except (GgnetError, OSError) as exc:
             report.errors.append(f"stray target {target.iqn}: {exc}")
@@ -324,23 +346,32 @@ async def _files(
                     await session.delete(row)
     # files ggnet named that no row of this server owns, and temporaries of clones that died
     if directory.is_dir() and targets_known:
+        handled = {row.file_name for row in discard + creating_orphans}
+        candidates: list[tuple[Path, Drift]] = []
         for path in sorted(directory.iterdir()):
-            if path in served or path in engine.in_flight_files:
+            if path in served or path in engine.in_flight_files or path.name in handled:
                 continue
             if disks.OWNED_NAME.match(path.name) and path.name not in wanted_names:
-                if any(row.file_name == path.name for row in discard + creating_orphans):
-                    continue  # handled above
-                report.drift.append(Drift("stray-writeback", path.name, None, repair="delete the file"))
-            elif disks.TEMP_NAME.match(path.name):
-                if any(p.name in path.name for p in engine.in_flight_files):
+                candidates.append((path, Drift("stray-writeback", path.name, None, repair="delete the file")))
+            elif disks.TEMP_NAME.match(path.name) and not any(p.name in path.name for p in engine.in_flight_files):
+                candidates.append((path, Drift("orphan-temporary", path.name, None, repair="delete the file")))
+        if candidates:
+            # a boot may have made a writeback since the pass loaded its state: ask the database again
+            async with engine.core.db.session() as session:
+                names = [p.name for p, _ in candidates]
+                known = set(
+                    (await session.execute(select(WritebackRow.file_name).where(WritebackRow.file_name.in_(names))))
+                    .scalars()
+                    .all()
+                )
+            for path, drift in candidates:
+                if path.name in known or path in engine.in_flight_files:
                     continue
-                report.drift.append(Drift("orphan-temporary", path.name, None, repair="delete the file"))
-            else:
-                continue
-            if not dry_run:
-                with contextlib.suppress(FileNotFoundError):
-                    path.unlink()
-                report.repaired.append(f"{path.name}: removed")
+                report.drift.append(drift)
+                if not dry_run:
+                    with contextlib.suppress(FileNotFoundError):
+                        path.unlink()
+                    report.repaired.append(f"{path.name}: removed")
     if not dry_run:
         await _boot_files(engine, report)
 

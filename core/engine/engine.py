@@ -18,7 +18,7 @@ from sqlalchemy import select
 from ..auth import Actor
 from ..context import Core
 from ..errors import BackendUnavailable, GgnetError
-from ..iscsi.protocol import LunSpec, TargetBackend, TargetSpec
+from ..iscsi.base import LunSpec, ObservedTarget, TargetBackend, TargetSpec
 from ..log import get_logger
 from ..models import (
     Boot,
@@ -58,6 +58,7 @@ class Engine:
         self.last_pass_at: float | None = None
         self.started_at = utcnow()
         self._target_locks: dict[str, asyncio.Lock] = {}
+        self.view: dict[str, ObservedTarget] = {}  # the target stack as the last pass saw it, kept up to date
         self._pass_lock = asyncio.Lock()
         self._chap_checked: dict[str, float] = {}
         self._stopping = asyncio.Event()
@@ -112,7 +113,6 @@ class Engine:
 
     async def refresh_backend(self) -> None:
         """Re-detect the target stack every pass: tgtd started after us, or LIO loaded, is picked up."""
-        from ..iscsi.compat import Adapter
         from ..iscsi.select import select_backend
 
         backend, health = await select_backend(self.core.settings)
@@ -120,11 +120,28 @@ class Engine:
             self.backend, self.backend_detail = None, health.detail
             return
         if self.backend is None or self.backend.name != backend.name:
-            self.backend = Adapter(backend)
+            self.backend = backend  # else keep the one we have (its locks and caches)
         self.backend_detail = health.detail
 
     def poke(self) -> None:
         self.watcher.poke()
+
+    def remember(self, spec: TargetSpec) -> None:
+        """After an apply: the target is now as ``spec`` says (the secret too: we just set it)."""
+        previous = self.view.get(spec.iqn.lower())
+        self.view[spec.iqn.lower()] = ObservedTarget(
+            iqn=spec.iqn,
+            luns={lun.lun: str(lun.backing_file) for lun in spec.luns},
+            acls=[spec.initiator_iqn],
+            chap_users=[spec.chap_username],
+            chap_secret=spec.chap_secret,
+            portals=[f"{spec.portal_host}:{spec.portal_port}"],
+            enabled=True,
+            sessions=list(previous.sessions) if previous else [],
+        )
+
+    def forget(self, iqn: str) -> None:
+        self.view.pop(iqn.lower(), None)
 
     def watch_login(self, boot_id: int, iqn: str, initiator_iqn: str) -> None:
         """Right after a boot is answered, look often for its client's login (a pass may be 30 s away),

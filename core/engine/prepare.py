@@ -28,7 +28,7 @@ from sqlalchemy.exc import IntegrityError
 
 from ..boot.ipxe import MachineScript, SanBoot, Why, render_machine_script, render_unregistered
 from ..errors import BackendUnavailable, GgnetError
-from ..iscsi.protocol import TargetSpec
+from ..iscsi.base import TargetSpec
 from ..log import get_logger
 from ..models import (
     CURRENT_BOOT_STATES,
@@ -262,8 +262,9 @@ class Preparer:
                 if backend is None:
                     raise BackendUnavailable(self.engine.backend_detail or "no iSCSI target stack")
                 async with self.engine.target_lock(spec.iqn):
-                    observed = (await backend.observe([spec.iqn])).get(spec.iqn.lower())
-                    await backend.apply(spec, observed)
+                    # the last pass's view (tgtd can only show every target at once); a stale one is re-read
+                    await backend.apply(spec, self.engine.view.get(spec.iqn.lower()))
+                    self.engine.remember(spec)
                 await self._mark_ready(boot_id, int((time.monotonic() - started) * 1000))
             except (GgnetError, OSError) as exc:
                 reason = exc.message if isinstance(exc, GgnetError) else f"{exc.strerror or exc}"

@@ -93,6 +93,7 @@ async def _apply(engine: Engine, request: EngineRequest) -> dict[str, Any]:
             raise Conflict(f"the client of {machine.name} logged in again; shut it down, then apply")
         async with engine.target_lock(current.target_iqn):
             await engine.backend.delete(current.target_iqn)
+            engine.forget(current.target_iqn)
     source = disks.writeback_file(settings, row.file_name)
     dest = images_dir(settings) / Path(str(params["file_name"])).name
     if not dest.is_file():

@@ -1,1 +1,2 @@
-"""iSCSI target backends behind one protocol (see base.py): LIO via rtslib-fb, tgtd via tgtadm."""
+"""iSCSI target backends behind one protocol (base.py) and one diff (diff.py): LIO via configfs and
+rtslib-fb (lio.py), tgtd via its management socket (tgt.py, tgtd_socket.py)."""

@@ -1,34 +1,53 @@
-"""The tgt backend: the userspace target daemon tgtd, driven with tgtadm on a control port.
+"""The tgt backend: the userspace target daemon tgtd, driven over its management socket (tgtd_socket.py).
 
-tgtadm facts this relies on (tgt 1.0.x, Debian 12):
+tgtd facts this relies on (tgt 1.0.x, Debian 12):
 
-- ``-C <port>`` picks the daemon (its socket ``/var/run/tgtd/socket.<port>``); without a
-  running daemon tgtadm exits 107 ("failed to send request hdr to tgt daemon").
-- Targets are addressed by a numeric tid the caller chooses; LUN 0 is tgtd's own controller,
-  so the machine's disk is LUN 1.
-- A target with no initiator bound refuses every login; with an account bound, CHAP is required.
-  Accounts are global (unique names) and bound to targets. Portals are global too.
-- Every refusal is exit status 22 with a one-line reason on stderr ("this target already exists",
-  "can't find the account", ...), which becomes the error message here.
-- Passwords can only be given on tgtadm's command line; they are never logged.
+- A daemon is picked by its control port (``tgtd -C <port>``); targets are addressed by a numeric tid
+  the caller chooses. LUN 0 is tgtd's own controller, so a machine's disks are LUN 1 and up.
+- A target with no initiator bound refuses every login; with an account bound, CHAP is required —
+  without one it is not, so the account must never go while an initiator is bound (fail closed: unbind
+  the initiator first). Accounts and portals are global; an account is bound to targets.
+- tgtd shows no password and cannot change one: a secret is checked by a login (``verify_chap``) and
+  replaced by deleting and re-creating the account.
+- ``show --mode target`` prints every target; there is no show of one target's LUNs or ACL, so
+  ``observe(iqns)`` reads the whole text (tgtd writes it in C; only the wanted blocks are parsed here).
+- Deleting a target whose LUN has commands in flight fails with "this logical unit is still active",
+  also with ``--force``: tgtd destroys the LUNs before it closes the connections
+  (tgt_target_destroy in usr/target.c). ``delete`` therefore shuts the door first: unbind the
+  initiators, set the target offline (new commands get BUSY), close every connection, then delete,
+  retrying while the last commands drain.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import BackendUnavailable, Conflict, Invalid, NotFound
+from ..errors import BackendUnavailable, Conflict, NotFound
 from ..log import get_logger
-from .base import ActualTarget, BackendHealth, InitiatorSession, TargetSpec
+from .base import (
+    ActualTarget,
+    BackendHealth,
+    InitiatorSession,
+    LunIO,
+    ObservedTarget,
+    TargetSpec,
+    check_spec,
+    portal_text,
+    to_actual,
+)
+from .diff import FIELDS, portal_covered, target_diff
+from .login_probe import chap_accepted
+from .tgtd_socket import Err, Mode, Op, Request, TgtdClient, TgtdRefused, params
 
 log = get_logger("ggnet.iscsi.tgt")
 
 DISK_LUN = 1
-_NO_DAEMON = 107  # tgtadm: "Transport endpoint is not connected"
-_NAME = re.compile(r"^[^\s]+$")  # IQNs and account names: no whitespace (tgtadm output is line-based)
+DELETE_DRAIN_SECONDS = 10.0  # how long delete waits for a logged-in client's last commands
 
 
 # --------------------------------------------------------------------------- parsing (pure)
@@ -42,13 +61,23 @@ class TgtLun:
 
 
 @dataclass
+class TgtNexus:
+    """One I_T nexus (an iSCSI session): its id is the session's TSIH, tgtadm's ``--sid``."""
+
+    sid: int
+    initiator: str | None = None
+    address: str | None = None
+
+
+@dataclass
 class TgtTarget:
-    """One target as ``tgtadm --op show --mode target`` prints it."""
+    """One target as ``show --mode target`` prints it."""
 
     tid: int
     iqn: str
+    state: str | None = None  # "ready" or "offline"
     luns: list[TgtLun] = field(default_factory=list)
-    sessions: list[InitiatorSession] = field(default_factory=list)
+    nexuses: list[TgtNexus] = field(default_factory=list)
     accounts: list[str] = field(default_factory=list)  # incoming CHAP users bound to the target
     acls: list[str] = field(default_factory=list)  # initiator names or addresses allowed
 
@@ -57,8 +86,13 @@ class TgtTarget:
         """The first LUN that is not tgtd's controller (LUN 0)."""
         return next((lun for lun in self.luns if lun.lun != 0), None)
 
+    @property
+    def sessions(self) -> list[InitiatorSession]:
+        return [InitiatorSession(n.initiator, n.address) for n in self.nexuses if n.initiator]
+
 
 _TARGET_LINE = re.compile(r"^Target (\d+): (\S+)\s*$")
+_TARGET_HEAD = re.compile(r"^(\d+): (\S+)\s*$")  # a "Target " line without its first word
 _SECTIONS = {
     "System information:": "system",
     "I_T nexus information:": "nexus",
@@ -69,19 +103,12 @@ _SECTIONS = {
 
 
 def parse_show_target(text: str) -> list[TgtTarget]:
-    """Parse ``tgtadm --lld iscsi --op show --mode target``."""
+    """Parse ``tgtadm --lld iscsi --op show --mode target`` (the same text over the socket)."""
     targets: list[TgtTarget] = []
     target: TgtTarget | None = None
     section = ""
-    initiator: str | None = None  # of the I_T nexus being read
-    address: str | None = None
+    nexus: TgtNexus | None = None
     lun: TgtLun | None = None
-
-    def close_nexus() -> None:
-        nonlocal initiator, address
-        if target is not None and initiator is not None:
-            target.sessions.append(InitiatorSession(initiator, address))
-        initiator = address = None
 
     for raw in text.splitlines():
         line = raw.strip()
@@ -89,7 +116,6 @@ def parse_show_target(text: str) -> list[TgtTarget]:
             continue
         match = _TARGET_LINE.match(raw)
         if match:
-            close_nexus()
             target = TgtTarget(int(match.group(1)), match.group(2))
             targets.append(target)
             section = ""
@@ -97,18 +123,21 @@ def parse_show_target(text: str) -> list[TgtTarget]:
         if target is None:
             continue
         if line in _SECTIONS:
-            close_nexus()
             section = _SECTIONS[line]
             continue
         key, _, value = line.partition(":")
         value = value.strip()
-        if section == "nexus":
+        if section == "system":
+            if key == "State":
+                target.state = value
+        elif section == "nexus":
             if key == "I_T nexus":
-                close_nexus()
-            elif key == "Initiator":
-                initiator = value.split()[0] if value else None  # "iqn... alias: none"
-            elif key == "IP Address" and address is None:
-                address = value or None
+                nexus = TgtNexus(int(value))
+                target.nexuses.append(nexus)
+            elif nexus is not None and key == "Initiator":
+                nexus.initiator = value.split()[0] if value else None  # "iqn... alias: none"
+            elif nexus is not None and key == "IP Address" and nexus.address is None:
+                nexus.address = value or None
         elif section == "lun":
             if key == "LUN":
                 lun = TgtLun(int(value))
@@ -118,17 +147,27 @@ def parse_show_target(text: str) -> list[TgtTarget]:
             elif lun is not None and key == "Backing store path":
                 lun.backing_file = None if value in ("", "None") else value
         elif section == "account":
-            target.accounts.append(line.split()[0])  # "name" or "name (outgoing)"
-            if line.endswith("(outgoing)"):
-                target.accounts.pop()  # outgoing (mutual CHAP) accounts are not ours to list
+            if not line.endswith("(outgoing)"):  # outgoing (mutual CHAP) accounts do not admit initiators
+                target.accounts.append(line.split()[0])
         elif section == "acl":
             target.acls.append(line)
-    close_nexus()
     return targets
 
 
+def split_targets(text: str) -> dict[str, tuple[int, str]]:
+    """Lower-case IQN -> (tid, its block of text) for every target of a whole ``show`` text, without
+    parsing the blocks (the text grows with the fleet; a caller parses only the blocks it wants)."""
+    blocks: dict[str, tuple[int, str]] = {}
+    for block in ("\n" + text).split("\nTarget ")[1:]:
+        head, _, _ = block.partition("\n")
+        match = _TARGET_HEAD.match(head)
+        if match:
+            blocks[match.group(2).lower()] = (int(match.group(1)), "Target " + block)
+    return blocks
+
+
 def parse_show_portal(text: str) -> list[str]:
-    """Parse ``tgtadm --lld iscsi --op show --mode portal``: ``Portal: 127.0.0.1:3260,1`` → ``127.0.0.1:3260``."""
+    """Parse ``show --mode portal``: ``Portal: 127.0.0.1:3260,1`` → ``127.0.0.1:3260``."""
     portals = []
     for line in text.splitlines():
         key, _, value = line.strip().partition(":")
@@ -137,109 +176,127 @@ def parse_show_portal(text: str) -> list[str]:
     return portals
 
 
-def to_actual(target: TgtTarget, portals: list[str]) -> ActualTarget:
-    disk = target.disk
-    return ActualTarget(
+def parse_show_connections(text: str) -> list[tuple[int, int]]:
+    """Parse ``show --mode conn --tid N``: (sid, cid) of every connection of the target."""
+    found: list[tuple[int, int]] = []
+    sid: int | None = None
+    for line in text.splitlines():
+        key, _, value = line.strip().partition(":")
+        if key == "Session" and value.strip().isdigit():
+            sid = int(value)
+        elif key == "Connection" and sid is not None and value.strip().isdigit():
+            found.append((sid, int(value)))
+    return found
+
+
+def parse_stats(text: str) -> dict[tuple[int, int], LunIO]:
+    """Parse ``stat --mode target|system``: (tid, lun) -> bytes read and written, summed over the
+    sessions logged in now (tgtd counts per I_T nexus and forgets a session's counts at logout).
+
+    Line: ``tid lun sid rd_subm_bytes rd_subm_cmds rd_done_bytes rd_done_cmds wr_subm_bytes
+    wr_subm_cmds wr_done_bytes wr_done_cmds errs``."""
+    totals: dict[tuple[int, int], LunIO] = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) != 12 or not all(p.isdigit() for p in parts):
+            continue
+        key = (int(parts[0]), int(parts[1]))
+        before = totals.get(key, LunIO(0, 0))
+        totals[key] = LunIO(before.read_bytes + int(parts[5]), before.written_bytes + int(parts[9]))
+    return totals
+
+
+def to_observed(target: TgtTarget, portals: list[str], io: dict[tuple[int, int], LunIO]) -> ObservedTarget:
+    disks = {lun.lun: lun.backing_file for lun in target.luns if lun.lun != 0}  # LUN 0: tgtd's controller
+    return ObservedTarget(
         iqn=target.iqn,
-        lun=disk.lun if disk else None,
-        backing_file=disk.backing_file if disk else None,
+        luns=disks,
         acls=list(target.acls),
-        sessions=list(target.sessions),
-        portals=list(portals),
+        chap_users=list(target.accounts),
+        chap_secret=None,  # tgtd never shows it: verify_chap
+        portals=list(portals),  # tgtd's portals are global: every target is reachable on each
+        enabled=target.state == "ready",
+        sessions=target.sessions,
+        io={n: io.get((target.tid, n), LunIO(0, 0)) for n in disks},
     )
-
-
-def _portal_text(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def portal_covered(portals: list[str], host: str, port: int) -> bool:
-    """Does tgtd already listen where ``host:port`` would (the same address, or a wildcard on the port)?"""
-    wanted = _portal_text(host, port)
-    wildcards = {f"0.0.0.0:{port}", f"[::]:{port}"}
-    return wanted in portals or bool(wildcards & set(portals))
 
 
 # --------------------------------------------------------------------------- the backend
 
 
-class TgtadmError(BackendUnavailable):
-    """tgtadm refused a request; ``reason`` is its stderr line."""
-
-    def __init__(self, message: str, reason: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-
-
 class TgtBackend:
     name = "tgt"
-    lun = DISK_LUN
+    first_lun = DISK_LUN
+    lun = DISK_LUN  # compat: removed when the engine lands
 
-    def __init__(self, control_port: int, tgtadm: str = "tgtadm", timeout: float = 10.0) -> None:
+    def __init__(self, control_port: int, timeout: float = 10.0) -> None:
         self.control_port = control_port
-        self.tgtadm = tgtadm
-        self.timeout = timeout
-        self._lock = asyncio.Lock()  # one change at a time from this process (tid allocation)
+        self.tgtd = TgtdClient(control_port, timeout)
+        self._locks: dict[str, asyncio.Lock] = {}  # per IQN: one change of a target at a time
+        self._tid_lock = asyncio.Lock()  # tids are chosen by the caller: one choice at a time
+        self._tids: dict[str, int] = {}  # lower-case IQN -> tid, from the latest show
+        self._show_lock = asyncio.Lock()
+        self._reads_started = 0
+        self._last_read: tuple[int, dict[str, tuple[int, str]]] = (0, {})
 
-    # -- running tgtadm
+    def _lock(self, iqn: str) -> asyncio.Lock:
+        return self._locks.setdefault(iqn.lower(), asyncio.Lock())
 
-    async def _run(self, *args: str, secret: bool = False) -> str:
-        """Run ``tgtadm -C <port> --lld iscsi <args>``; return stdout or raise with its stderr."""
-        argv = [self.tgtadm, "-C", str(self.control_port), "--lld", "iscsi", *args]
-        shown = " ".join(args[:4])  # "--op new --mode account": never the password
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                *argv,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-            )
-        except FileNotFoundError:
-            raise BackendUnavailable(f"{self.tgtadm} is not installed (Debian package: tgt)") from None
-        try:
-            out, err = await asyncio.wait_for(proc.communicate(), self.timeout)
-        except TimeoutError:
-            raise BackendUnavailable(
-                f"tgtd on control port {self.control_port} did not answer within {self.timeout:g} s ({shown})"
-            ) from None
-        finally:
-            if proc.returncode is None:  # timed out or cancelled: leave no tgtadm behind
-                proc.kill()
-                await proc.wait()
-        reason = err.decode(errors="replace").strip().removeprefix("tgtadm: ").strip()
-        if proc.returncode == 0:
-            return out.decode(errors="replace")
-        log.info("tgtadm_refused", args=shown if secret else " ".join(args), rc=proc.returncode, reason=reason)
-        if proc.returncode == _NO_DAEMON or "tgt daemon" in reason:
-            raise BackendUnavailable(
-                f"tgtd does not answer on control port {self.control_port}: {reason or 'no daemon'}"
-            )
-        raise TgtadmError(f"tgtadm {shown} refused: {reason or f'exit status {proc.returncode}'}", reason)
+    async def _call(self, mode: Mode, op: Op, **fields: object) -> str:
+        return await self.tgtd.request(Request(mode, op, **fields))  # type: ignore[arg-type]
 
-    async def _run_ok_if(self, ok_reasons: tuple[str, ...], *args: str) -> bool:
-        """Like _run, but an expected refusal (e.g. "already exists") is success; returns whether it changed."""
+    async def _ok_if(self, codes: Collection[Err], mode: Mode, op: Op, **fields: object) -> bool:
+        """Like _call, but an expected refusal (e.g. "already gone") is fine; returns whether it acted."""
         try:
-            await self._run(*args)
+            await self._call(mode, op, **fields)
             return True
-        except TgtadmError as exc:
-            if any(text in exc.reason for text in ok_reasons):
+        except TgtdRefused as exc:
+            if exc.code in codes:
                 return False
             raise
 
-    async def _targets(self) -> list[TgtTarget]:
-        return parse_show_target(await self._run("--op", "show", "--mode", "target"))
+    # -- reading
+
+    async def _show(self) -> dict[str, tuple[int, str]]:
+        """Every target's block of a ``show`` that began after the call: callers that wait at the same
+        time share one (tgtd writes the whole text, ~6 µs per target, on its only thread)."""
+        wanted = self._reads_started + 1
+        async with self._show_lock:
+            if self._last_read[0] < wanted:
+                self._reads_started += 1
+                started = self._reads_started
+                blocks = split_targets(await self._call(Mode.TARGET, Op.SHOW))
+                self._last_read = (started, blocks)
+                self._tids = {iqn: tid for iqn, (tid, _) in blocks.items()}
+            return self._last_read[1]
+
+    async def _read(self, iqns: Collection[str] | None) -> dict[str, TgtTarget]:
+        blocks = await self._show()
+        chosen = blocks.values() if iqns is None else [blocks[i.lower()] for i in iqns if i.lower() in blocks]
+        targets = [t for _, block in chosen for t in parse_show_target(block)]
+        return {t.iqn.lower(): t for t in targets}
 
     async def _portals(self) -> list[str]:
-        return parse_show_portal(await self._run("--op", "show", "--mode", "portal"))
+        return parse_show_portal(await self._call(Mode.PORTAL, Op.SHOW))
+
+    async def _io(self, tids: list[int] | None) -> dict[tuple[int, int], LunIO]:
+        if tids is None:
+            return parse_stats(await self._call(Mode.SYSTEM, Op.STATS))
+        io: dict[tuple[int, int], LunIO] = {}
+        for tid in tids:
+            try:
+                io.update(parse_stats(await self._call(Mode.TARGET, Op.STATS, tid=tid)))
+            except TgtdRefused as exc:
+                if exc.code != Err.NO_TARGET:  # deleted meanwhile
+                    raise
+        return io
 
     # -- the protocol
 
     async def health(self) -> BackendHealth:
         try:
-            await self._run("--op", "show", "--mode", "system")
+            await self._call(Mode.SYSTEM, Op.SHOW)
         except BackendUnavailable as exc:
-            if not isinstance(exc, TgtadmError) and "not installed" in exc.message:
-                return BackendHealth(False, exc.message)
             return BackendHealth(
                 False,
                 f"{exc.message}; start it with `systemctl start tgt` (or `tgtd -C {self.control_port}`), "
@@ -247,146 +304,236 @@ class TgtBackend:
             )
         return BackendHealth(True, f"tgtd answers on control port {self.control_port}")
 
-    async def list_targets(self) -> list[ActualTarget]:
-        targets = await self._targets()
+    async def observe(self, iqns: Collection[str] | None = None) -> dict[str, ObservedTarget]:
+        targets = await self._read(iqns)
         portals = await self._portals()
-        return [to_actual(t, portals) for t in targets]
+        io = await self._io(None if iqns is None else [t.tid for t in targets.values()])
+        return {key: to_observed(t, portals, io) for key, t in targets.items()}
 
-    async def create_target(self, spec: TargetSpec) -> None:
-        _check_spec(spec)
-        if not Path(spec.backing_file).is_file():
-            raise NotFound(f"writeback {spec.backing_file} does not exist")
-        async with self._lock:
-            await self._ensure_portal(spec.portal_host, spec.portal_port)
-            targets = await self._targets()
-            for other in targets:
-                if other.iqn != spec.iqn and spec.chap_username in other.accounts:
-                    raise Conflict(
-                        f"CHAP user {spec.chap_username} is already bound to target {other.iqn}; "
-                        "every machine needs its own"
-                    )
-            current = next((t for t in targets if t.iqn == spec.iqn), None)
+    async def verify_chap(self, spec: TargetSpec) -> bool | None:
+        return await chap_accepted(spec.portal_host, spec.portal_port, spec.iqn, spec.initiator_iqn,
+                                   spec.chap_username, spec.chap_secret)  # fmt: skip
+
+    async def apply(self, spec: TargetSpec, observed: ObservedTarget | None = None) -> list[str]:
+        """See ``TargetBackend.apply``. With ``observed`` (the engine's last pass) no show is read: the
+        target's tid comes from this backend's latest read, and a refusal from tgtd (the view was stale)
+        makes it read and start over. Without, one ``show`` of tgtd (shared with concurrent callers)."""
+        check_spec(spec)
+        for lun in spec.luns:  # before anything changes
+            if not Path(lun.backing_file).exists():
+                raise NotFound(f"writeback {lun.backing_file} does not exist; cannot serve target {spec.iqn}")
+        async with self._lock(spec.iqn):
+            tid = self._tids.get(spec.iqn.lower()) if observed is not None else None
+            if tid is not None and observed is not None:
+                try:
+                    return await self._apply(spec, tid, observed)
+                except TgtdRefused as exc:  # the caller's view was stale: read and try again
+                    log.info("tgt_apply_retry", iqn=spec.iqn, reason=exc.reason)
+            current = (await self._read([spec.iqn])).get(spec.iqn.lower())
             if current is None:
-                current = TgtTarget(await self._new_target(spec.iqn, targets), spec.iqn)
-                created = True
-            else:
-                created = False
-            try:
-                await self._apply(current, spec)
-            except BaseException:
-                if created:  # leave nothing half-made behind (an existing target stays closed: no ACL)
-                    await self._undo_new(current.tid, spec.chap_username)
-                raise
-        log.info("tgt_target_ready", iqn=spec.iqn, tid=current.tid, created=created, initiator=spec.initiator_iqn)
+                return await self._create(spec)
+            return await self._apply(spec, current.tid, to_observed(current, await self._portals(), {}))
 
-    async def _apply(self, current: TgtTarget, spec: TargetSpec) -> None:
-        """Make the target ``current`` (new or existing) serve ``spec``; the ACL comes last."""
-        tid = str(current.tid)
-        # Fail closed while changing an existing target: with no initiator bound, tgtd refuses
-        # every login, so nobody gets in between the account's removal and its re-creation.
-        for acl in current.acls:
-            await self._run_ok_if(("does not exist",), "--op", "unbind", "--mode", "target", "--tid", tid,
-                                  *_acl_args(acl))  # fmt: skip
-        await self._ensure_lun(tid, current, spec.backing_file)
-        for user in current.accounts:
-            if user != spec.chap_username:
-                await self._run_ok_if(("can't find",), "--op", "unbind", "--mode", "account", "--tid", tid,
-                                      "--user", user)  # fmt: skip
-        # tgtadm cannot show or change a password: replace the account so the secret is the spec's
-        await self._run_ok_if(("can't find",), "--op", "delete", "--mode", "account", "--user", spec.chap_username)
-        await self._run("--op", "new", "--mode", "account", "--user", spec.chap_username,
-                        "--password", spec.chap_secret, secret=True)  # fmt: skip
-        await self._run("--op", "bind", "--mode", "account", "--tid", tid, "--user", spec.chap_username)
-        await self._run("--op", "bind", "--mode", "target", "--tid", tid, "--initiator-name", spec.initiator_iqn)
+    async def _create(self, spec: TargetSpec) -> list[str]:
+        tid = await self._new_target(spec.iqn)
+        empty = ObservedTarget(spec.iqn, {}, [], [], None, await self._portals(), True)
+        try:
+            await self._apply(spec, tid, empty, created=True)
+        except BaseException:
+            # leave nothing half-made (an interrupted run leaves a target without ACL: closed to all,
+            # and the next apply completes it)
+            await self._undo_new(tid, spec.chap_username)
+            raise
+        log.info("tgt_target_created", iqn=spec.iqn, tid=tid, initiator=spec.initiator_iqn,
+                 luns=[lun.lun for lun in spec.luns])  # fmt: skip
+        return ["missing"]
+
+    async def _apply(self, spec: TargetSpec, tid: int, observed: ObservedTarget, created: bool = False) -> list[str]:
+        """Change what differs, in an order that never opens the target wider than either end state."""
+        diffs = set(target_diff(observed, spec))
+        if "portal" in diffs:
+            await self._ensure_portal(spec.portal_host, spec.portal_port)
+        closing = bool(diffs & {"acl", "chap_user", "chap_secret"})
+        if closing:  # fail closed: with no initiator bound tgtd refuses every login
+            for acl in observed.acls:
+                await self._ok_if((Err.ACL_NOEXIST,), Mode.TARGET, Op.UNBIND, tid=tid, body=_acl_param(acl))
+        if diffs & {"lun", "backing_file"}:
+            await self._ensure_luns(tid, spec, observed.luns)
+        if closing:
+            for user in observed.chap_users:
+                if user != spec.chap_username:
+                    await self._ok_if((Err.NO_USER,), Mode.ACCOUNT, Op.UNBIND, tid=tid, body=params(user=user))
+            await self._set_account(tid, spec)
+            await self._call(Mode.TARGET, Op.BIND, tid=tid, body=params(initiator_name=spec.initiator_iqn))
+        if "enabled" in diffs:
+            await self._call(Mode.TARGET, Op.UPDATE, tid=tid, body=params(name="state", value="ready"))
+        if not closing and not created and observed.chap_secret is None and not await self.verify_chap(spec):
+            # the secret differs: replace it behind a closed door
+            await self._ok_if((Err.ACL_NOEXIST,), Mode.TARGET, Op.UNBIND, tid=tid,
+                              body=params(initiator_name=spec.initiator_iqn))  # fmt: skip
+            await self._set_account(tid, spec)
+            await self._call(Mode.TARGET, Op.BIND, tid=tid, body=params(initiator_name=spec.initiator_iqn))
+            diffs.add("chap_secret")
+        changed = [f for f in FIELDS if f in diffs]
+        if changed and not created:
+            log.info("tgt_target_changed", iqn=spec.iqn, tid=tid, changed=changed)
+        return changed
+
+    async def _set_account(self, tid: int, spec: TargetSpec) -> None:
+        """(Re)create the spec's account with its secret and bind it: tgtd cannot change a password."""
+        await self._ok_if((Err.NO_USER,), Mode.ACCOUNT, Op.DELETE, body=params(user=spec.chap_username))
+        await self._call(Mode.ACCOUNT, Op.NEW, body=params(user=spec.chap_username, password=spec.chap_secret))
+        await self._call(Mode.ACCOUNT, Op.BIND, tid=tid, body=params(user=spec.chap_username))
+
+    async def _ensure_luns(self, tid: int, spec: TargetSpec, current: dict[int, str | None]) -> None:
+        wanted = {lun.lun: os.path.normpath(lun.backing_file) for lun in spec.luns}
+        keep = {n for n, path in current.items() if path is not None and os.path.normpath(path) == wanted.get(n)}
+        for number in sorted(set(current) - keep):
+            await self._delete_lun(tid, number)
+        for number, path in sorted(wanted.items()):
+            if number not in keep:
+                await self._new_lun(tid, number, path)
+
+    async def _new_lun(self, tid: int, number: int, path: str) -> None:
+        try:
+            await self._call(Mode.DEVICE, Op.NEW, tid=tid, lun=number, body=params(path=path, bstype="rdwr"))
+        except TgtdRefused as exc:  # tgtd only says "invalid request"; the details go to its log
+            if exc.code == Err.LUN_EXIST:
+                raise
+            raise BackendUnavailable(
+                f"tgtd cannot serve {path} as LUN {number} ({exc.reason}): it could not open the file "
+                "read-write; tgtd's log says why"
+            ) from None
+
+    async def _delete_lun(self, tid: int, number: int) -> None:
+        try:
+            await self._ok_if((Err.NO_LUN,), Mode.DEVICE, Op.DELETE, tid=tid, lun=number)
+        except TgtdRefused as exc:
+            if exc.code == Err.LUN_ACTIVE:
+                raise BackendUnavailable(
+                    f"tgtd cannot swap LUN {number} of target {tid}: a logged-in client is using it"
+                ) from None
+            raise
+
+    async def _new_target(self, iqn: str) -> int:
+        """Create the target under the lowest free tid (another tgtd user may race us: retry)."""
+        async with self._tid_lock:
+            for _ in range(100):
+                used = set(self._tids.values())
+                tid = next(t for t in range(1, len(used) + 2) if t not in used)
+                try:
+                    await self._call(Mode.TARGET, Op.NEW, tid=tid, body=params(targetname=iqn))
+                    self._tids[iqn.lower()] = tid
+                    return tid
+                except TgtdRefused as exc:
+                    if exc.code != Err.TARGET_EXIST:
+                        raise
+                await self._show()  # the tid or the IQN appeared meanwhile: look again
+                if iqn.lower() in self._tids:
+                    return self._tids[iqn.lower()]
+        raise BackendUnavailable(f"could not find a free tid on tgtd (control port {self.control_port})")
 
     async def _undo_new(self, tid: int, chap_username: str) -> None:
         try:
-            await self._run_ok_if(("can't find",), "--op", "delete", "--mode", "target", "--tid", str(tid), "--force")
-            await self._run_ok_if(("can't find",), "--op", "delete", "--mode", "account", "--user", chap_username)
+            await self._ok_if((Err.NO_TARGET,), Mode.TARGET, Op.DELETE, tid=tid, force=True)
+            await self._ok_if((Err.NO_USER,), Mode.ACCOUNT, Op.DELETE, body=params(user=chap_username))
         except BackendUnavailable as exc:  # the original error matters more
             log.warning("tgt_undo_failed", tid=tid, error=exc.message)
-
-    async def delete_target(self, iqn: str) -> None:
-        async with self._lock:
-            targets = await self._targets()
-            target = next((t for t in targets if t.iqn == iqn), None)
-            if target is None:
-                return
-            # --force: also when an initiator is still logged in (the caller decided it may go)
-            await self._run_ok_if(("can't find the target",), "--op", "delete", "--mode", "target",
-                                  "--tid", str(target.tid), "--force")  # fmt: skip
-            shared = {user for t in targets if t.tid != target.tid for user in t.accounts}
-            for user in target.accounts:
-                if user not in shared:
-                    await self._run_ok_if(("can't find",), "--op", "delete", "--mode", "account", "--user", user)
-        log.info("tgt_target_deleted", iqn=iqn, tid=target.tid)
-
-    # -- steps
-
-    async def _new_target(self, iqn: str, targets: list[TgtTarget]) -> int:
-        """Create the target under the lowest free tid (another tgtadm user may race us: retry)."""
-        used = {t.tid for t in targets}
-        tid = 1
-        for _ in range(100):
-            while tid in used:
-                tid += 1
-            try:
-                await self._run("--op", "new", "--mode", "target", "--tid", str(tid), "--targetname", iqn)
-                return tid
-            except TgtadmError as exc:
-                if "already exists" not in exc.reason:
-                    raise
-            # the tid or the IQN appeared meanwhile: look again
-            fresh = await self._targets()
-            mine = next((t for t in fresh if t.iqn == iqn), None)
-            if mine is not None:
-                return mine.tid
-            used = {t.tid for t in fresh} | {tid}
-        raise BackendUnavailable(f"could not find a free tid on tgtd (control port {self.control_port})")
-
-    async def _ensure_lun(self, tid: str, current: TgtTarget, backing_file: Path) -> None:
-        wanted = str(Path(backing_file).resolve())
-        existing = next((lun for lun in current.luns if lun.lun == DISK_LUN), None)
-        if existing is not None and existing.backing_file == wanted:
-            return
-        if existing is not None:
-            await self._run("--op", "delete", "--mode", "logicalunit", "--tid", tid, "--lun", str(DISK_LUN))
-        try:
-            await self._run("--op", "new", "--mode", "logicalunit", "--tid", tid, "--lun", str(DISK_LUN),
-                            "--backing-store", wanted, "--bstype", "rdwr")  # fmt: skip
-        except TgtadmError as exc:  # tgtadm only says "invalid request"; the details go to tgtd's log
-            raise BackendUnavailable(
-                f"tgtd cannot serve {wanted} as LUN {DISK_LUN} ({exc.reason}): it could not open the file "
-                "read-write; tgtd's log says why"
-            ) from None
 
     async def _ensure_portal(self, host: str, port: int) -> None:
         if portal_covered(await self._portals(), host, port):
             return
-        portal = _portal_text(host, port)
+        portal = portal_text(host, port)
         try:
-            await self._run("--op", "new", "--mode", "portal", "--param", f"portal={portal}")
-        except TgtadmError as exc:
+            await self._call(Mode.PORTAL, Op.NEW, body=params(portal=portal))
+        except TgtdRefused as exc:
             if portal_covered(await self._portals(), host, port):
                 return  # added meanwhile by someone else
             raise BackendUnavailable(
                 f"tgtd cannot listen on {portal} (GGNET_PORTAL): {exc.reason}; is the address local and the port free?"
             ) from None
 
+    async def delete(self, iqn: str) -> None:
+        async with self._lock(iqn):
+            blocks = await self._show()
+            if iqn.lower() not in blocks:
+                return
+            [target] = parse_show_target(blocks[iqn.lower()][1])
+            tid = target.tid
+            # shut the door: no new logins, no new commands, no connections
+            for acl in target.acls:
+                await self._ok_if((Err.ACL_NOEXIST,), Mode.TARGET, Op.UNBIND, tid=tid, body=_acl_param(acl))
+            await self._ok_if((Err.NO_TARGET,), Mode.TARGET, Op.UPDATE, tid=tid,
+                              body=params(name="state", value="offline"))  # fmt: skip
+            await self._close_connections(tid)
+            # its accounts, unless another target uses them too (tgtd unbinds an account it deletes)
+            for user in target.accounts:
+                if not _bound_elsewhere(blocks, iqn, user):
+                    await self._ok_if((Err.NO_USER,), Mode.ACCOUNT, Op.DELETE, body=params(user=user))
+            await self._delete_target(tid)
+        self._tids.pop(iqn.lower(), None)
+        log.info("tgt_target_deleted", iqn=iqn, tid=tid, sessions=len(target.nexuses))
 
-def _acl_args(acl: str) -> tuple[str, ...]:
-    """An ACL line is an initiator name (IQN/EUI) or an address rule such as ALL or 10.0.0.0/8."""
+    async def _close_connections(self, tid: int) -> None:
+        try:
+            connections = parse_show_connections(await self._call(Mode.CONNECTION, Op.SHOW, tid=tid))
+        except TgtdRefused as exc:
+            if exc.code == Err.NO_TARGET:
+                return
+            raise
+        for sid, cid in connections:
+            await self._ok_if((Err.NO_SESSION, Err.NO_CONNECTION, Err.NO_TARGET), Mode.CONNECTION, Op.DELETE,
+                              tid=tid, sid=sid, cid=cid)  # fmt: skip
+
+    async def _delete_target(self, tid: int) -> None:
+        """Delete with --force, waiting while the commands already in flight finish (LUN still active)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + DELETE_DRAIN_SECONDS
+        pause = 0.005
+        while True:
+            try:
+                await self._ok_if((Err.NO_TARGET,), Mode.TARGET, Op.DELETE, tid=tid, force=True)
+                return
+            except TgtdRefused as exc:
+                if exc.code not in (Err.LUN_ACTIVE, Err.TARGET_ACTIVE) or loop.time() > deadline:
+                    raise
+            await self._close_connections(tid)  # a client that reconnected meanwhile
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.2)
+
+    # -- compat: removed when the engine lands
+
+    async def create_target(self, spec: TargetSpec) -> None:
+        """compat: removed when the engine lands. apply(), refusing a CHAP user bound to another target."""
+        for other in (await self._read(None)).values():
+            if other.iqn.lower() != spec.iqn.lower() and spec.chap_username in other.accounts:
+                raise Conflict(
+                    f"CHAP user {spec.chap_username} is already bound to target {other.iqn}; every machine needs its own"
+                )
+        await self.apply(spec)
+
+    async def delete_target(self, iqn: str) -> None:
+        """compat: removed when the engine lands."""
+        await self.delete(iqn)
+
+    async def list_targets(self) -> list[ActualTarget]:
+        """compat: removed when the engine lands."""
+        return [to_actual(t) for t in (await self.observe()).values()]
+
+
+def _bound_elsewhere(blocks: dict[str, tuple[int, str]], iqn: str, user: str) -> bool:
+    """Is account ``user`` bound to a target other than ``iqn``? (Only blocks naming it are parsed.)"""
+    line = f"\n        {user}\n"  # an entry of "Account information:" (or, rarely, an ACL line)
+    return any(
+        user in t.accounts
+        for other, (_, block) in blocks.items()
+        if other != iqn.lower() and line in block
+        for t in parse_show_target(block)
+    )
+
+
+def _acl_param(acl: str) -> str:
+    """An ACL line is an initiator name (IQN/EUI/NAA) or an address rule such as ALL or 10.0.0.0/8."""
     if acl.lower().startswith(("iqn.", "eui.", "naa.")):
-        return ("--initiator-name", acl)
-    return ("--initiator-address", acl)
-
-
-def _check_spec(spec: TargetSpec) -> None:
-    problems = {}
-    for name in ("iqn", "initiator_iqn", "chap_username"):
-        if not _NAME.match(getattr(spec, name) or ""):
-            problems[name] = "must be non-empty without spaces"
-    if not spec.chap_secret or any(c.isspace() for c in spec.chap_secret):
-        problems["chap_secret"] = "must be non-empty without spaces"
-    if problems:
-        raise Invalid(problems)
+        return params(initiator_name=acl)
+    return params(initiator_address=acl)

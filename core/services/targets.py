@@ -26,7 +26,6 @@ class TargetView(View):
 
 async def list_targets(core: Core, actor: Actor) -> list[TargetView]:
     from ..engine.prepare import owns
-    from ..iscsi.compat import Adapter
     from ..iscsi.select import select_backend
 
     async with reading(core, actor) as session:
@@ -43,7 +42,7 @@ async def list_targets(core: Core, actor: Actor) -> list[TargetView]:
     backend, health = await select_backend(core.settings)
     if backend is None or not health.ok:
         raise BackendUnavailable(health.detail)
-    observed = await Adapter(backend).observe()
+    observed = await backend.observe()
     owners_lower = {str(k).lower(): v for k, v in owners.items() if k}
     views = []
     for key, target in sorted(observed.items()):

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from core.iscsi.base import TargetSpec
+from core.iscsi.base import LunSpec, TargetSpec
+from core.iscsi.lio import backstore_name
 from tests.e2e import qemu_client
 from tests.e2e.bootdisk import make_boot_disk, sector_marker, written_token
 from tests.e2e.lio_vm import LioVm, LioVmError, ensure_initramfs, ensure_kernel, missing_prerequisites
@@ -59,7 +60,7 @@ def vm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LioVm]:
 def spec_for(vm: LioVm, initiator: str = INITIATOR) -> TargetSpec:
     return TargetSpec(
         iqn=TARGET,
-        backing_file=vm.workdir / "pc01.img",  # the work directory is the VM's read-write 9p share
+        luns=(LunSpec(0, vm.workdir / "pc01.img"),),  # the work directory is the VM's read-write 9p share
         initiator_iqn=initiator,
         chap_username=USERNAME,
         chap_secret=SECRET,
@@ -69,7 +70,9 @@ def spec_for(vm: LioVm, initiator: str = INITIATOR) -> TargetSpec:
 
 
 def as_json(spec: TargetSpec) -> dict[str, object]:
-    return {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(spec).items()}
+    data = dataclasses.asdict(spec)
+    data["luns"] = [[lun.lun, str(lun.backing_file)] for lun in spec.luns]
+    return data
 
 
 def tftp_root(path: Path, port: int, mac: str, initiator: str, secret: str) -> Path:
@@ -162,11 +165,11 @@ async def test_a_differing_target_is_replaced_and_delete_removes_everything(vm: 
     vm.call("create", spec=as_json(other))
     [target] = vm.call("list")
     assert target["acls"] == [other.initiator_iqn]
-    assert _fileio_backstores(vm) == [TARGET]  # the old backstore went with the old target
+    assert _fileio_backstores(vm) == [backstore_name(TARGET, 0)]  # changed in place: the same backstore
 
     # a neighbour, to show that deleting one target leaves the others alone
     neighbour = dataclasses.replace(
-        spec, iqn="iqn.2024-01.lan.ggnet:pc02", backing_file=vm.workdir / "pc02.img",
+        spec, iqn="iqn.2024-01.lan.ggnet:pc02", luns=(LunSpec(0, vm.workdir / "pc02.img"),),
         initiator_iqn="iqn.2024-01.lan.ggnet.client:pc02",
     )  # fmt: skip
     make_boot_disk(neighbour.backing_file, 8, "pc02")
@@ -179,7 +182,7 @@ async def test_a_differing_target_is_replaced_and_delete_removes_everything(vm: 
         neighbour.iqn, [neighbour.initiator_iqn], str(neighbour.backing_file)
     )  # fmt: skip
     assert TARGET not in vm.call("ls", path="target/iscsi")
-    assert _fileio_backstores(vm) == [neighbour.iqn]
+    assert _fileio_backstores(vm) == [backstore_name(neighbour.iqn, 0)]
     vm.call("delete", iqn=TARGET)  # already gone: fine
     vm.call("delete", iqn=neighbour.iqn)
     assert vm.call("list") == [] and _fileio_backstores(vm) == []
@@ -188,15 +191,15 @@ async def test_a_differing_target_is_replaced_and_delete_removes_everything(vm: 
     # a portal the kernel refuses (settings validation keeps such an address out; here it makes the
     # creation fail midway, after the backstore, target, LUN and ACL): nothing half-built stays behind
     unbindable = dataclasses.replace(spec, portal_host="256.0.0.1")
-    with pytest.raises(LioVmError, match="BackendUnavailable: LIO could not create target"):
+    with pytest.raises(LioVmError, match="BackendUnavailable: LIO could not apply target"):
         vm.call("create", spec=as_json(unbindable))
     assert vm.call("list") == []
-    assert TARGET not in _fileio_backstores(vm)
+    assert backstore_name(TARGET, 0) not in _fileio_backstores(vm)
 
     # a missing writeback is refused before anything changes: the existing target stays as it was
     vm.call("create", spec=as_json(spec))
     with pytest.raises(LioVmError, match="NotFound: writeback .*missing.img does not exist"):
-        vm.call("create", spec=as_json(dataclasses.replace(spec, backing_file=vm.workdir / "missing.img")))
+        vm.call("create", spec=as_json(dataclasses.replace(spec, luns=(LunSpec(0, vm.workdir / "missing.img"),))))
     [kept] = vm.call("list")
     assert (kept["backing_file"], kept["acls"]) == (str(spec.backing_file), [INITIATOR])
     vm.call("delete", iqn=TARGET)

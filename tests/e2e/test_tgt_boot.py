@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from core.iscsi.base import ActualTarget, TargetSpec
+from core.iscsi.base import ActualTarget, LunSpec, TargetSpec
 from core.iscsi.tgt import TgtBackend
 from tests.e2e import qemu_client
 from tests.e2e.bootdisk import (
@@ -41,7 +41,7 @@ echo GGNET-CHAIN-FAILED
 def machine_spec(daemon: TgtDaemon, disks: Path, name: str) -> TargetSpec:
     return TargetSpec(
         iqn=f"iqn.2024-01.lan.ggnet:{name}",
-        backing_file=make_boot_disk(disks / f"{name}.raw", size_mib=8, token=name),
+        luns=(LunSpec(1, make_boot_disk(disks / f"{name}.raw", size_mib=8, token=name)),),
         initiator_iqn=f"iqn.2024-01.lan.ggnet.client:{name}",
         chap_username=f"ggnet-{name}",
         chap_secret=f"chap-{name}-s3cr3t",

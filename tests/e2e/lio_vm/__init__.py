@@ -171,6 +171,7 @@ class LioVm:
         self.memory_mib = memory_mib
         self.console = self.workdir / "console.log"
         self.timings: dict[str, float] = {}
+        self.last_elapsed = 0.0
         self._proc: subprocess.Popen[bytes] | None = None
         self._sock: socket.socket | None = None
         self._pending = b""
@@ -276,6 +277,7 @@ class LioVm:
         reply = json.loads(line)
         if not reply["ok"]:
             raise LioVmError(reply["error"])
+        self.last_elapsed = float(reply.get("elapsed", 0.0))  # what the operation took inside the VM
         return reply["result"]
 
     def stop(self) -> None:
