@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from textual import events
 from textual.app import App
+from textual.binding import Binding
 from textual.command import DiscoveryHit, Hit, Hits, Provider
 from textual.scrollbar import ScrollBar, ScrollBarRender
 
@@ -44,6 +45,9 @@ if TYPE_CHECKING:
 
 HEALTH_EVERY_SECONDS = 15
 ACCOUNT_CHECK_SECONDS = 2  # a disabled user's console is logged out well within 5 s
+EXIT_GRACE_SECONDS = 3  # a console told to leave is gone within this, whatever it was doing
+LOGGED_OUT = "Logged out."
+ACCOUNT_CHANGED = "Your account was disabled, deleted or its password changed by an admin: log in again."
 
 
 SCREENS = {  # mode -> (module, class); imported when first shown
@@ -118,7 +122,14 @@ class CommandTable(Provider):
 class GgnetApp(App[int]):
     CSS_PATH = "ggnet.tcss"
     TITLE = "ggnet"
-    BINDINGS = bindings("app")
+    # Tab moves focus before the keys after it are handed out: typed in one burst (a paste, a
+    # password manager, tmux send-keys), "user<Tab>pw" would otherwise put "pw" in the user field,
+    # since keys go to the widget focused when they arrive and a plain Tab binding acts later
+    BINDINGS = [
+        *bindings("app"),
+        Binding("tab", "app.focus_next", "Next field", show=False, priority=True),
+        Binding("shift+tab", "app.focus_previous", "Previous field", show=False, priority=True),
+    ]
     COMMANDS = {CommandTable}
     MODES = {"login": LoginScreen, "first_run": FirstRunScreen}
 
@@ -152,6 +163,7 @@ class GgnetApp(App[int]):
         self.refresh_seconds = 2.0
         self.crash_incident: str | None = None
         self.close_core_on_exit = False
+        self.exit_grace: float | None = None  # set for a real terminal: see run_console
         self._last_input = monotonic()
         self._session_timers: list[Any] = []
         self._reconciled_at_start = False
@@ -166,10 +178,8 @@ class GgnetApp(App[int]):
             self.theme = "ansi-dark"
             self.add_class("-linux")
             ScrollBar.renderer = _AsciiScrollBar
-        try:  # a vanished terminal (SSH dropped) ends the console cleanly
-            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.exit)
-        except (NotImplementedError, RuntimeError, ValueError):
-            pass
+        if self.exit_grace is not None:
+            _leave_on_signal(self)
         await self.switch_mode("login")
         # paint first, then load settings and the database behind the visible login screen
         self.call_after_refresh(lambda: self.run_worker(self._open(), group="open"))
@@ -200,6 +210,8 @@ class GgnetApp(App[int]):
         self.opened.set()
 
     async def on_unmount(self) -> None:
+        if self.exit_grace is not None:  # from here on, nothing may keep the process alive for long
+            arm_exit_watchdog(self.exit_grace, self.return_code or 0)
         if self.close_core_on_exit and self.core is not None:
             try:  # never hang the exit on a database that stopped answering
                 await asyncio.wait_for(self.core.close(), timeout=5)
@@ -261,6 +273,9 @@ class GgnetApp(App[int]):
         self.notify(f"Logged in as {self.actor.username} ({self.actor.role.value}). Press ? for keys.", timeout=3)
 
     async def log_out(self, reason: str) -> None:
+        """Back to the login screen with ``reason`` shown there; the logout is audited first.
+        Runs as its own task (see ``end_session``): it stops the session's timers, and a timer
+        that stops itself is cancelled at its next await, half-way through."""
         from core.services import users
 
         actor, self.actor = self.actor, None
@@ -269,16 +284,23 @@ class GgnetApp(App[int]):
         self._session_timers = []
         self.workers.cancel_group(self, "monitor")
         self.locked = False
+        if actor is not None:
+            try:
+                await asyncio.wait_for(users.logout(self.core, actor), timeout=10)
+            except Exception as exc:  # the database is away: the console still logs out
+                self._log_incident(exc)
         await self.switch_mode("login")
         for mode in SCREENS:  # fresh screens for whoever logs in next
             await self.remove_mode(mode)
             self.add_mode(mode, partial(_make_screen, mode))
+        login = self.screen
+        if isinstance(login, LoginScreen):
+            login.say(reason, error=actor is not None and reason != LOGGED_OUT)
         self.notify(reason, severity="warning", timeout=8)
-        if actor is not None:
-            try:
-                await users.logout(self.core, actor)
-            except Exception as exc:
-                self._log_incident(exc)
+
+    def end_session(self, reason: str) -> None:
+        """Log out from a timer or a dialog: in a task of its own."""
+        self.run_worker(self.log_out(reason), group="logout")
 
     async def _check_account(self) -> None:
         from core.services import users
@@ -294,7 +316,7 @@ class GgnetApp(App[int]):
         if self.actor is not actor:
             return
         if current is None:
-            await self.log_out("Your account was disabled, deleted or its password changed: logged out.")
+            self.end_session(ACCOUNT_CHANGED)
         elif current.role != actor.role:
             self.actor = current
             self.notify(f"Your role is now {current.role.value}.", timeout=5)
@@ -309,13 +331,18 @@ class GgnetApp(App[int]):
     def _check_idle(self) -> None:
         limit = float(self.core.settings.idle_lock_minutes) * 60
         if self.actor is not None and not self.locked and limit > 0 and monotonic() - self._last_input >= limit:
-            self.action_lock()
+            minutes = float(self.core.settings.idle_lock_minutes)
+            self.lock(f"Locked after {minutes:g} minute{'s' if minutes != 1 else ''} without input.")
 
     def action_lock(self) -> None:
+        if self.actor is not None:
+            self.lock(f"Locked by {self.actor.username}.")
+
+    def lock(self, reason: str) -> None:
         if self.actor is None or self.locked:
             return
         self.locked = True
-        self.push_screen(LockScreen())
+        self.push_screen(LockScreen(reason))
 
     async def unlock(self, password: str) -> None:
         from core.services import users
@@ -329,9 +356,9 @@ class GgnetApp(App[int]):
         if isinstance(self.screen, LockScreen):
             self.pop_screen()
 
-    async def action_logout(self) -> None:
+    def action_logout(self) -> None:
         if self.actor is not None:
-            await self.log_out("Logged out.")
+            self.end_session(LOGGED_OUT)
 
     # --- background work ------------------------------------------------------
 
@@ -438,10 +465,41 @@ class GgnetApp(App[int]):
         self.exit(0)
 
 
+def arm_exit_watchdog(seconds: float, code: int) -> None:
+    """End the process after ``seconds`` whatever it is waiting for: a write to a terminal that
+    is gone, a database that stopped answering, a thread hashing an image that was being imported."""
+
+    def expire() -> None:
+        try:
+            get_logger().warning("console exit stalled; leaving without waiting", after_seconds=seconds)
+        finally:
+            os._exit(code)
+
+    timer = threading.Timer(seconds, expire)
+    timer.daemon = True
+    timer.start()
+
+
+def _leave_on_signal(app: GgnetApp) -> None:
+    """SIGHUP (the terminal went away: SSH dropped, tmux killed) and SIGTERM end the console.
+    Plain ``signal.signal`` handlers run even while the event loop is stuck (a blocked write to a
+    dead terminal), where an asyncio handler would never be called; the watchdog then ends it."""
+    loop = asyncio.get_running_loop()
+
+    def leave(signum: int, _frame: Any) -> None:
+        code = 128 + signum
+        arm_exit_watchdog(EXIT_GRACE_SECONDS, code)
+        loop.call_soon_threadsafe(partial(app.exit, None, code))
+
+    for signum in (signal.SIGHUP, signal.SIGTERM):
+        signal.signal(signum, leave)
+
+
 def run_console(state: Any) -> int:
     """``ggnet`` without a subcommand."""
     app = GgnetApp(open_core=lambda: state.core)  # settings errors are shown by _open
     app.close_core_on_exit = True
+    app.exit_grace = EXIT_GRACE_SECONDS
     app.run()
     code = app.return_code or 0
     # A read cut off by the exit can leave an aiosqlite worker thread (not a daemon) behind,
