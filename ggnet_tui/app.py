@@ -26,9 +26,8 @@ from time import monotonic
 from typing import TYPE_CHECKING, Any
 
 from textual import events
-from textual.app import App
 from textual.binding import Binding
-from textual.command import DiscoveryHit, Hit, Hits, Provider
+from textual.command import CommandPalette, DiscoveryHit, Hit, Hits, Provider, SearchIcon
 from textual.scrollbar import ScrollBar, ScrollBarRender
 
 from core.errors import AuthenticationFailed, GgnetError
@@ -37,6 +36,7 @@ from .commands import Command, bindings, commands_for
 from .screens.auth import FirstRunScreen, LockScreen, LoginScreen
 from .screens.base import GgnetScreen, TableScreen
 from .screens.modals import ConfirmScreen, HelpScreen
+from .textual_compat import IncidentOnCrash
 from .widgets.header import StatusHeader
 
 if TYPE_CHECKING:
@@ -88,6 +88,14 @@ class _AsciiScrollBar(ScrollBarRender):
     HORIZONTAL_BARS = [" "] * 8
 
 
+class Palette(CommandPalette):
+    """ctrl+p; on the Linux console without the magnifier emoji its font cannot draw."""
+
+    def on_mount(self) -> None:
+        if self.app.has_class("-linux"):
+            self.query_one(SearchIcon).icon = ">"
+
+
 class CommandTable(Provider):
     """ctrl+p: every command of this screen and of the console, from the same table as the keys."""
 
@@ -119,7 +127,7 @@ class CommandTable(Provider):
                 yield Hit(score, matcher.highlight(command.label), self._runner(command), help=command.help)
 
 
-class GgnetApp(App[int]):
+class GgnetApp(IncidentOnCrash):
     CSS_PATH = "ggnet.tcss"
     TITLE = "ggnet"
     # Tab moves focus before the keys after it are handed out: typed in one burst (a paste, a
@@ -161,7 +169,6 @@ class GgnetApp(App[int]):
         self.locked = False
         self.busy = 0
         self.refresh_seconds = 2.0
-        self.crash_incident: str | None = None
         self.close_core_on_exit = False
         self.exit_grace: float | None = None  # set for a real terminal: see run_console
         self._last_input = monotonic()
@@ -218,19 +225,9 @@ class GgnetApp(App[int]):
             except Exception as exc:
                 get_logger().warning("database not closed cleanly at exit", reason=str(exc) or type(exc).__name__)
 
-    def _handle_exception(self, error: Exception) -> None:
+    def report_crash(self, error: BaseException) -> str:
         # a bug: log it with an id and show that id, never a traceback (Textual's shows locals)
-        self.crash_incident = self._log_incident(error)
-        super()._handle_exception(error)
-
-    def _print_error_renderables(self) -> None:
-        if self._exit_renderables and self.crash_incident:
-            self._exit_renderables.clear()
-            print(
-                f"ggnet: unexpected error (incident {self.crash_incident}); details are in the ggnet log",
-                file=sys.stderr,
-            )
-        super()._print_error_renderables()
+        return self._log_incident(error)
 
     @staticmethod
     def _log_incident(exc: BaseException) -> str:
@@ -443,6 +440,10 @@ class GgnetApp(App[int]):
             self.notify("Users is for admins.", severity="warning")
             return
         await self.switch_mode(mode)
+
+    def action_command_palette(self) -> None:
+        if self.use_command_palette and not Palette.is_open(self):
+            self.push_screen(Palette(id="--command-palette"))
 
     def action_help(self) -> None:
         screen = self.screen

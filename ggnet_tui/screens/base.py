@@ -44,7 +44,8 @@ class GgnetScreen(Screen):
         yield StatusHeader(self.TITLE)
         with Vertical(id="body"):
             yield from self.compose_body()
-        yield Footer()
+        # compact, without the palette's key (? lists it): at 80 columns every key that matters shows
+        yield Footer(compact=True, show_command_palette=False)
 
     def compose_body(self) -> ComposeResult:
         yield from ()

@@ -265,6 +265,16 @@ def test_dialog(snap_compare, seeded, size, dialog):
 
 def test_linux_console_theme(snap_compare, seeded):
     """TERM=linux: the 16-colour ANSI theme and no eighth-block glyphs."""
-    app = console(seeded)
-    app._linux_console = True
+    app = make_app(Core.open(seeded), FakeProbe({"pc02", "pc04"}), term="linux")
+    app.disk_usage = lambda _path: SimpleNamespace(free=40 * 2**30, total=100 * 2**30)
     assert snap_compare(app, terminal_size=(80, 24), run_before=logged_in("machines"))
+
+
+@pytest.mark.parametrize("dialog", ["session_stop_confirm", "image_import", "palette"])
+def test_linux_console_dialog(snap_compare, seeded, dialog):
+    """TERM=linux: a disabled button keeps its label, the type-to-confirm field is visible,
+    the file tree and the palette draw no emoji or eighth-blocks."""
+    app = make_app(Core.open(seeded), FakeProbe({"pc02", "pc04"}), term="linux")
+    app.disk_usage = lambda _path: SimpleNamespace(free=40 * 2**30, total=100 * 2**30)
+    mode, action = DIALOGS[dialog]
+    assert snap_compare(app, terminal_size=(80, 24), run_before=logged_in(mode, action))
