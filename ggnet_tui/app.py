@@ -88,7 +88,7 @@ class _AsciiScrollBar(ScrollBarRender):
     HORIZONTAL_BARS = [" "] * 8
 
 
-class Palette(CommandPalette):
+class GgnetPalette(CommandPalette):
     """ctrl+p; on the Linux console without the magnifier emoji its font cannot draw."""
 
     def on_mount(self) -> None:
@@ -442,8 +442,8 @@ class GgnetApp(IncidentOnCrash):
         await self.switch_mode(mode)
 
     def action_command_palette(self) -> None:
-        if self.use_command_palette and not Palette.is_open(self):
-            self.push_screen(Palette(id="--command-palette"))
+        if self.use_command_palette and not GgnetPalette.is_open(self):
+            self.push_screen(GgnetPalette(id="--command-palette"))
 
     def action_help(self) -> None:
         screen = self.screen

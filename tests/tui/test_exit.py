@@ -15,18 +15,16 @@ import pytest
 STUCK_CONSOLE = """
 import sys, time
 from pathlib import Path
-import ggnet_tui.app
 from ggnet_tui.app import GgnetApp
 
-class Console(GgnetApp):
-    CSS_PATH = Path(ggnet_tui.app.__file__).parent / "ggnet.tcss"
+def open_database():  # never returns; says so first, so the signal comes while it is stuck
+    Path(sys.argv[1]).touch()
+    time.sleep(600)
 
-    def on_ready(self):
-        Path(sys.argv[1]).touch()
-
-app = Console(open_core=lambda: time.sleep(600))  # opening the database never returns
+app = GgnetApp(open_core=open_database)
 app.exit_grace = 1
 app.run(headless=True)
+sys.exit(app.return_code)
 """
 
 

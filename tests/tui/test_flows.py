@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 
 import pytest
+from textual.command import CommandPalette
 from textual.widgets import Static
 
 from core.models import Role
@@ -302,7 +303,7 @@ async def test_keys_remapped_from_config_and_palette(fast_settings):
         await wait_for(pilot, lambda: screen_name(app) == "MachinesScreen")
         # the palette offers the same commands: "Users" switches screens
         await pilot.press("ctrl+p")
-        await wait_for(pilot, lambda: screen_name(app) == "CommandPalette")
+        await wait_for(pilot, lambda: isinstance(app.screen, CommandPalette))
         await type_text(pilot, "Users")
         await pilot.pause(0.3)
         await pilot.press("enter")

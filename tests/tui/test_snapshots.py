@@ -110,6 +110,7 @@ def logged_in(mode: str, then: Callable[[Any], Awaitable[None]] | None = None) -
         app = pilot.app
         await log_in(pilot, "root-admin")
         await wait_for(pilot, lambda: app.actor and app.monitor.polled_at)
+        app.clear_notifications()  # the login toast: gone or not by the screenshot, by machine speed
         await freeze_times(app.core)
         await app.action_go(mode)
         screen = app.screen
