@@ -26,8 +26,8 @@ from time import monotonic
 from typing import TYPE_CHECKING, Any
 
 from textual import events
-from textual.app import App
-from textual.command import DiscoveryHit, Hit, Hits, Provider
+from textual.binding import Binding
+from textual.command import CommandPalette, DiscoveryHit, Hit, Hits, Provider, SearchIcon
 from textual.scrollbar import ScrollBar, ScrollBarRender
 
 from core.errors import AuthenticationFailed, GgnetError
@@ -36,6 +36,7 @@ from .commands import Command, bindings, commands_for
 from .screens.auth import FirstRunScreen, LockScreen, LoginScreen
 from .screens.base import GgnetScreen, TableScreen
 from .screens.modals import ConfirmScreen, HelpScreen
+from .textual_compat import IncidentOnCrash
 from .widgets.header import StatusHeader
 
 if TYPE_CHECKING:
@@ -44,6 +45,9 @@ if TYPE_CHECKING:
 
 HEALTH_EVERY_SECONDS = 15
 ACCOUNT_CHECK_SECONDS = 2  # a disabled user's console is logged out well within 5 s
+EXIT_GRACE_SECONDS = 3  # a console told to leave is gone within this, whatever it was doing
+LOGGED_OUT = "Logged out."
+ACCOUNT_CHANGED = "Your account was disabled, deleted or its password changed by an admin: log in again."
 
 
 SCREENS = {  # mode -> (module, class); imported when first shown
@@ -84,6 +88,14 @@ class _AsciiScrollBar(ScrollBarRender):
     HORIZONTAL_BARS = [" "] * 8
 
 
+class GgnetPalette(CommandPalette):
+    """ctrl+p; on the Linux console without the magnifier emoji its font cannot draw."""
+
+    def on_mount(self) -> None:
+        if self.app.has_class("-linux"):
+            self.query_one(SearchIcon).icon = ">"
+
+
 class CommandTable(Provider):
     """ctrl+p: every command of this screen and of the console, from the same table as the keys."""
 
@@ -115,10 +127,17 @@ class CommandTable(Provider):
                 yield Hit(score, matcher.highlight(command.label), self._runner(command), help=command.help)
 
 
-class GgnetApp(App[int]):
+class GgnetApp(IncidentOnCrash):
     CSS_PATH = "ggnet.tcss"
     TITLE = "ggnet"
-    BINDINGS = bindings("app")
+    # Tab moves focus before the keys after it are handed out: typed in one burst (a paste, a
+    # password manager, tmux send-keys), "user<Tab>pw" would otherwise put "pw" in the user field,
+    # since keys go to the widget focused when they arrive and a plain Tab binding acts later
+    BINDINGS = [
+        *bindings("app"),
+        Binding("tab", "app.focus_next", "Next field", show=False, priority=True),
+        Binding("shift+tab", "app.focus_previous", "Previous field", show=False, priority=True),
+    ]
     COMMANDS = {CommandTable}
     MODES = {"login": LoginScreen, "first_run": FirstRunScreen}
 
@@ -150,8 +169,8 @@ class GgnetApp(App[int]):
         self.locked = False
         self.busy = 0
         self.refresh_seconds = 2.0
-        self.crash_incident: str | None = None
         self.close_core_on_exit = False
+        self.exit_grace: float | None = None  # set for a real terminal: see run_console
         self._last_input = monotonic()
         self._session_timers: list[Any] = []
         self.embed_engine = False  # run_console: run the engine here while no ggnet serve does
@@ -168,10 +187,8 @@ class GgnetApp(App[int]):
             self.theme = "ansi-dark"
             self.add_class("-linux")
             ScrollBar.renderer = _AsciiScrollBar
-        try:  # a vanished terminal (SSH dropped) ends the console cleanly
-            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.exit)
-        except (NotImplementedError, RuntimeError, ValueError):
-            pass
+        if self.exit_grace is not None:
+            _leave_on_signal(self)
         await self.switch_mode("login")
         # paint first, then load settings and the database behind the visible login screen
         self.call_after_refresh(lambda: self.run_worker(self._open(), group="open"))
@@ -210,27 +227,19 @@ class GgnetApp(App[int]):
             self.embedded.start()
 
     async def on_unmount(self) -> None:
+        if self.exit_grace is not None:  # from here on, nothing may keep the process alive for long
+            arm_exit_watchdog(self.exit_grace, self.return_code or 0)
         if self.embedded is not None:  # bounded: the console never hangs on its engine at exit
-            await asyncio.to_thread(self.embedded.stop, 5.0)
+            await asyncio.to_thread(self.embedded.stop, 2.0)
         if self.close_core_on_exit and self.core is not None:
             try:  # never hang the exit on a database that stopped answering
                 await asyncio.wait_for(self.core.close(), timeout=5)
             except Exception as exc:
                 get_logger().warning("database not closed cleanly at exit", reason=str(exc) or type(exc).__name__)
 
-    def _handle_exception(self, error: Exception) -> None:
+    def report_crash(self, error: BaseException) -> str:
         # a bug: log it with an id and show that id, never a traceback (Textual's shows locals)
-        self.crash_incident = self._log_incident(error)
-        super()._handle_exception(error)
-
-    def _print_error_renderables(self) -> None:
-        if self._exit_renderables and self.crash_incident:
-            self._exit_renderables.clear()
-            print(
-                f"ggnet: unexpected error (incident {self.crash_incident}); details are in the ggnet log",
-                file=sys.stderr,
-            )
-        super()._print_error_renderables()
+        return self._log_incident(error)
 
     @staticmethod
     def _log_incident(exc: BaseException) -> str:
@@ -272,6 +281,9 @@ class GgnetApp(App[int]):
         self.notify(f"Logged in as {self.actor.username} ({self.actor.role.value}). Press ? for keys.", timeout=3)
 
     async def log_out(self, reason: str) -> None:
+        """Back to the login screen with ``reason`` shown there; the logout is audited first.
+        Runs as its own task (see ``end_session``): it stops the session's timers, and a timer
+        that stops itself is cancelled at its next await, half-way through."""
         from core.services import users
 
         actor, self.actor = self.actor, None
@@ -280,16 +292,23 @@ class GgnetApp(App[int]):
         self._session_timers = []
         self.workers.cancel_group(self, "monitor")
         self.locked = False
+        if actor is not None:
+            try:
+                await asyncio.wait_for(users.logout(self.core, actor), timeout=10)
+            except Exception as exc:  # the database is away: the console still logs out
+                self._log_incident(exc)
         await self.switch_mode("login")
         for mode in SCREENS:  # fresh screens for whoever logs in next
             await self.remove_mode(mode)
             self.add_mode(mode, partial(_make_screen, mode))
+        login = self.screen
+        if isinstance(login, LoginScreen):
+            login.say(reason, error=actor is not None and reason != LOGGED_OUT)
         self.notify(reason, severity="warning", timeout=8)
-        if actor is not None:
-            try:
-                await users.logout(self.core, actor)
-            except Exception as exc:
-                self._log_incident(exc)
+
+    def end_session(self, reason: str) -> None:
+        """Log out from a timer or a dialog: in a task of its own."""
+        self.run_worker(self.log_out(reason), group="logout")
 
     async def _check_account(self) -> None:
         from core.services import users
@@ -305,7 +324,7 @@ class GgnetApp(App[int]):
         if self.actor is not actor:
             return
         if current is None:
-            await self.log_out("Your account was disabled, deleted or its password changed: logged out.")
+            self.end_session(ACCOUNT_CHANGED)
         elif current.role != actor.role:
             self.actor = current
             self.notify(f"Your role is now {current.role.value}.", timeout=5)
@@ -320,13 +339,18 @@ class GgnetApp(App[int]):
     def _check_idle(self) -> None:
         limit = float(self.core.settings.idle_lock_minutes) * 60
         if self.actor is not None and not self.locked and limit > 0 and monotonic() - self._last_input >= limit:
-            self.action_lock()
+            minutes = float(self.core.settings.idle_lock_minutes)
+            self.lock(f"Locked after {minutes:g} minute{'s' if minutes != 1 else ''} without input.")
 
     def action_lock(self) -> None:
+        if self.actor is not None:
+            self.lock(f"Locked by {self.actor.username}.")
+
+    def lock(self, reason: str) -> None:
         if self.actor is None or self.locked:
             return
         self.locked = True
-        self.push_screen(LockScreen())
+        self.push_screen(LockScreen(reason))
 
     async def unlock(self, password: str) -> None:
         from core.services import users
@@ -340,9 +364,9 @@ class GgnetApp(App[int]):
         if isinstance(self.screen, LockScreen):
             self.pop_screen()
 
-    async def action_logout(self) -> None:
+    def action_logout(self) -> None:
         if self.actor is not None:
-            await self.log_out("Logged out.")
+            self.end_session(LOGGED_OUT)
 
     # --- background work ------------------------------------------------------
 
@@ -410,6 +434,10 @@ class GgnetApp(App[int]):
             return
         await self.switch_mode(mode)
 
+    def action_command_palette(self) -> None:
+        if self.use_command_palette and not GgnetPalette.is_open(self):
+            self.push_screen(GgnetPalette(id="--command-palette"))
+
     def action_help(self) -> None:
         screen = self.screen
         if isinstance(screen, GgnetScreen):
@@ -431,11 +459,42 @@ class GgnetApp(App[int]):
         self.exit(0)
 
 
+def arm_exit_watchdog(seconds: float, code: int) -> None:
+    """End the process after ``seconds`` whatever it is waiting for: a write to a terminal that
+    is gone, a database that stopped answering, a thread hashing an image that was being imported."""
+
+    def expire() -> None:
+        try:
+            get_logger().warning("console exit stalled; leaving without waiting", after_seconds=seconds)
+        finally:
+            os._exit(code)
+
+    timer = threading.Timer(seconds, expire)
+    timer.daemon = True
+    timer.start()
+
+
+def _leave_on_signal(app: GgnetApp) -> None:
+    """SIGHUP (the terminal went away: SSH dropped, tmux killed) and SIGTERM end the console.
+    Plain ``signal.signal`` handlers run even while the event loop is stuck (a blocked write to a
+    dead terminal), where an asyncio handler would never be called; the watchdog then ends it."""
+    loop = asyncio.get_running_loop()
+
+    def leave(signum: int, _frame: Any) -> None:
+        code = 128 + signum
+        arm_exit_watchdog(EXIT_GRACE_SECONDS, code)
+        loop.call_soon_threadsafe(partial(app.exit, None, code))
+
+    for signum in (signal.SIGHUP, signal.SIGTERM):
+        signal.signal(signum, leave)
+
+
 def run_console(state: Any) -> int:
     """``ggnet`` without a subcommand."""
     app = GgnetApp(open_core=lambda: state.core)  # settings errors are shown by _open
     app.close_core_on_exit = True
     app.embed_engine = True
+    app.exit_grace = EXIT_GRACE_SECONDS
     app.run()
     code = app.return_code or 0
     # A read cut off by the exit can leave an aiosqlite worker thread (not a daemon) behind,

@@ -76,6 +76,26 @@ def test_init_add_and_list_on_postgresql(tmp_path: Path, pg_url: str) -> None:
     assert not (tmp_path / "data" / "ggnet.db").exists()
 
 
+@pytest.mark.parametrize(
+    "args",
+    [["machine", "list"], ["user", "list"], ["audit", "list"], ["user", "enable", "admin", "--local"]],
+    ids=["machine-list", "user-list", "audit-list", "local-recovery"],
+)
+def test_a_command_without_a_database_says_so_and_creates_nothing(tmp_path: Path, args: list[str]) -> None:
+    env = ggnet_env(tmp_path)
+    result = as_admin(args, env)
+    one_error(result, f"no ggnet database at {tmp_path / 'data' / 'ggnet.db'}: run ggnet init")
+    assert "password" not in result.stderr
+    assert not (tmp_path / "data").exists()  # no database, no log, not even the directory
+
+
+def test_a_command_on_an_empty_postgresql_database_says_so(tmp_path: Path, pg_url: str) -> None:
+    env = ggnet_env(tmp_path, GGNET_DATABASE_URL=pg_url)
+    one_error(as_admin(["machine", "list"], env), "no ggnet database at postgresql")
+    ok(run_ggnet(["init", "--admin", "admin"], env, GGNET_NEW_PASSWORD=ADMIN_PW))  # init still creates it
+    ok(as_admin(["machine", "list"], env))
+
+
 def test_viewer_is_refused_with_one_line_and_a_denied_event(site: dict[str, str]) -> None:
     before = sqlite_counts(site)
     refused = run_ggnet(

@@ -31,27 +31,54 @@ class State:
         self.config_file = config_file
         self.user_option = user
         self._core: Any = None
+        self._settings: Any = None
 
     @property
     def settings(self):  # type: ignore[no-untyped-def]
-        return self.core.settings
+        if self._settings is None:
+            from core.config import load_settings
+
+            self._settings = load_settings(self.config_file)
+        return self._settings
 
     @property
     def core(self):  # type: ignore[no-untyped-def]
         if self._core is None:
-            from core.config import load_settings
             from core.context import Core
             from core.log import configure_logging
 
-            settings = load_settings(self.config_file)
-            configure_logging(settings.log_file)
-            self._core = Core.open(settings)
+            configure_logging(self.settings.log_file)
+            self._core = Core.open(self.settings)
         return self._core
 
-    async def open(self) -> Any:
-        """Core with an up-to-date schema (older databases are upgraded, newer refused)."""
+    async def open(self, create: bool = False) -> Any:
+        """Core with an up-to-date schema (older databases are upgraded, newer refused). Only
+        ``ggnet init`` (``create``) makes a new database: any other command refuses to run
+        without one rather than create it empty and then fail the login."""
+        if not create:
+            await self._require_database()
         await self.core.db.upgrade()
         return self.core
+
+    async def _require_database(self) -> None:
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
+        try:
+            url = make_url(self.settings.database_url)
+        except ArgumentError:
+            return  # Core.open names the setting and the rule
+        if url.get_backend_name() == "sqlite":
+            path = url.database
+            if path and path != ":memory:" and not Path(path).exists():  # checked before anything is created
+                raise GgnetError(f"no ggnet database at {path}: run ggnet init")
+            return
+        try:
+            revision = await self.core.db.current_revision()
+        except Exception:
+            return  # an unreachable server: upgrade() says so in its own words
+        if revision is None:
+            raise GgnetError(f"no ggnet database at {self.core.db.safe_url}: run ggnet init")
 
     async def login(self) -> Any:
         from core.services import users

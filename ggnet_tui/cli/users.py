@@ -18,7 +18,7 @@ async def init(state: State, admin: str) -> None:
     """Create or upgrade the database and the first admin (only while there are no users)."""
     from core.services import users
 
-    core = await state.open()
+    core = await state.open(create=True)
     if await users.count_users(core):
         raise GgnetError("ggnet is already initialised: users exist; ask an admin to add you with 'ggnet user add'")
     user = await users.create_first_admin(core, admin, new_password(admin))

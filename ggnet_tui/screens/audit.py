@@ -7,13 +7,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from rich.text import Text
-from textual.widgets import DataTable
 
 from core.errors import Invalid
 from core.services import audit as audit_service
 
 from ..commands import bindings
-from ..widgets.table import Column
+from ..widgets.table import Column, KeyedTable
 from .base import TableScreen
 from .common import full_time, status, when
 from .modals import Field, FormScreen, TextScreen
@@ -40,11 +39,11 @@ class AuditScreen(TableScreen):
     BINDINGS = bindings("table", "audit")
     COLUMNS = [
         Column("at", "When (UTC)", 11, 0),
-        Column("actor", "Actor", 12, 0),
-        Column("action", "Action", 16, 0),
-        Column("object", "Object", 16, 1),
+        Column("actor", "Actor", 8, 0, max_width=20),
+        Column("action", "Action", 12, 0, max_width=28),
+        Column("object", "Object", 8, 1, max_width=24),
         Column("outcome", "Outcome", 7, 0),
-        Column("detail", "Detail", 30, 3),
+        Column("detail", "Detail", 12, 3, max_width=400),
     ]
 
     def __init__(self) -> None:
@@ -129,8 +128,8 @@ class AuditScreen(TableScreen):
         ]
         self.app.push_screen(FormScreen("Query the audit trail", fields, submit, "Apply"), done)
 
-    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
-        e = self.events.get(str(event.row_key.value))
+    def on_keyed_table_row_selected(self, event: KeyedTable.RowSelected) -> None:
+        e = self.events.get(event.key)
         if e is None:
             return
         body = Text()

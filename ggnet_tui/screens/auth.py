@@ -13,16 +13,38 @@ from core.errors import AccountLocked, GgnetError, Invalid
 from ..commands import bindings
 from ..widgets.header import StatusHeader
 
+FORM_BINDINGS = [
+    *[b for b in bindings("app") if b.id == "app.quit"],
+    Binding("enter", "next_field", "Next field", show=False, priority=True),
+]
+
 
 class _Form:
+    """Enter in a field before the last one moves on at once, as Tab does (a priority binding:
+    acted on before the keys after it are handed to a widget); in the last field it submits."""
+
+    FIELDS: tuple[str, ...] = ()
+
     def say(self, text: str, error: bool = True) -> None:
         message = self.query_one("#message", Static)  # type: ignore[attr-defined]
         message.update(text)
         message.set_class(error, "error")
 
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "next_field":  # not handled here: the key goes on to the focused field
+            focused = self.focused  # type: ignore[attr-defined]
+            return focused is not None and focused.id in self.FIELDS[:-1]
+        return True
+
+    def action_next_field(self) -> None:
+        focused = self.focused  # type: ignore[attr-defined]
+        following = self.FIELDS[self.FIELDS.index(focused.id) + 1]
+        self.set_focus(self.query_one(f"#{following}", Input))  # type: ignore[attr-defined]
+
 
 class LoginScreen(_Form, Screen):
-    BINDINGS = [b for b in bindings("app") if b.id == "app.quit"]
+    FIELDS = ("username", "password")
+    BINDINGS = FORM_BINDINGS
 
     def compose(self) -> ComposeResult:
         yield StatusHeader("Log in")
@@ -35,14 +57,13 @@ class LoginScreen(_Form, Screen):
         yield Footer()
 
     def on_screen_resume(self) -> None:
+        # after a logout the user name stays: the password is what is typed next
         self.query_one("#password", Input).value = ""
-        self.query_one("#username", Input).focus()
+        kept = bool(self.query_one("#username", Input).value)
+        self.query_one("#password" if kept else "#username", Input).focus()
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
-        if event.input.id == "username":
-            self.set_focus(self.query_one("#password", Input))
-        else:
-            self._go()
+        self._go()
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
         self._go()
@@ -70,7 +91,8 @@ class LoginScreen(_Form, Screen):
 
 
 class FirstRunScreen(_Form, Screen):
-    BINDINGS = [b for b in bindings("app") if b.id == "app.quit"]
+    FIELDS = ("username", "password", "again")
+    BINDINGS = FORM_BINDINGS
 
     def compose(self) -> ComposeResult:
         yield StatusHeader("First run")
@@ -87,12 +109,7 @@ class FirstRunScreen(_Form, Screen):
         self.query_one("#username", Input).focus()
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
-        order = ["username", "password", "again"]
-        index = order.index(event.input.id or "again")
-        if index < 2:
-            self.set_focus(self.query_one(f"#{order[index + 1]}", Input))
-        else:
-            self.run_worker(self._create(), exclusive=True, group="login")
+        self.run_worker(self._create(), exclusive=True, group="login")
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
         self.run_worker(self._create(), exclusive=True, group="login")
@@ -118,11 +135,15 @@ class LockScreen(_Form, ModalScreen[None]):
 
     BINDINGS = [Binding("ctrl+o", "logout", "Log out", id="lock.logout")]
 
+    def __init__(self, reason: str) -> None:
+        super().__init__()
+        self.reason = reason  # locked by the user (ctrl+l) or after idle minutes
+
     def compose(self) -> ComposeResult:
         actor = self.app.actor  # type: ignore[attr-defined]
         with Center(), Vertical(classes="dialog login"):
             yield Label("Console locked", classes="dialog-title")
-            yield Label(f"Idle too long. Password for {actor.username if actor else '?'}:")
+            yield Label(f"{self.reason} Password for {actor.username if actor else '?'}:")
             yield Input(placeholder="password", password=True, id="password", compact=True)
             yield Static("", id="message")
         yield Footer()
@@ -144,4 +165,4 @@ class LockScreen(_Form, ModalScreen[None]):
             self.say(self.app.incident(exc))  # type: ignore[attr-defined]
 
     def action_logout(self) -> None:
-        self.app.run_worker(self.app.log_out("logged out"))  # type: ignore[attr-defined]
+        self.app.action_logout()

@@ -3,10 +3,11 @@ table, and a refresh loop that never overlaps and sleeps while the screen is hid
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from textual.app import ComposeResult
-from textual.containers import Vertical
+from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
 from textual.timer import Timer
 from textual.widgets import Footer, Input, Static
@@ -43,7 +44,8 @@ class GgnetScreen(Screen):
         yield StatusHeader(self.TITLE)
         with Vertical(id="body"):
             yield from self.compose_body()
-        yield Footer()
+        # compact, without the palette's key (? lists it): at 80 columns every key that matters shows
+        yield Footer(compact=True, show_command_palette=False)
 
     def compose_body(self) -> ComposeResult:
         yield from ()
@@ -128,7 +130,9 @@ class TableScreen(GgnetScreen):
         self.all_rows: list[tuple[str, Cells]] = []
 
     def compose_body(self) -> ComposeResult:
-        yield Input(placeholder="filter: type text, Enter to keep, Esc to clear", id="filter", classes="hidden")
+        with Horizontal(id="filterbar", classes="hidden"):
+            yield Input(placeholder="filter: type text, Enter to keep, Esc to clear", id="filter", compact=True)
+            yield Static("", id="filter-count")
         yield Static("", id="notice", classes="hidden")
         yield self.make_table()
         yield from self.compose_extra()
@@ -156,21 +160,27 @@ class TableScreen(GgnetScreen):
         self.all_rows = rows
         self._apply_filter()
 
+    def search_extra(self, key: str, cells: Cells) -> str:
+        """More text the filter matches a row by (the Machines screen adds the MAC's bare hex digits)."""
+        return ""
+
     def _apply_filter(self) -> None:
-        needle = self.filter_text.lower()
+        matches = row_matcher(self.filter_text)
         shown = self.all_rows
-        if needle:
-            shown = [(k, c) for k, c in self.all_rows if needle in " ".join(str(v) for v in c.values()).lower()]
+        if matches is not None:
+            shown = [(k, c) for k, c in self.all_rows if matches(c, self.search_extra(k, c))]
         self.table.sync(shown)
+        self.query_one("#filter-count", Static).update(
+            f"{len(shown)} of {len(self.all_rows)}" if matches is not None else ""
+        ) if self.filter_text else None
         self.on_rows_shown()
 
     def on_rows_shown(self) -> None:
         pass
 
     def action_filter(self) -> None:
-        box = self.query_one("#filter", Input)
-        box.remove_class("hidden")
-        box.focus()
+        self.query_one("#filterbar").remove_class("hidden")
+        self.query_one("#filter", Input).focus()
 
     def on_input_changed(self, event: Input.Changed) -> None:
         if event.input.id == "filter":
@@ -180,7 +190,7 @@ class TableScreen(GgnetScreen):
     def on_input_submitted(self, event: Input.Submitted) -> None:
         if event.input.id == "filter":
             if not event.value.strip():
-                event.input.add_class("hidden")
+                self.query_one("#filterbar").add_class("hidden")
             self.table.focus()
 
     def key_escape(self) -> None:
@@ -188,10 +198,36 @@ class TableScreen(GgnetScreen):
         if box.has_focus or self.filter_text:
             box.value = ""
             self.filter_text = ""
-            box.add_class("hidden")
+            self.query_one("#filterbar").add_class("hidden")
             self._apply_filter()
             self.table.focus()
 
     @property
     def cursor_key(self) -> str | None:
         return self.table.cursor_key
+
+
+_MAC_LIKE = re.compile(r"[0-9a-f:.\-]+")
+_MAC_SEPARATORS = re.compile(r"[:.\-]")
+
+
+def mac_digits(text: str) -> str:
+    """A MAC (or part of one) in any notation as bare lower-case hex: 52-54-00-AA -> 525400aa."""
+    return _MAC_SEPARATORS.sub("", text.lower())
+
+
+def row_matcher(text: str) -> Any:
+    """A predicate over (cells, extra) for the filter text, or None when nothing is filtered.
+    Plain text matches any cell; text that could be part of a MAC (hex pairs with or without
+    ``:`` ``-`` ``.`` separators) also matches the bare hex digits in ``extra``."""
+    needle = text.strip().lower()
+    if not needle:
+        return None
+    digits = mac_digits(needle) if _MAC_LIKE.fullmatch(needle) else ""
+
+    def matches(cells: Cells, extra: str) -> bool:
+        if needle in " ".join(str(v) for v in cells.values()).lower():
+            return True
+        return len(digits) >= 2 and digits in extra
+
+    return matches

@@ -30,6 +30,14 @@ def _size(n: int | None) -> str:
     return "-" if n is None else f"{n / 2**30:.1f} GiB"
 
 
+class FileTree(DirectoryTree):
+    """The server's files; on the Linux console with ASCII marks instead of emoji it cannot draw."""
+
+    def on_mount(self) -> None:
+        if self.app.has_class("-linux"):
+            self.ICON_NODE, self.ICON_NODE_EXPANDED, self.ICON_FILE = "+ ", "- ", "  "
+
+
 class ImportDialog(ModalScreen[dict[str, str] | None]):
     """Choose a file on the server (tree or typed path), a name and kind."""
 
@@ -43,7 +51,7 @@ class ImportDialog(ModalScreen[dict[str, str] | None]):
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog wide"):
             yield Label("Import an image file from this server", classes="dialog-title")
-            yield DirectoryTree(str(self.root), id="tree")
+            yield FileTree(str(self.root), id="tree")
             with Horizontal(classes="field"):
                 yield Label("File", classes="field-label")
                 yield Input(placeholder="/path/to/disk.vhdx", id="path", compact=True)

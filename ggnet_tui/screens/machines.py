@@ -7,13 +7,13 @@ from typing import Any
 
 from rich.text import Text
 from textual.app import ComposeResult
-from textual.widgets import DataTable, Static
+from textual.widgets import Static
 
 from core.services import machines as machine_service
 
 from ..commands import bindings
-from ..widgets.table import Column
-from .base import TableScreen
+from ..widgets.table import Cells, Column, KeyedTable
+from .base import TableScreen, mac_digits
 from .common import attempt, full_time, status, when
 from .modals import ConfirmScreen, CsvImportScreen, Field, FormScreen
 
@@ -37,15 +37,16 @@ class MachinesScreen(TableScreen):
     SCOPE = "machines"
     TITLE = "Machines"
     BINDINGS = bindings("table", "machines")
+    # the MAC is a PC's identity (what it boots with): kept before IP, image and disk policy
     COLUMNS = [
         Column("mark", " ", 1, 0),
-        Column("name", "Name", 15, 0),
-        Column("status", "Status", 8, 0),
-        Column("ip", "IP", 15, 1),
-        Column("policy", "Disk", 5, 2),
-        Column("image", "Image", 14, 3),
-        Column("mac", "MAC", 17, 4),
-        Column("boot", "Boot", 10, 5),
+        Column("name", "Name", 8, 0, max_width=24),
+        Column("status", "Status", 7, 0, max_width=9),
+        Column("mac", "MAC", 17, 1),
+        Column("ip", "IP", 7, 2, max_width=15),
+        Column("image", "Image", 8, 3, max_width=24),
+        Column("policy", "Disk", 5, 4, max_width=5),
+        Column("boot", "Boot", 4, 5, max_width=11),
         Column("seen", "Last seen", 11, 6),
     ]
 
@@ -54,6 +55,7 @@ class MachinesScreen(TableScreen):
         self.marked: set[str] = set()
         self.machines: dict[str, Any] = {}
         self._row_cache: dict[str, tuple[Any, dict[str, Any]]] = {}
+        self._details_shown: Text | str | None = None
 
     def compose_extra(self) -> ComposeResult:
         yield Static("", id="details")
@@ -103,14 +105,17 @@ class MachinesScreen(TableScreen):
         marked = len(self.marked)
         self.sub_title = f"{len(self.machines)} machines" + (f", {marked} marked" if marked else "")
 
-    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+    def search_extra(self, key: str, cells: Cells) -> str:
+        machine = self.machines.get(key)
+        return mac_digits(machine.mac) if machine is not None else ""
+
+    def on_keyed_table_row_highlighted(self, event: KeyedTable.RowHighlighted) -> None:
         self.show_details()
 
     def show_details(self) -> None:
         m = self.machines.get(self.cursor_key or "")
-        box = self.query_one("#details", Static)
         if m is None:
-            box.update("No machine selected. Press a to add one, c to import a CSV file.")
+            self._details("No machine selected. Press a to add one, c to import a CSV file.")
             return
         live = self.app.monitor.statuses.get(m.name)  # type: ignore[attr-defined]
         text = Text()
@@ -127,7 +132,13 @@ class MachinesScreen(TableScreen):
         text.append(f"{state}{login}; changed by {m.updated_by or '-'} at {full_time(m.updated_at)}")
         if m.notes:
             text.append(f"\n{m.notes}")
-        box.update(text)
+        self._details(text)
+
+    def _details(self, content: Text | str) -> None:
+        # an update lays the whole screen out again: skip it when the text is the same
+        if content != self._details_shown:
+            self._details_shown = content
+            self.query_one("#details", Static).update(content)
 
     # --- selection ---------------------------------------------------------
 
@@ -145,7 +156,7 @@ class MachinesScreen(TableScreen):
         self.marked ^= {key}
         self.rebuild()
         if self.table.cursor_row < self.table.row_count - 1:
-            self.table.move_cursor(row=self.table.cursor_row + 1)
+            self.table.move_cursor(self.table.cursor_row + 1)
 
     def action_mark_all(self) -> None:
         shown = set(self.table.order)

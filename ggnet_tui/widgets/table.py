@@ -1,131 +1,349 @@
-"""A DataTable updated by keyed diffs: only changed cells and rows are touched, so the
-cursor and the scroll position stay where the operator left them. Columns give way by
-priority when the terminal is narrow (the most important ones are never dropped)."""
+"""The console's table: rows addressed by key, drawn with Textual's line API.
+
+Why not DataTable: any DataTable change (one cell) invalidates its render caches for every
+row, so a refresh in which a few statuses change re-renders every visible cell through Rich
+(about 0.1-0.2 ms each), and placing rows in a given order needs its private internals. Here
+each row's rendered line is cached against the very ``cells`` dict it was drawn from: a sync
+re-draws only the rows whose cells changed, and only the lines of those rows are repainted.
+The cursor follows its row's key and the scroll position stays where the operator left it.
+
+Columns give way by priority when the terminal is narrow (priority 0 is never dropped), and
+space left over goes to the columns whose content is wider than their minimum width.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
+from rich.cells import cell_len, set_cell_size
+from rich.segment import Segment
+from rich.style import Style
 from rich.text import Text
-from textual._two_way_dict import TwoWayDict
-from textual.events import Resize
-from textual.widgets import DataTable
-from textual.widgets.data_table import RowKey
+from textual import events
+from textual.binding import Binding, BindingType
+from textual.geometry import Size
+from textual.message import Message
+from textual.scroll_view import ScrollView
+from textual.strip import Strip
 
-Cells = dict[str, Any]
+Cells = dict[str, Any]  # column key -> str or rich Text (plain text, never markup)
+
+PAD = 1  # blank cells on each side of a column
+_CONTROL = {code: " " for code in range(32)}  # a newline in a note must not break a row
 
 
 @dataclass(frozen=True)
 class Column:
     key: str
     label: str
-    width: int
+    width: int  # the narrowest useful width: below it the column is dropped (priority > 0)
     priority: int = 0  # 0 is kept whatever the width; higher numbers give way first
+    max_width: int | None = None  # how wide it may grow for long content (default: width)
+
+    @property
+    def cap(self) -> int:
+        return max(self.max_width or self.width, self.width, cell_len(self.label))
 
 
-class KeyedTable(DataTable):
+def _length(value: Any) -> int:
+    return cell_len(value.plain if isinstance(value, Text) else str(value))
+
+
+class KeyedTable(ScrollView, can_focus=True):
+    """Rows keyed by a string; ``sync(rows)`` makes the table show exactly those rows."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("up", "cursor(-1)", "Up", show=False),
+        Binding("down", "cursor(1)", "Down", show=False),
+        Binding("pageup", "page(-1)", "Page up", show=False),
+        Binding("pagedown", "page(1)", "Page down", show=False),
+        Binding("home", "first", "First", show=False),
+        Binding("end", "last", "Last", show=False),
+        Binding("enter", "select", "Select", show=False),
+    ]
+    COMPONENT_CLASSES: ClassVar[set[str]] = {"keyed-table--header", "keyed-table--cursor"}
+    DEFAULT_CSS = """
+    KeyedTable {
+        background: $surface;
+        color: $foreground;
+        height: 1fr;
+        & > .keyed-table--header { text-style: bold; background: $panel; color: $foreground; }
+        &:ansi > .keyed-table--header { background: ansi_bright_blue; color: ansi_default; }
+        & > .keyed-table--cursor {
+            background: $block-cursor-blurred-background;
+            color: $block-cursor-blurred-foreground;
+            text-style: $block-cursor-blurred-text-style;
+        }
+        &:focus > .keyed-table--cursor {
+            background: $block-cursor-background;
+            color: $block-cursor-foreground;
+            text-style: $block-cursor-text-style;
+        }
+    }
+    """
+
+    class RowHighlighted(Message):
+        """The cursor moved to another row (``key`` is None when the table is empty)."""
+
+        def __init__(self, table: KeyedTable, key: str | None) -> None:
+            super().__init__()
+            self.table = table
+            self.key = key
+
+        @property
+        def control(self) -> KeyedTable:
+            return self.table
+
+    class RowSelected(Message):
+        """Enter, or a click on the row under the cursor."""
+
+        def __init__(self, table: KeyedTable, key: str) -> None:
+            super().__init__()
+            self.table = table
+            self.key = key
+
+        @property
+        def control(self) -> KeyedTable:
+            return self.table
+
     def __init__(self, columns: list[Column], **kwargs: Any) -> None:
-        super().__init__(cursor_type="row", zebra_stripes=False, **kwargs)
+        super().__init__(**kwargs)
         self.all_columns = columns
         self.shown: list[Column] = []
+        self.widths: dict[str, int] = {}
         self.rows_by_key: dict[str, Cells] = {}
         self.order: list[str] = []
+        self._index: dict[str, int] = {}
+        self.cursor_row = 0
+        self._natural = {c.key: min(cell_len(c.label), c.cap) for c in columns}
+        self._strips: dict[str, tuple[Cells, Strip]] = {}  # key -> (the cells drawn, their line)
+        self._header: Strip | None = None
+        self._fitted_width = -1
 
-    # --- columns ------------------------------------------------------------
+    # --- what the screens read ------------------------------------------------
 
-    def _fit(self, width: int) -> list[Column]:
-        budget = max(width - 2, 20)  # room for the scrollbar
-        chosen: set[str] = set()
-        for column in sorted(self.all_columns, key=lambda c: c.priority):
-            need = column.width + 2 * self.cell_padding
-            if column.priority == 0 or need <= budget:
-                chosen.add(column.key)
-                budget -= need
-        return [c for c in self.all_columns if c.key in chosen]
-
-    def on_mount(self) -> None:
-        self._relayout(self.app.size.width)
-
-    def on_resize(self, event: Resize) -> None:
-        self._relayout(event.size.width)
-
-    def _relayout(self, width: int) -> None:
-        wanted = self._fit(width)
-        if [c.key for c in wanted] == [c.key for c in self.shown]:
-            return
-        cursor = self.cursor_key
-        self.clear(columns=True)
-        self.shown = wanted
-        for column in wanted:
-            self.add_column(column.label, width=column.width, key=column.key)
-        for key in self.order:
-            self.add_row(*self._values(self.rows_by_key[key]), key=key)
-        self._restore(cursor)
-
-    def _values(self, cells: Cells) -> list[Any]:
-        return [_cell(cells.get(c.key, "")) for c in self.shown]
-
-    # --- rows ---------------------------------------------------------------
+    @property
+    def row_count(self) -> int:
+        return len(self.order)
 
     @property
     def cursor_key(self) -> str | None:
-        if not self.row_count:
-            return None
-        try:
-            return self.coordinate_to_cell_key(self.cursor_coordinate).row_key.value
-        except Exception:  # cursor outside the rows while they change
-            return None
+        return self.order[self.cursor_row] if 0 <= self.cursor_row < len(self.order) else None
 
-    def _restore(self, key: str | None) -> None:
-        if key is not None and key in self.rows_by_key:
-            index = self.get_row_index(key)
-            if index != self.cursor_row:
-                self.move_cursor(row=index, animate=False, scroll=False)
+    def get_row_index(self, key: str) -> int:
+        return self._index[key]
+
+    @property
+    def visible_rows(self) -> int:
+        """Rows that fit under the header."""
+        return max(self.scrollable_content_region.height - 1, 1)
+
+    # --- columns ------------------------------------------------------------
+
+    def _fit(self, width: int) -> dict[str, int]:
+        """Column widths for ``width`` cells: by priority, each at its natural width if it fits,
+        else at what is left if that is at least its minimum; then spare room to the truncated."""
+        budget = width
+        widths: dict[str, int] = {}
+        by_priority = sorted(self.all_columns, key=lambda c: c.priority)
+        for column in by_priority:
+            natural = max(self._natural[column.key], 1)
+            room = budget - 2 * PAD
+            size = min(natural, room)
+            if size < min(column.width, natural):
+                if column.priority:
+                    continue
+                size = min(column.width, natural)
+            widths[column.key] = size
+            budget -= size + 2 * PAD
+        for column in by_priority:
+            if column.key in widths and budget > 0:
+                grow = min(self._natural[column.key] - widths[column.key], budget)
+                if grow > 0:
+                    widths[column.key] += grow
+                    budget -= grow
+        return widths
+
+    def _relayout(self, force: bool = False) -> None:
+        width = self.scrollable_content_region.width or self.app.size.width
+        widths = self._fit(width)
+        if not force and widths == self.widths and width == self._fitted_width:
+            return
+        self._fitted_width = width
+        self.widths = widths
+        self.shown = [c for c in self.all_columns if c.key in widths]
+        self._strips.clear()
+        self._header = None
+        self._resize_virtual()
+        self.refresh()
+
+    def _resize_virtual(self) -> None:
+        total = sum(self.widths.values()) + 2 * PAD * len(self.widths)
+        self.virtual_size = Size(total, len(self.order) + 1)
+
+    def on_mount(self) -> None:
+        self._relayout(force=True)
+
+    def on_resize(self, event: events.Resize) -> None:
+        self._relayout()
+        self._keep_cursor_visible()
+
+    def notify_style_update(self) -> None:
+        super().notify_style_update()
+        self._strips.clear()  # theme or CSS changed: every line is drawn again
+        self._header = None
+
+    # --- rows ---------------------------------------------------------------
 
     def sync(self, rows: list[tuple[str, Cells]]) -> int:
-        """Make the table show ``rows`` (in that order). Returns how many cells/rows changed."""
+        """Make the table show ``rows`` (in that order); a row whose cells are the same object
+        as last time is skipped at once. Returns how many rows were added, changed or removed."""
+        cursor = self.cursor_key
         new = dict(rows)
         order = [key for key, _ in rows]
-        cursor = self.cursor_key
-        changes = 0
-        with self.app.batch_update():
-            for key in [k for k in self.order if k not in new]:
-                self.remove_row(key)
-                changes += 1
-            added = False
-            for key, cells in rows:
-                old = self.rows_by_key.get(key)
-                if old is cells:  # the caller reused the row: nothing changed
-                    continue
-                if old is None:
-                    self.add_row(*self._values(cells), key=key)
-                    added = True
-                    changes += 1
-                    continue
-                for column in self.shown:
-                    value = cells.get(column.key, "")
-                    if _differs(old.get(column.key, ""), value):
-                        self.update_cell(key, column.key, _cell(value))
-                        changes += 1
-            self.rows_by_key = new
-            if added or order != [k for k in self.order if k in new]:
-                # place rows in the wanted order without rebuilding them (DataTable.sort does the
-                # same, but can only order by cell values, not by a given key order)
-                self._row_locations = TwoWayDict({RowKey(k): i for i, k in enumerate(order)})
-                self._update_count += 1
-                self.refresh()
+        changed: list[str] = []
+        grown = False
+        for key, cells in rows:
+            if self.rows_by_key.get(key) is cells:
+                continue
+            changed.append(key)
+            for column in self.all_columns:
+                length = min(_length(cells.get(column.key, "")), column.cap)
+                if length > self._natural[column.key]:
+                    self._natural[column.key] = length
+                    grown = True
+        removed = [key for key in self.rows_by_key if key not in new]
+        for key in removed:
+            self._strips.pop(key, None)
+        self.rows_by_key = new
+        reordered = order != self.order
+        if reordered:
             self.order = order
-            self._restore(cursor)
-        return changes
+            self._index = {key: i for i, key in enumerate(order)}
+            self._resize_virtual()
+        if cursor is not None and cursor in self._index:
+            self.cursor_row = self._index[cursor]
+        else:
+            self.cursor_row = min(self.cursor_row, max(len(order) - 1, 0))
+        if grown:
+            self._relayout()
+        if reordered:
+            self.scroll_to(y=self.validate_scroll_y(self.scroll_y), animate=False, immediate=True)
+            self._keep_cursor_visible()
+            self.refresh()
+        else:
+            for key in changed:  # repaint only the lines that show a changed row
+                self.refresh_line(self._index[key] + 1)
+        if self.cursor_key != cursor:
+            self.post_message(self.RowHighlighted(self, self.cursor_key))
+        return len(changed) + len(removed)
 
+    # --- cursor ---------------------------------------------------------------
 
-def _cell(value: Any) -> Any:
-    # plain text, never markup: a machine's notes or an audit detail may contain "[...]"
-    return Text(value, no_wrap=True, overflow="crop") if isinstance(value, str) else value
+    def move_cursor(self, row: int, *, scroll: bool = True) -> None:
+        if not self.order:
+            return
+        row = max(0, min(row, len(self.order) - 1))
+        if row == self.cursor_row:
+            if scroll:
+                self._keep_cursor_visible()
+            return
+        self.refresh_line(self.cursor_row + 1)
+        self.cursor_row = row
+        self.refresh_line(row + 1)
+        if scroll:
+            self._keep_cursor_visible()
+        self.post_message(self.RowHighlighted(self, self.cursor_key))
 
+    def _keep_cursor_visible(self) -> None:
+        top = round(self.scroll_y)
+        if self.cursor_row < top:
+            self.scroll_to(y=self.cursor_row, animate=False, immediate=True)
+        elif self.cursor_row >= top + self.visible_rows:
+            self.scroll_to(y=self.cursor_row - self.visible_rows + 1, animate=False, immediate=True)
 
-def _differs(a: Any, b: Any) -> bool:
-    if isinstance(a, Text) and isinstance(b, Text):
-        return a.plain != b.plain or a.style != b.style or a.spans != b.spans
-    return type(a) is not type(b) or a != b
+    def action_cursor(self, step: int) -> None:
+        self.move_cursor(self.cursor_row + step)
+
+    def action_page(self, step: int) -> None:
+        self.move_cursor(self.cursor_row + step * self.visible_rows)
+
+    def action_first(self) -> None:
+        self.move_cursor(0)
+
+    def action_last(self) -> None:
+        self.move_cursor(len(self.order) - 1)
+
+    def action_select(self) -> None:
+        key = self.cursor_key
+        if key is not None:
+            self.post_message(self.RowSelected(self, key))
+
+    def on_click(self, event: events.Click) -> None:
+        offset = event.get_content_offset(self)
+        if offset is None or offset.y == 0:
+            return
+        row = offset.y - 1 + round(self.scroll_y)
+        if row >= len(self.order):
+            return
+        if row == self.cursor_row:
+            self.action_select()
+        else:
+            self.move_cursor(row)
+
+    def on_focus(self) -> None:
+        self.refresh_line(self.cursor_row + 1)  # the cursor's colours differ with focus
+
+    def on_blur(self) -> None:
+        self.refresh_line(self.cursor_row + 1)
+
+    # --- drawing ------------------------------------------------------------
+
+    def _draw(self, cells: Cells, base: Style, over: Style | None) -> Strip:
+        console = self.app.console
+        segments: list[Segment] = []
+        blank = Segment(" " * PAD, base)
+        for column in self.shown:
+            width = self.widths[column.key]
+            value = cells.get(column.key, "")
+            segments.append(blank)
+            if isinstance(value, Text) and value.spans:
+                text = value.copy()
+                text.plain = text.plain.translate(_CONTROL)
+                text.truncate(width, overflow="crop", pad=True)
+                segments.extend(Segment(s.text, base + s.style if s.style else base) for s in text.render(console, ""))
+            elif isinstance(value, Text):
+                style = base + console.get_style(value.style) if value.style else base
+                segments.append(Segment(set_cell_size(value.plain.translate(_CONTROL), width), style))
+            else:
+                segments.append(Segment(set_cell_size(str(value).translate(_CONTROL), width), base))
+            segments.append(blank)
+        if over is not None:
+            segments = [Segment(s.text, (s.style or base) + over) for s in segments]
+        return Strip(segments, sum(self.widths[c.key] + 2 * PAD for c in self.shown))
+
+    def render_line(self, y: int) -> Strip:
+        width = self.scrollable_content_region.width
+        scroll_x = round(self.scroll_x)
+        base = self.rich_style
+        if y == 0:
+            if self._header is None:
+                header = self.get_component_rich_style("keyed-table--header")
+                self._header = self._draw({c.key: c.label for c in self.shown}, base + header, None)
+            return self._header.crop_extend(scroll_x, scroll_x + width, base)
+        index = y - 1 + round(self.scroll_y)
+        if index >= len(self.order):
+            return Strip.blank(width, base)
+        key = self.order[index]
+        cells = self.rows_by_key[key]
+        if index == self.cursor_row:
+            strip = self._draw(cells, base, self.get_component_rich_style("keyed-table--cursor"))
+        else:
+            cached = self._strips.get(key)
+            if cached is not None and cached[0] is cells:
+                strip = cached[1]
+            else:
+                strip = self._draw(cells, base, None)
+                self._strips[key] = (cells, strip)
+        return strip.crop_extend(scroll_x, scroll_x + width, base)

@@ -6,6 +6,7 @@ import asyncio
 import socket
 
 import pytest
+from textual.command import CommandPalette
 from textual.widgets import Static
 
 from core.models import Role
@@ -182,7 +183,8 @@ async def test_viewer_sees_no_editing_actions_and_core_refuses_a_forced_one(fast
     assert [m.name for m in await machines.list_machines(core, admin)] == ["pc01"]
 
 
-async def test_disabled_user_is_logged_out(fast_settings):
+@pytest.mark.parametrize("change", ["disable", "password"])
+async def test_disabled_user_or_new_password_returns_to_login_audited(fast_settings, change):
     core = fast_settings
     admin = await make_user(core, "root-admin", Role.ADMIN)
     await make_user(core, "oscar", Role.OPERATOR)
@@ -190,8 +192,45 @@ async def test_disabled_user_is_logged_out(fast_settings):
     async with app.run_test(size=(80, 24)) as pilot:
         await log_in(pilot, "oscar")
         await wait_for(pilot, lambda: screen_name(app) == "DashboardScreen")
-        await users.disable_user(core, admin, "oscar")  # from another console
+        await _machines_screen(pilot, app)
+        await pilot.press("a")  # in the middle of something
+        await wait_for(pilot, lambda: isinstance(app.screen, FormScreen))
+        if change == "disable":  # from another console
+            await users.disable_user(core, admin, "oscar")
+        else:
+            await users.set_password(core, admin, "oscar", "another-horse-2")
         await wait_for(pilot, lambda: app.actor is None and screen_name(app) == "LoginScreen")
+        await wait_for(pilot, lambda: "log in again" in message(app))
+        assert "disabled, deleted or its password changed" in message(app)
+        # the console goes on: the user name is kept and the password field has the focus
+        assert app.screen.query_one("#username").value == "oscar"
+        assert app.focused is app.screen.query_one("#password")
+        await pilot.pause()
+        assert app.is_running
+    events, _ = await audit.list_events(core, admin, action="auth.logout")
+    assert [e.actor for e in events] == ["oscar"]
+
+
+async def test_keys_typed_in_one_burst_land_in_their_fields(fast_settings):
+    """A password manager, a paste or tmux send-keys: user name, Tab, password, Enter arrive
+    before the console has handled the first; the Tab must still move to the password field."""
+    from textual import events
+
+    core = fast_settings
+    await make_user(core, "oscar", Role.OPERATOR)
+    app = make_app(core)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(pilot, lambda: app.opened.is_set() and screen_name(app) == "LoginScreen")
+        await pilot.pause()
+        keys = [*"oscar", "tab", *PASSWORD, "enter"]
+        for key in keys:  # posted all at once, no pause between them
+            app.post_message(events.Key(key, {"tab": "\t", "enter": "\r"}.get(key, key)))
+        await wait_for(pilot, lambda: screen_name(app) == "DashboardScreen")
+        assert app.actor.username == "oscar"
+        await pilot.press("ctrl+l")  # locked by the user, and it says so
+        await wait_for(pilot, lambda: screen_name(app) == "LockScreen")
+        assert "Locked by oscar." in " ".join(str(label.render()) for label in app.screen.query("Label"))
+        assert "Idle" not in " ".join(str(label.render()) for label in app.screen.query("Label"))
 
 
 async def test_idle_console_locks_and_unlocks(fast_settings):
@@ -265,7 +304,7 @@ async def test_keys_remapped_from_config_and_palette(fast_settings):
         await wait_for(pilot, lambda: screen_name(app) == "MachinesScreen")
         # the palette offers the same commands: "Users" switches screens
         await pilot.press("ctrl+p")
-        await wait_for(pilot, lambda: screen_name(app) == "CommandPalette")
+        await wait_for(pilot, lambda: isinstance(app.screen, CommandPalette))
         await type_text(pilot, "Users")
         await pilot.pause(0.3)
         await pilot.press("enter")

@@ -110,6 +110,7 @@ def logged_in(mode: str, then: Callable[[Any], Awaitable[None]] | None = None) -
         app = pilot.app
         await log_in(pilot, "root-admin")
         await wait_for(pilot, lambda: app.actor and app.monitor.polled_at)
+        app.clear_notifications()  # the login toast: gone or not by the screenshot, by machine speed
         await freeze_times(app.core)
         await app.action_go(mode)
         screen = app.screen
@@ -265,6 +266,16 @@ def test_dialog(snap_compare, seeded, size, dialog):
 
 def test_linux_console_theme(snap_compare, seeded):
     """TERM=linux: the 16-colour ANSI theme and no eighth-block glyphs."""
-    app = console(seeded)
-    app._linux_console = True
+    app = make_app(Core.open(seeded), FakeProbe({"pc02", "pc04"}), term="linux")
+    app.disk_usage = lambda _path: SimpleNamespace(free=40 * 2**30, total=100 * 2**30)
     assert snap_compare(app, terminal_size=(80, 24), run_before=logged_in("machines"))
+
+
+@pytest.mark.parametrize("dialog", ["session_stop_confirm", "image_import", "palette"])
+def test_linux_console_dialog(snap_compare, seeded, dialog):
+    """TERM=linux: a disabled button keeps its label, the type-to-confirm field is visible,
+    the file tree and the palette draw no emoji or eighth-blocks."""
+    app = make_app(Core.open(seeded), FakeProbe({"pc02", "pc04"}), term="linux")
+    app.disk_usage = lambda _path: SimpleNamespace(free=40 * 2**30, total=100 * 2**30)
+    mode, action = DIALOGS[dialog]
+    assert snap_compare(app, terminal_size=(80, 24), run_before=logged_in(mode, action))
