@@ -83,6 +83,7 @@ class Settings(BaseSettings):
     server_name: str = Field(default_factory=default_server_name)
     http_address: str = "0.0.0.0:8067"  # where ggnet serve listens (boot requests, health, API)
     converge_seconds: float = Field(default=30.0, gt=0)  # a pass at least this often
+    observe_seconds: float = Field(default=2.0, gt=0)  # how often logins and logouts are looked for
     reserved_space: int | str = "10G"  # below this much free space, new boots are refused
     writeback_idle_hours: float = Field(default=12.0, ge=0)  # fresh writebacks unused this long are discarded
     console_engine: bool = True  # the console runs the engine while no ggnet serve does (as root)

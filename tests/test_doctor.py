@@ -1,5 +1,5 @@
 """`ggnet doctor` on a healthy setup (real tgtd, real migrated database) and on broken ones,
-and the systemd unit that runs reconcile at boot."""
+and the systemd unit that runs `ggnet serve`."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from tests.cli import ggnet_env, run_ggnet
 from tests.conftest import make_database_url
 from tests.e2e.tgtd import TgtDaemon, tgtd_daemon  # noqa: F401 - the fixture
 
-UNIT = Path(__file__).parent.parent / "core" / "systemd" / "ggnet-reconcile.service"
+UNIT = Path(__file__).parent.parent / "core" / "systemd" / "ggnet.service"
 
 
 def by_name(checks: list) -> dict[str, object]:  # type: ignore[type-arg]
@@ -118,29 +118,27 @@ async def test_empty_database_and_missing_boot_address(tmp_path: Path) -> None:
     assert checks["boot address"].status == "fail" and "GGNET_BOOT_ADDRESS" in checks["boot address"].detail  # type: ignore[attr-defined]
 
 
-def test_reconcile_unit_is_valid_and_runs_after_the_target_service(tmp_path: Path) -> None:
+def test_serve_unit_is_valid_and_runs_after_the_target_service(tmp_path: Path) -> None:
     text = UNIT.read_text()
     for needed in (
-        "Type=oneshot",
-        "EnvironmentFile=/etc/ggnet/reconcile.env",
-        "ExecStart=ggnet reconcile",
+        "ExecStart=ggnet serve",
+        "Restart=on-failure",
         "After=network-online.target rtslib-fb-targetctl.service target.service tgt.service",
         "Wants=network-online.target rtslib-fb-targetctl.service target.service tgt.service",
         "WantedBy=multi-user.target",
-        "0600",
     ):
         assert needed in text, needed
     analyze = shutil.which("systemd-analyze")
     if analyze is None:
         pytest.skip("optional: systemd-analyze is not installed")
     # systemd checks that ExecStart exists: point it at the ggnet installed beside this Python
-    unit = tmp_path / "ggnet-reconcile.service"
+    unit = tmp_path / "ggnet.service"
     unit.write_text(text.replace("ExecStart=ggnet ", f"ExecStart={Path(sys.executable).parent / 'ggnet'} "))
     result = subprocess.run(
         [analyze, "verify", str(unit)], capture_output=True, text=True, timeout=60, cwd=tmp_path, check=False
     )
     assert result.returncode == 0, result.stderr
-    assert "ggnet-reconcile.service" not in result.stderr, result.stderr
+    assert "ggnet.service" not in result.stderr, result.stderr
 
 
 def _xfs_unavailable() -> str | None:

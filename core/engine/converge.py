@@ -399,6 +399,27 @@ async def _boot_files(engine: Engine, report: PassReport) -> None:
         )
 
 
+def _logins(view: dict[str, ObservedTarget]) -> dict[str, frozenset[tuple[str, str | None]]]:
+    return {iqn: frozenset((s.initiator_iqn.lower(), s.address) for s in t.sessions) for iqn, t in view.items()}
+
+
+async def watch_sessions(engine: Engine) -> bool:
+    """Between passes: one cheap read of the target stack; when a client logged in or out, record it
+    (boot history, machine status). True when something changed."""
+    backend = engine.backend
+    if backend is None or engine.pass_running:
+        return False
+    try:
+        view = await backend.observe()
+    except GgnetError:
+        return False
+    if _logins(view) == _logins(engine.view) or engine.pass_running:
+        return False
+    engine.view = dict(view)
+    await _observe(engine, await _load(engine), view)
+    return True
+
+
 async def _observe(engine: Engine, state: _State, observed: dict[str, ObservedTarget]) -> None:
     """Record logins and logouts on the boots, sizes on the writebacks, status per machine."""
     settings = engine.core.settings

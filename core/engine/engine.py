@@ -184,6 +184,10 @@ class Engine:
 
     # --- passes -------------------------------------------------------------------------
 
+    @property
+    def pass_running(self) -> bool:
+        return self._pass_lock.locked()
+
     async def run_pass(self, *, dry_run: bool = False, audit: bool = True) -> PassReport:
         async with self._pass_lock:
             try:
@@ -265,8 +269,21 @@ class Engine:
         await self.run_pass()
         await self.handle_requests()
 
+    async def _watch_sessions(self) -> None:
+        from .converge import watch_sessions
+
+        while not self._stopping.is_set():
+            await asyncio.sleep(self.core.settings.observe_seconds)
+            try:
+                await watch_sessions(self)
+            except Exception:  # a bug here must not stop the engine: the next pass records the truth
+                self.log.exception("session watch failed")
+
     async def run_forever(self) -> None:
         interval = self.core.settings.converge_seconds
+        watcher = asyncio.ensure_future(self._watch_sessions())
+        self._watchers.add(watcher)
+        watcher.add_done_callback(self._watchers.discard)
         while not self._stopping.is_set():
             waiter = asyncio.ensure_future(self.watcher.wait(interval))
             stopper = asyncio.ensure_future(self._stopping.wait())

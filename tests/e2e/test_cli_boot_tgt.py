@@ -15,6 +15,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -103,6 +104,16 @@ def test_cli_provisions_and_real_clients_boot(tmp_path: Path, env: dict[str, str
 
         current = json.loads(ggnet(env, "session", "list", "--json").stdout)
         assert {(s["machine"], s["state"]) for s in current} == {("pc01", "ready"), ("pc02", "ready")}
+
+        # the clients are off: the engine sees them log out within seconds
+        for _ in range(150):
+            current = json.loads(ggnet(env, "session", "list", "--json").stdout)
+            if not any(s["logged_in"] for s in current):
+                break
+            time.sleep(0.2)
+        assert not any(s["logged_in"] for s in current), current
+        history = json.loads(ggnet(env, "boot", "history", "pc01", "--json").stdout)
+        assert history[0]["login_at"] and history[0]["logout_at"] and history[0]["login_address"] == "127.0.0.1"
 
         # taken offline: its target and fresh writeback go
         stopped = ggnet(env, "session", "stop", "pc01")
