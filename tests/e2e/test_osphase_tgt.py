@@ -6,24 +6,22 @@ iPXE published and logs in again with the same values to keep its disk. These te
 phase for real (Debian's kernel and iscsistart, see tests/e2e/osphase/), on BIOS, UEFI and Secure
 Boot, with a game disk as the target's second LUN.
 
-The targets are made by hand here, the way ggnet makes them: TgtBackend creates the target with
-the machine's writeback as LUN 1, its initiator IQN in the ACL and its CHAP account; the game
-disk's writeback is added as LUN 2 with tgtadm; the per-MAC iPXE script is written by hand. Once
-the boot engine (``ggnet serve``) exists these tests will boot through it instead: only
-``make_machine`` and ``write_script`` are hand-made.
+The targets are made by hand, the way ggnet makes them (tests/e2e/osphase/handmade.py: TgtBackend
+makes the target with the writeback as LUN 1, tgtadm adds the game disk as LUN 2, the per-MAC
+script is written by hand). Once the boot engine (``ggnet serve``) exists these tests boot through
+it instead: ``make_machine``, ``renew_disks`` and ``write_script`` are the hand-made part.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from core.iscsi.base import TargetSpec
-from core.iscsi.tgt import TgtBackend, parse_show_target
+from core.iscsi.tgt import TgtBackend
 from tests.e2e import qemu_client
 from tests.e2e.osphase.client import (
     KERNEL_START,
@@ -35,7 +33,8 @@ from tests.e2e.osphase.client import (
     clean,
     os_client,
 )
-from tests.e2e.osphase.disk import SECURE_BOOT_LOADER, OsPhaseDisk, boots_on_disk, build_game_disk, writeback
+from tests.e2e.osphase.disk import SECURE_BOOT_LOADER, OsPhaseDisk, boots_on_disk
+from tests.e2e.osphase.handmade import GAME_LUN, Machine, make_machine, renew_disks, tftp_root, write_script
 from tests.e2e.qemu_client import BootResult, Hook, boot_clients
 from tests.e2e.tgtd import TgtDaemon
 
@@ -47,83 +46,12 @@ pytestmark = [
     ),
 ]
 
-BOOT_IPXE = "#!ipxe\nchain ${mac:hexhyp}.ipxe || goto unknown\nexit\n:unknown\necho GGNET-CHAIN-FAILED\n"
 ROOT_WRITTEN = "OSPHASE-ROOT-WRITE-OK"
-GAME_LUN = 2
-
-
-@dataclass(frozen=True)
-class Machine:
-    name: str
-    mac: str
-    spec: TargetSpec  # its target; spec.backing_file is the system disk's writeback (LUN 1)
-    game: Path | None = None  # the game disk's writeback (LUN 2), if it has one
-    game_content: str | None = None  # the word its /ggnet-game.txt holds
-
-
-async def make_machine(
-    daemon: TgtDaemon, disk: OsPhaseDisk, workdir: Path, name: str, mac: str, game_content: str | None = None
-) -> Machine:
-    """A machine's target, made by hand as ggnet makes it (the engine will do this)."""
-    spec = TargetSpec(
-        iqn=f"iqn.2024-01.lan.ggnet:{name}",
-        backing_file=writeback(disk.path, workdir / f"{name}.img"),
-        initiator_iqn=f"iqn.2024-01.lan.ggnet.client:{name}",
-        chap_username=f"ggnet-{name}",
-        chap_secret=f"{name}chapsecret01",  # letters and digits, what ggnet's scripts allow
-        portal_host=daemon.portal_host,
-        portal_port=daemon.portal_port,
-    )
-    await TgtBackend(daemon.control_port).create_target(spec)
-    game = None
-    if game_content is not None:
-        game = build_game_disk(workdir / f"{name}-game.img", game_content)
-        add_game_lun(daemon, spec.iqn, game)
-    return Machine(name, mac, spec, game, game_content)
-
-
-def add_game_lun(daemon: TgtDaemon, iqn: str, game: Path) -> None:
-    shown = daemon.tgtadm("--lld", "iscsi", "--op", "show", "--mode", "target").stdout
-    tid = str(next(t.tid for t in parse_show_target(shown) if t.iqn == iqn))
-    lun = ("--tid", tid, "--lun", str(GAME_LUN))
-    daemon.tgtadm("--lld", "iscsi", "--op", "delete", "--mode", "logicalunit", *lun, check=False)
-    daemon.tgtadm("--lld", "iscsi", "--op", "new", "--mode", "logicalunit", *lun,
-                  "--backing-store", str(game), "--bstype", "rdwr")  # fmt: skip
-
-
-async def renew_disks(daemon: TgtDaemon, disk: OsPhaseDisk, machine: Machine, boot: int) -> Machine:
-    """New writebacks from the images, served in place of the old ones (what a `fresh` machine gets at
-    each boot). tgtd keeps its backing files open: a new file must be put behind the LUN, not
-    renamed over the old one."""
-    spec = dataclasses.replace(
-        machine.spec, backing_file=writeback(disk.path, machine.spec.backing_file.with_suffix(f".{boot}.img"))
-    )
-    await TgtBackend(daemon.control_port).create_target(spec)
-    game = None
-    if machine.game is not None and machine.game_content is not None:
-        game = build_game_disk(machine.game.with_suffix(f".{boot}.img"), machine.game_content)
-        add_game_lun(daemon, spec.iqn, game)
-    return dataclasses.replace(machine, spec=spec, game=game)
-
-
-def write_script(tftp: Path, daemon: TgtDaemon, machine: Machine, loader: str | None = None) -> None:
-    """The machine's per-MAC script; ``loader``: the EFI file sanboot starts instead of the default one."""
-    spec = machine.spec
-    filename = f"--filename {loader} " if loader else ""
-    (tftp / f"{machine.mac.replace(':', '-')}.ipxe").write_text(
-        f"#!ipxe\nset initiator-iqn {spec.initiator_iqn}\nset username {spec.chap_username}\n"
-        f"set password {spec.chap_secret}\n"
-        f"sanboot {filename}iscsi:10.0.2.2::{daemon.portal_port}:1:{spec.iqn} || goto failed\n"
-        f"exit\n:failed\necho {SANBOOT_FAILED}\nexit 1\n"
-    )
 
 
 @pytest.fixture
 def tftp(tmp_path: Path) -> Path:
-    root = tmp_path / "tftp"
-    root.mkdir()
-    (root / "boot.ipxe").write_text(BOOT_IPXE)
-    return root
+    return tftp_root(tmp_path / "tftp")
 
 
 def explain(name: str, result: BootResult) -> str:
