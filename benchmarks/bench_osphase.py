@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Time to "root mounted" of an OS-phase boot on BIOS, UEFI and Secure Boot, against the lab scripts in the same run.
 
-    sudo .venv/bin/python benchmarks/bench_osphase.py [--lab DIR] [--skip-lab]
+    sudo .venv/bin/python benchmarks/bench_osphase.py [--lab DIR] [--skip-lab] [--lab-first]
 
 Figure: one client at a time boots the OS-phase disk (tests/e2e/osphase) from a target made by
 hand on a private tgtd (tests/e2e/osphase/handmade.py; once ``ggnet serve`` answers the boot
@@ -142,11 +142,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--lab", type=Path, default=find_lab(), help="shared/lab/osphase")
     parser.add_argument("--skip-lab", action="store_true")
+    parser.add_argument("--lab-first", action="store_true", help="run the lab scripts first (load drifts)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="ggnet-bench-osphase-") as tmp:
         work = Path(tmp)
+        anchors: dict[str, dict[str, float]] = {}
+        run_lab = not args.skip_lab and args.lab is not None
+        if run_lab and args.lab_first:
+            anchors = lab_runs(args.lab, work)
         figures = asyncio.run(harness(work / "harness"))
-        anchors = {} if args.skip_lab or args.lab is None else lab_runs(args.lab, work)
+        if run_lab and not args.lab_first:
+            anchors = lab_runs(args.lab, work)
     print("\ntime to root mounted (from QEMU's start): figure = this harness, anchor = lab scripts")
     for firmware in FIRMWARES:
         figure = figures.get(firmware, {}).get("root mounted")

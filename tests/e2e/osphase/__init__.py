@@ -10,6 +10,10 @@ again from the iBFT and runs from its iSCSI disk, on BIOS, UEFI and Secure Boot.
 A test boots a client like any other e2e client: put ``boot.ipxe`` (and whatever it chains) in a
 TFTP directory, give the client a writeback of the disk, and::
 
+    # boot.ipxe for ggnet serve (the host's 127.0.0.1:<port> is 10.0.2.2 inside QEMU's user network):
+    #   #!ipxe
+    #   chain http://10.0.2.2:<port>/boot/${mac} || goto failed ...
+
     disk = osphase_disk                                   # session fixture: built once per run
     writeback(disk.path, tmp_path / "pc01.img")           # serve this file as the machine's LUN
     result = await run_client(os_client(tmp_path / "pc01", mac, tftp_root, "uefi"))

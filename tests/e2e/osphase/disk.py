@@ -124,7 +124,8 @@ def kernel() -> Kernel:
     root = debs.unpack(package)
     if not (root / "lib" / "modules" / version / "modules.dep").is_file():
         with debs.cache_lock():  # the package ships no modules.dep; make it once, in the cache
-            run(["depmod", "-b", str(root), version])
+            if not (root / "lib" / "modules" / version / "modules.dep").is_file():
+                run(["depmod", "-b", str(root), version])
     return Kernel(package, version, root)
 
 
