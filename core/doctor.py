@@ -11,12 +11,18 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import struct
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
+from .boot.dnsmasq import BIOS_BINARY, DEBIAN_IPXE_DIR, SIGNED_IPXE_URL, UEFI_BINARIES
 from .config import Settings
+from .models import BootMode
 from .storage.writeback import reflink_works
+
+if TYPE_CHECKING:
+    from .db import Database
 
 Status = Literal["ok", "warn", "fail"]
 COMMAND_TIMEOUT = 10.0
@@ -25,7 +31,6 @@ GIB = 1 << 30
 FREE_FAIL_BYTES = 2 * GIB
 FREE_WARN_BYTES = 20 * GIB
 LIO_CONFIGFS = Path("/sys/kernel/config/target")
-IPXE_BINARIES = ("undionly.kpxe", "ipxe.efi", "snponly.efi")
 
 
 @dataclass(frozen=True)
@@ -265,24 +270,89 @@ def check_tftp_root(settings: Settings) -> list[Check]:
                 f"{root} is not writable by this user: boot scripts cannot be updated; fix its owner or permissions",
             )
         ]
-    checks = []
     if (root / BOOT_SCRIPT).is_file():
-        checks.append(Check("tftp root", "ok", f"{root} is writable and holds {BOOT_SCRIPT}"))
-    else:
-        checks.append(Check("tftp root", "warn", f"{root} has no {BOOT_SCRIPT}: run ggnet boot render"))
-    missing = [name for name in IPXE_BINARIES if not (root / name).is_file()]
-    if missing:
-        checks.append(
-            Check(
-                "ipxe binaries",
-                "warn",
-                f"{root} lacks {', '.join(missing)}: PXE firmware served by "
-                "this server cannot load iPXE; copy them from /usr/lib/ipxe/ (apt-get install ipxe)",
-            )
-        )
-    else:
-        checks.append(Check("ipxe binaries", "ok", f"{', '.join(IPXE_BINARIES)} present"))
+        return [Check("tftp root", "ok", f"{root} is writable and holds {BOOT_SCRIPT}")]
+    return [Check("tftp root", "warn", f"{root} has no {BOOT_SCRIPT}: run ggnet boot render")]
+
+
+def authenticode_signed(path: Path) -> bool:
+    """Whether ``path`` is a PE (EFI) image carrying a signature (its certificate table is not empty)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+        (pe,) = struct.unpack_from("<I", head, 0x3C)
+        if head[:2] != b"MZ" or head[pe : pe + 4] != b"PE\0\0":
+            return False
+        optional = pe + 24
+        (magic,) = struct.unpack_from("<H", head, optional)
+        count_at = {0x10B: optional + 92, 0x20B: optional + 108}[magic]  # PE32, PE32+
+        (count,) = struct.unpack_from("<I", head, count_at)
+        _, size = struct.unpack_from("<II", head, count_at + 4 + 4 * 8)  # data directory 4: certificates
+        return count > 4 and size > 0
+    except (OSError, struct.error, KeyError):
+        return False
+
+
+def check_boot_files(settings: Settings, modes: set[str] | None) -> list[Check]:
+    """Does the TFTP root hold what the firmware of each boot mode in use loads (iPXE itself)?
+
+    ``modes``: the boot modes of the registered machines; None when the database could not tell,
+    and then every mode is checked."""
+    root = Path(settings.tftp_root or Path(settings.data_dir) / "tftp")
+    if not root.is_dir():
+        return []  # check_tftp_root already says so
+    if modes is not None and not modes:
+        return [Check("boot files", "ok", "no machines are registered yet, so no iPXE binaries are needed yet")]
+    unknown = " (the database could not say which boot modes are in use, so all are checked)" if modes is None else ""
+    debian = f"copy it from {DEBIAN_IPXE_DIR}/ (apt-get install ipxe)"
+    checks = []
+    for mode in BootMode:
+        if modes is not None and mode.value not in modes:
+            continue
+        name = f"boot files ({mode.value})"
+        if mode is BootMode.BIOS:
+            if (root / BIOS_BINARY).is_file():
+                checks.append(Check(name, "ok", f"{BIOS_BINARY} present"))
+            else:
+                checks.append(
+                    Check(
+                        name, "fail", f"{root} lacks {BIOS_BINARY}: BIOS machines cannot load iPXE{unknown}; {debian}"
+                    )
+                )
+        elif mode is BootMode.UEFI:
+            present = [b for b in UEFI_BINARIES if (root / b).is_file()]
+            if present:
+                checks.append(Check(name, "ok", f"{' and '.join(present)} present"))
+            else:
+                either = " nor ".join(UEFI_BINARIES)
+                checks.append(
+                    Check(
+                        name, "fail", f"{root} has neither {either}: UEFI machines cannot load iPXE{unknown}; {debian}"
+                    )
+                )
+        else:
+            checks.append(_secure_boot_files(root, name, unknown))
     return checks
+
+
+def _secure_boot_files(root: Path, name: str, unknown: str) -> Check:
+    """Secure Boot firmware starts only signed code: iPXE's signed shim, which starts iPXE's signed build."""
+    problems = []
+    for loader, shim in UEFI_BINARIES.items():
+        missing = [f for f in (shim, loader) if not (root / f).is_file()]
+        unsigned = [f for f in (shim, loader) if f not in missing and not authenticode_signed(root / f)]
+        if not missing and not unsigned:
+            return Check(name, "ok", f"{shim} and {loader} present and signed")
+        problems += [f"{f} is missing" for f in missing if len(missing) < 2]
+        problems += [f"{f} is not signed (Debian's build?)" for f in unsigned]
+    pairs = " or ".join(f"{shim} with {loader}" for loader, shim in UEFI_BINARIES.items())
+    found = f" ({'; '.join(problems)})" if problems else ""
+    return Check(
+        name,
+        "fail",
+        f"{root} lacks iPXE's signed shim and signed iPXE ({pairs}){found}: Secure Boot machines cannot load "
+        f"iPXE{unknown}; download them from {SIGNED_IPXE_URL} (Debian's ipxe builds are not signed)",
+    )
 
 
 def check_boot_address(settings: Settings) -> Check:
@@ -304,7 +374,8 @@ def check_boot_address(settings: Settings) -> Check:
 # --- database --------------------------------------------------------------------
 
 
-async def check_database(settings: Settings) -> list[Check]:
+async def check_database(settings: Settings) -> tuple[list[Check], set[str] | None]:
+    """The database's checks, and the boot modes of the registered machines (None when it cannot tell)."""
     from sqlalchemy.engine import make_url
 
     from .db import Database, _reason
@@ -319,15 +390,15 @@ async def check_database(settings: Settings) -> list[Check]:
                 "fail",
                 "GGNET_DATABASE_URL is not a database URL; fix it (e.g. postgresql+asyncpg://user@host/ggnet)",
             )
-        ]
+        ], None
     safe = url.render_as_string(hide_password=True)
     sqlite_file = url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:")
     if sqlite_file and not Path(str(url.database)).is_file():  # connecting would create an empty file
-        return [Check("database", "fail", f"no database at {url.database}: run ggnet init")]
+        return [Check("database", "fail", f"no database at {url.database}: run ggnet init")], None
     try:
         db = Database(settings.database_url)
     except Exception as exc:  # e.g. a driver that is not installed
-        return [Check("database", "fail", f"cannot use {safe}: {_reason(exc)}; fix GGNET_DATABASE_URL")]
+        return [Check("database", "fail", f"cannot use {safe}: {_reason(exc)}; fix GGNET_DATABASE_URL")], None
     try:
         try:
             revision = await asyncio.wait_for(db.current_revision(), DB_TIMEOUT)
@@ -339,7 +410,7 @@ async def check_database(settings: Settings) -> list[Check]:
                     f"{safe} did not answer within {DB_TIMEOUT:.0f} s: "
                     "check that the database server runs and is reachable",
                 )
-            ]
+            ], None
         except Exception as exc:  # any driver error is the answer here, not a crash
             return [
                 Check(
@@ -347,11 +418,11 @@ async def check_database(settings: Settings) -> list[Check]:
                     "fail",
                     f"cannot open {safe}: {_reason(exc)}; check GGNET_DATABASE_URL and that the database server runs",
                 )
-            ]
+            ], None
         checks = [Check("database", "ok", f"{db.kind} at {safe} answers")]
         if revision is None:
             checks.append(Check("schema", "fail", "the database is empty: run ggnet init"))
-            return checks
+            return checks, None
         try:
             await asyncio.wait_for(db.ensure_current(), DB_TIMEOUT)
         except GgnetError as exc:
@@ -360,9 +431,22 @@ async def check_database(settings: Settings) -> list[Check]:
             checks.append(Check("schema", "fail", f"cannot read the schema revision: {_reason(exc)}"))
         else:
             checks.append(Check("schema", "ok", f"migration {revision} is the head"))
-        return checks
+            try:
+                return checks, await asyncio.wait_for(_boot_modes_in_use(db), DB_TIMEOUT)
+            except Exception:  # the boot-file check then covers every mode
+                return checks, None
+        return checks, None
     finally:
         await db.dispose()
+
+
+async def _boot_modes_in_use(db: Database) -> set[str]:
+    from sqlalchemy import select
+
+    from .models import Machine
+
+    async with db.session() as session:
+        return set((await session.scalars(select(Machine.boot_mode).distinct())).all())
 
 
 async def run_checks(settings: Settings) -> list[Check]:
@@ -374,8 +458,10 @@ async def run_checks(settings: Settings) -> list[Check]:
         await check_target_stack(settings),
     ]
     checks += await check_data_dir(settings)
+    database, boot_modes = await check_database(settings)  # which boot modes are in use, for the boot files
     checks += check_tftp_root(settings)
+    checks += check_boot_files(settings, boot_modes)
     checks.append(check_boot_address(settings))
     checks.append(await check_dnsmasq())
-    checks += await check_database(settings)
+    checks += database
     return checks

@@ -13,6 +13,9 @@ APT_PACKAGES=(
   qemu-utils qemu-system-x86 ipxe-qemu qemu-block-extra tgt libiscsi-bin
   busybox-static cpio kmod xfsprogs dnsmasq-base iputils-ping tmux
   libudev1  # loaded by rtslib-fb (through pyudev) for the LIO backend
+  # the OS-phase test disk (tests/e2e/osphase): tools that build it, and UEFI firmware for the clients;
+  # the guest's own packages (kernel, open-iscsi, signed shim and GRUB) are only downloaded and unpacked
+  fdisk dosfstools mtools syslinux syslinux-common grub-common e2fsprogs ovmf
 )
 
 if [ "$(id -u)" = 0 ]; then

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -12,11 +13,14 @@ from pathlib import Path
 import pytest
 
 from core.boot import ipxe
+from core.boot.dnsmasq import SIGNED_IPXE_URL
 from core.config import Settings
-from core.doctor import failed, run_checks
+from core.context import Core
+from core.doctor import authenticode_signed, check_boot_files, check_database, failed, run_checks
 from core.log import configure_logging
+from core.services import machines
 from tests.cli import ggnet_env, run_ggnet
-from tests.conftest import make_database_url
+from tests.conftest import make_database_url, make_user
 from tests.e2e.tgtd import TgtDaemon, tgtd_daemon  # noqa: F401 - the fixture
 
 UNIT = Path(__file__).parent.parent / "core" / "systemd" / "ggnet.service"
@@ -63,7 +67,7 @@ async def test_healthy_site_passes(tmp_path: Path, template_root: Path, tgtd_dae
         "target stack",
         "data directory",
         "tftp root",
-        "ipxe binaries",
+        "boot files",  # no machines yet: nothing is needed
         "boot address",
         "database",
         "schema",
@@ -172,3 +176,83 @@ async def test_data_dir_on_xfs_with_reflink(tmp_path: Path) -> None:
         assert sorted(p.name for p in mount.iterdir()) == []  # the probe left nothing behind
     finally:
         subprocess.run(["umount", str(mount)], check=True, timeout=60)
+
+
+def efi_image(signed: bool) -> bytes:
+    """The head of a PE32+ (EFI) image: DOS stub, PE signature, optional header with 16 data directories;
+    a signed image's certificate table (directory 4) is not empty."""
+    head = bytearray(1024)
+    head[:2] = b"MZ"
+    struct.pack_into("<I", head, 0x3C, 0x80)
+    head[0x80:0x84] = b"PE\0\0"
+    optional = 0x80 + 24
+    struct.pack_into("<HI", head, optional, 0x20B, 0)
+    struct.pack_into("<I", head, optional + 108, 16)
+    if signed:
+        struct.pack_into("<II", head, optional + 112 + 4 * 8, 4096, 2048)
+    return bytes(head)
+
+
+def test_authenticode_signed_reads_the_certificate_table(tmp_path: Path) -> None:
+    for name, data, signed in (
+        ("signed.efi", efi_image(signed=True), True),
+        ("unsigned.efi", efi_image(signed=False), False),
+        ("script.ipxe", b"#!ipxe\nexit\n", False),
+        ("empty.efi", b"", False),
+    ):
+        (tmp_path / name).write_bytes(data)
+        assert authenticode_signed(tmp_path / name) is signed, name
+    assert authenticode_signed(tmp_path / "missing.efi") is False
+
+
+async def test_boot_files_follow_the_boot_modes_of_registered_machines(sqlite_core: Core, tmp_path: Path) -> None:
+    tftp = tmp_path / "tftp"
+    tftp.mkdir()
+    sqlite_core.settings.tftp_root = tftp
+    admin = await make_user(sqlite_core, "root-admin", "admin")
+
+    async def boot_files() -> dict[str, object]:
+        _, modes = await check_database(sqlite_core.settings)
+        return by_name(check_boot_files(sqlite_core.settings, modes))
+
+    checks = await boot_files()
+    assert list(checks) == ["boot files"] and checks["boot files"].status == "ok"  # type: ignore[attr-defined]
+
+    # a BIOS machine: undionly.kpxe is needed, and only that
+    await machines.add_machine(sqlite_core, admin, name="pc01", mac="52:54:00:00:d0:01", boot_mode="bios")
+    checks = await boot_files()
+    assert list(checks) == ["boot files (bios)"]
+    bios = checks["boot files (bios)"]
+    assert bios.status == "fail" and "lacks undionly.kpxe" in bios.detail and "/usr/lib/ipxe/" in bios.detail  # type: ignore[attr-defined]
+    (tftp / "undionly.kpxe").write_bytes(b"placeholder")
+    assert (await boot_files())["boot files (bios)"].status == "ok"  # type: ignore[attr-defined]
+
+    # a UEFI machine: Debian's (unsigned) ipxe.efi or snponly.efi will do
+    await machines.add_machine(sqlite_core, admin, name="pc02", mac="52:54:00:00:d0:02", boot_mode="uefi")
+    uefi = (await boot_files())["boot files (uefi)"]
+    assert uefi.status == "fail" and "neither ipxe.efi nor snponly.efi" in uefi.detail  # type: ignore[attr-defined]
+    (tftp / "snponly.efi").write_bytes(efi_image(signed=False))
+    assert (await boot_files())["boot files (uefi)"].status == "ok"  # type: ignore[attr-defined]
+
+    # a Secure Boot machine: iPXE's signed shim and the signed iPXE it loads, from iPXE's signed release
+    await machines.add_machine(sqlite_core, admin, name="pc03", mac="52:54:00:00:d0:03", boot_mode="uefi-secure")
+    secure = (await boot_files())["boot files (uefi-secure)"]
+    assert secure.status == "fail" and SIGNED_IPXE_URL in secure.detail  # type: ignore[attr-defined]
+    (tftp / "snponly-shim.efi").write_bytes(efi_image(signed=True))
+    secure = (await boot_files())["boot files (uefi-secure)"]
+    assert secure.status == "fail" and "snponly.efi is not signed" in secure.detail  # type: ignore[attr-defined]
+    (tftp / "snponly.efi").write_bytes(efi_image(signed=True))  # the signed build also boots plain UEFI
+    checks = await boot_files()
+    assert [c.status for c in checks.values()] == ["ok", "ok", "ok"], checks  # type: ignore[attr-defined]
+    assert "snponly-shim.efi and snponly.efi" in checks["boot files (uefi-secure)"].detail  # type: ignore[attr-defined]
+
+
+def test_boot_files_when_the_database_cannot_tell(tmp_path: Path) -> None:
+    """Every boot mode is checked, and the sentence says why."""
+    (tmp_path / "tftp").mkdir()
+    (tmp_path / "tftp" / "undionly.kpxe").write_bytes(b"placeholder")
+    settings = Settings(data_dir=tmp_path, tftp_root=tmp_path / "tftp", log_file=tmp_path / "ggnet.log")
+    checks = by_name(check_boot_files(settings, None))
+    assert list(checks) == ["boot files (bios)", "boot files (uefi)", "boot files (uefi-secure)"]
+    assert checks["boot files (bios)"].status == "ok"  # type: ignore[attr-defined]
+    assert "the database could not say which boot modes are in use" in checks["boot files (uefi)"].detail  # type: ignore[attr-defined]
