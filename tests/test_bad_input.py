@@ -17,8 +17,7 @@ from core.context import Core
 from core.errors import Conflict, GgnetError, Invalid, NotFound
 from core.models import Base
 from core.services import audit, machines, users
-from core.services.machines import CsvRowError
-from ggnet_tui.cli.base import read_text
+from core.services.machines import CsvRowError, read_csv_file
 
 from .conftest import PASSWORD, make_user
 
@@ -58,7 +57,7 @@ def import_file(data: bytes) -> Call:
     async def go(core: Core, actor: Actor, tmp: Path) -> Any:
         path = tmp / "lab.csv"
         path.write_bytes(data)
-        return await machines.import_csv(core, actor, read_text(path), source="lab.csv")
+        return await machines.import_csv(core, actor, read_csv_file(path), source="lab.csv")
 
     return go
 
