@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from . import files
 from .config import Settings
 from .db import Database, sqlite_file
+from .errors import Invalid, UnsafePath
 from .storage.writeback import IMAGES_DIR, WRITEBACK_DIR
 
 if TYPE_CHECKING:
@@ -55,7 +56,17 @@ PRIVATE_SUBDIRS = (IMAGES_DIR, WRITEBACK_DIR)
 def prepare_data_dir(settings: Settings) -> list[str]:
     """At start: create the data directory with its mode, or bring an existing install's modes
     into line (see core.files), and keep or release the disk reserve. Returns one sentence per
-    change worth logging (modes tightened, reserve released)."""
+    change worth logging (modes tightened, reserve released); Invalid naming the data directory
+    when it cannot be made or used."""
+    try:
+        return _prepare_data_dir(settings)
+    except OSError as exc:
+        raise Invalid("data_dir", files.os_error_sentence(exc)) from None
+    except UnsafePath as exc:
+        raise Invalid("data_dir", exc.message) from None
+
+
+def _prepare_data_dir(settings: Settings) -> list[str]:
     data = Path(settings.data_dir)
     inside = settings.tftp_root is not None and _is_inside(Path(settings.tftp_root), data)
     # dnsmasq (as its own user) must pass through to a TFTP root inside the data directory

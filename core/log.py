@@ -14,7 +14,7 @@ import os
 import re
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO, cast
 
 import structlog
 
@@ -143,7 +143,7 @@ def configure_logging(log_file: Path | None, level: str = "INFO") -> None:
             structlog.processors.JSONRenderer(default=str),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level)),
-        logger_factory=structlog.WriteLoggerFactory(file=_log_stream),
+        logger_factory=structlog.WriteLoggerFactory(file=cast(TextIO, _log_stream)),  # write/flush is all it uses
         cache_logger_on_first_use=False,
     )
     # libraries that use stdlib logging (alembic, asyncio) go to the same file, never the terminal

@@ -7,10 +7,10 @@ import hashlib
 import hmac
 import secrets
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import structlog
-from sqlalchemy import case, func, literal, select, text, update
+from sqlalchemy import Table, case, func, literal, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from .. import auth, files
@@ -219,7 +219,7 @@ BAD_CREDENTIALS = "wrong user name or password"
 NAME_KEY_FILE = "ggnet.key"
 _fallback_name_key = secrets.token_bytes(32)
 
-_users = User.__table__  # login bookkeeping is written with Core statements: see _record
+_users = cast(Table, User.__table__)  # login bookkeeping is written with Core statements: see _record
 
 
 def unknown_user_label(core: Core, typed: str) -> str:
