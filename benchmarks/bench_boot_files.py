@@ -60,7 +60,7 @@ async def one_size(count: int, work: Path) -> None:
             f"({len(report.written)} written, {len(report.removed)} removed)"
         )
         start = time.perf_counter()
-        text = await boot.dnsmasq_config(core, actor, mode="full", subnet="10.0.0.0/8")
+        text = (await boot.dnsmasq_config(core, actor, mode="full", subnet="10.0.0.0/8")).text
         rendered = time.perf_counter() - start
         start = time.perf_counter()
         await dnsmasq.test_config(text)

@@ -9,16 +9,37 @@ from __future__ import annotations
 import os
 import re
 import socket
+from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import BeforeValidator, Field, ValidationError, model_validator
 from pydantic_settings import (
     BaseSettings,
+    InitSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
-    TomlConfigSettingsSource,
+    SettingsError,
 )
+
+CONFIG_MAX_BYTES = 1 << 20
+
+
+def _control_port(value: Any) -> int:
+    """tgtd's control port: a TOML integer or (from the environment) decimal digits, 0-65535;
+    never ``true`` (which pydantic would take as 1) and never a fraction."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise ValueError("must be a whole number between 0 and 65535")
+    text = value.strip() if isinstance(value, str) else ""
+    if isinstance(value, str) and not (text.isascii() and text.isdigit() and len(text) <= 5):
+        raise ValueError("must be a whole number between 0 and 65535")
+    number = int(value)
+    if not 0 <= number <= 65535:
+        raise ValueError(f"must be a whole number between 0 and 65535, got {number}")
+    return number
+
+
+ControlPort = Annotated[int, BeforeValidator(_control_port)]
 
 
 def default_data_dir() -> Path:
@@ -72,7 +93,7 @@ class Settings(BaseSettings):
     # provisioning
     tftp_root: Path | None = None
     target_backend: Literal["auto", "lio", "tgt"] = "auto"
-    tgt_control_port: int = 0
+    tgt_control_port: ControlPort = 0  # tgtd's -C: 0 is tgtd's default control port
     portal: str = "0.0.0.0:3260"
     boot_address: str | None = None
     iqn_base: str = "iqn.2024-01.lan.ggnet"
@@ -166,19 +187,23 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
-        config_file = _config_file_in_use()
-        if config_file is not None:
-            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))
+        sources: list[PydanticBaseSettingsSource] = [init_settings]
+        if _use_environment.get():
+            sources.append(env_settings)
+        file_values = _file_values.get()
+        if file_values:
+            sources.append(InitSettingsSource(settings_cls, init_kwargs=file_values))
         return tuple(sources)
 
 
-_explicit_config_file: Path | None = None
+# what load_settings hands the sources above (the file is read once, by load_settings)
+_file_values: ContextVar[dict[str, Any] | None] = ContextVar("ggnet_config_file_values", default=None)
+_use_environment: ContextVar[bool] = ContextVar("ggnet_config_use_environment", default=True)
 
 
-def _config_file_in_use() -> Path | None:
-    if _explicit_config_file is not None:
-        return _explicit_config_file
+def _config_file_in_use(config_file: str | Path | None) -> Path | None:
+    if config_file:
+        return Path(config_file)
     env = os.environ.get("GGNET_CONFIG")
     if env:
         return Path(env)
@@ -187,42 +212,71 @@ def _config_file_in_use() -> Path | None:
 
 
 def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
-    """Read settings; ``config_file`` (from ``--config``) wins over ``GGNET_CONFIG``."""
+    """Read settings; ``config_file`` (from ``--config``) wins over ``GGNET_CONFIG``.
+
+    The file is checked on its own first, so a bad value in it is reported even when the
+    environment overrides the same setting.
+    """
     from .errors import Invalid
+    from .validation import shown
 
-    global _explicit_config_file
-    _explicit_config_file = Path(config_file) if config_file else None
-    path: Path | None = None
+    path = _config_file_in_use(config_file)
+    values = _read_config_file(path) if path is not None else {}
+    file_token = _file_values.set(values)
     try:
-        path = _config_file_in_use()
-        if path is not None:
-            if not path.is_file():
-                raise Invalid("config", f"file {path} does not exist")
-            _refuse_unknown_keys(path)
-        return Settings(**overrides)
-    except ValidationError as exc:
-        from .validation import errors_by_field
-
-        where = f"in {path} or the environment" if path else "in the environment"
-        problems = "; ".join(v if k == "input" else f"{k}: {v}" for k, v in errors_by_field(exc).items())
-        raise Invalid("config", f"bad setting {where}: {problems}") from None
-    except OSError as exc:
-        raise Invalid("config", f"cannot read {path}: {exc.strerror}") from None
+        if values:
+            env_token = _use_environment.set(False)
+            try:
+                Settings()
+            except ValidationError as exc:
+                raise Invalid("config", f"bad setting in {shown(str(path), 300)}: {_problems(exc)}") from None
+            finally:
+                _use_environment.reset(env_token)
+        try:
+            return Settings(**overrides)
+        except ValidationError as exc:
+            raise Invalid("config", f"bad setting in the environment: {_problems(exc)}") from None
+        except SettingsError as exc:  # e.g. GGNET_KEYS that is not JSON
+            raise Invalid("config", f"bad setting in the environment: {_settings_error(exc)}") from None
     finally:
-        _explicit_config_file = None
+        _file_values.reset(file_token)
 
 
-def _refuse_unknown_keys(path: Path) -> None:
-    """A misspelt setting in the file is an error, not silently ignored (unlike stray GGNET_* variables)."""
+def _problems(exc: ValidationError) -> str:
+    from .validation import errors_by_field
+
+    return "; ".join(v if k == "input" else f"{k}: {v}" for k, v in errors_by_field(exc).items())
+
+
+def _settings_error(exc: SettingsError) -> str:
+    import re
+
+    match = re.search(r'field "([a-z_]+)"', str(exc))
+    if match and match.group(1) in Settings.model_fields:
+        return f"GGNET_{match.group(1).upper()} must be JSON, such as {_JSON_EXAMPLES.get(match.group(1), '{}')}"
+    return "a GGNET_* variable could not be read; check those that hold JSON"
+
+
+_JSON_EXAMPLES = {"keys": '{"machines.add": "n"}'}
+
+
+def _read_config_file(path: Path) -> dict[str, Any]:
+    """The TOML file's settings. A misspelt setting is an error, not silently ignored (unlike
+    stray GGNET_* variables). Read with the untrusted-input opener: a regular file, capped."""
     import tomllib
 
     from .errors import Invalid
+    from .files import read_input_text
+    from .validation import shown
 
+    where = shown(str(path), 300)
+    text = read_input_text(path, field="config", limit=CONFIG_MAX_BYTES)
     try:
-        with path.open("rb") as handle:
-            data = tomllib.load(handle)
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise Invalid("config", f"{path} is not valid TOML: {exc}") from None
+        raise Invalid("config", f"{where} is not valid TOML: {exc}") from None
     unknown = sorted(set(data) - set(Settings.model_fields))
     if unknown:
-        raise Invalid("config", f"{path}: unknown setting(s) {', '.join(unknown)}")
+        names = ", ".join(shown(name, 40) for name in unknown[:10])
+        raise Invalid("config", f"{where}: unknown setting(s) {names}")
+    return data

@@ -3,16 +3,27 @@
 from __future__ import annotations
 
 import functools
+import os
+import urllib.parse
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 from sqlalchemy import event
 from sqlalchemy.engine import URL, Connection, make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError
+from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
-from .errors import BackendUnavailable, Invalid, SchemaTooNew
+from . import files
+from .errors import (
+    BackendUnavailable,
+    DatabaseBusy,
+    DatabaseReadOnly,
+    DiskFull,
+    GgnetError,
+    Invalid,
+    SchemaTooNew,
+)
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 
@@ -36,16 +47,46 @@ def _sqlite_begin(conn: Connection) -> None:
     conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
 
+def sqlite_file(url: str | URL) -> Path | None:
+    """The database file of an SQLite URL (None for PostgreSQL and in-memory databases)."""
+    parsed = make_url(url) if isinstance(url, str) else url
+    if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
+        return None
+    if parsed.database.startswith("file:"):
+        return Path(urllib.parse.unquote(parsed.database[5:].partition("?")[0]))
+    return Path(parsed.database)
+
+
+def _prepare_sqlite_file(parsed: URL) -> URL:
+    """Create the database file 0600 (never through a symlink at its name) before SQLite opens it;
+    SQLite gives its -wal and -shm files the database's mode. On a read-only file system the file
+    is opened read-only and immutable (SQLite could not create the -shm file a WAL database needs);
+    reads work, writes say the database is read-only."""
+    path = sqlite_file(parsed)
+    if path is None or parsed.database.startswith("file:"):  # type: ignore[union-attr]
+        return parsed
+    try:
+        if not path.parent.is_dir():
+            files.private_dir(path.parent)
+        fd, _note = files.open_private(path, os.O_RDONLY)
+        os.close(fd)
+        read_only = bool(os.statvfs(path.parent).f_flag & os.ST_RDONLY)
+    except (OSError, GgnetError) as exc:
+        reason = exc.message if isinstance(exc, GgnetError) else (exc.strerror or str(exc)).lower()
+        raise BackendUnavailable(f"cannot open the database file {path}: {reason}") from None
+    if read_only and not os.path.exists(f"{path}-wal"):
+        # immutable is exact here: nothing can change the file through a read-only mount
+        uri = f"file:{urllib.parse.quote(str(path))}"
+        return parsed.set(database=uri, query={"mode": "ro", "immutable": "1", "uri": "true"})
+    return parsed
+
+
 # hide_parameters: a database error's text would otherwise quote the statement's values
 # (password hashes, CHAP secrets) into the log
 def create_engine(url: str) -> AsyncEngine:
     parsed = _supported_url(url)
     if parsed.get_backend_name() == "sqlite":
-        if parsed.database and parsed.database != ":memory:":
-            try:
-                Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise BackendUnavailable(f"cannot create the directory of {parsed.database}: {exc.strerror}") from None
+        parsed = _prepare_sqlite_file(parsed)
         engine = create_async_engine(
             parsed, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}, hide_parameters=True
         )
@@ -94,15 +135,27 @@ class Database:
 
     @asynccontextmanager
     async def session(self) -> AsyncIterator[AsyncSession]:
-        async with self.sessions() as session:
-            yield session
+        try:
+            async with self.sessions() as session:
+                yield session
+        except DBAPIError as exc:
+            raise self.failure(exc) or exc from None
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:
         """A session inside one transaction: committed on success, rolled back on error."""
-        async with self.sessions() as session, session.begin():
-            await session.connection(execution_options={"sqlite_immediate": True})
-            yield session
+        try:
+            async with self.sessions() as session, session.begin():
+                await session.connection(execution_options={"sqlite_immediate": True})
+                yield session
+        except DBAPIError as exc:
+            raise self.failure(exc) or exc from None
+
+    def failure(self, exc: DBAPIError) -> GgnetError | None:
+        """The operating condition behind a database error as a typed error with a sentence
+        (read-only, busy, disk full, cannot open); None for anything else (constraint
+        violations stay as they are: the services turn them into conflicts)."""
+        return database_failure(exc, self.safe_url, sqlite_file(self.url))
 
     async def dispose(self) -> None:
         await self.engine.dispose()
@@ -131,7 +184,17 @@ class Database:
                     await conn.run_sync(_sqlite_foreign_keys, True)
         except (SchemaTooNew, BackendUnavailable):
             raise
-        except (OSError, DBAPIError) as exc:
+        except DBAPIError as exc:
+            known = self.failure(exc)
+            if isinstance(known, (DatabaseBusy, DiskFull)):
+                raise known from None
+            if isinstance(known, DatabaseReadOnly):
+                raise DatabaseReadOnly(
+                    f"the database {self.safe_url} is read-only and its schema is older than this ggnet: "
+                    "upgrade it where it can be written"
+                ) from None
+            raise BackendUnavailable(f"cannot open the database {self.safe_url}: {_reason(exc)}") from None
+        except OSError as exc:
             raise BackendUnavailable(f"cannot open the database {self.safe_url}: {_reason(exc)}") from None
 
     @property
@@ -142,6 +205,38 @@ class Database:
         """Refuse to run against a database whose schema is older or newer than the code."""
         async with self.engine.connect() as conn:
             await conn.run_sync(_check_revision, False)
+
+
+def database_failure(exc: BaseException, where: str, path: Path | None = None) -> GgnetError | None:
+    """See Database.failure; ``where`` names the database, ``path`` is its file (SQLite)."""
+    if isinstance(exc, IntegrityError):
+        return None
+    orig = getattr(exc, "orig", None) or exc
+    name = str(getattr(orig, "sqlite_errorname", "") or "")
+    code = str(getattr(orig, "sqlstate", "") or getattr(orig, "pgcode", "") or "")
+    text = str(orig).lower()
+    if name.startswith("SQLITE_READONLY") or code == "25006" or "readonly database" in text:
+        return DatabaseReadOnly(
+            f"the database {where} is read-only: ggnet can show its data but not change it "
+            "(check the permissions and the file system of the database, or the database server)"
+        )
+    if name.startswith("SQLITE_BUSY") or name == "SQLITE_LOCKED" or code in ("55P03", "40P01", "40001"):
+        wait = f" for over {SQLITE_BUSY_TIMEOUT_MS // 1000} s" if name.startswith("SQLITE_BUSY") else ""
+        return DatabaseBusy(
+            f"the database {where} is busy: another process has held its write lock{wait}; try again"
+            + (f" (fuser {path} names the processes that have it open)" if path else "")
+        )
+    io_failure = name.startswith(("SQLITE_IOERR", "SQLITE_CANTOPEN"))
+    if name == "SQLITE_FULL" or code in ("53100", "53200") or (io_failure and path and files.disk_full(path)):
+        return DiskFull(
+            f"the disk holding the database {where} is full: free space there (for example remove image "
+            "versions no one uses with ggnet image rm) and try again"
+        )
+    if io_failure or name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")):
+        return BackendUnavailable(f"cannot use the database {where}: {_reason(exc)}")
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return BackendUnavailable(f"lost the connection to the database {where}: {_reason(exc)}")
+    return None
 
 
 def _reason(exc: BaseException) -> str:

@@ -378,7 +378,7 @@ async def check_database(settings: Settings) -> tuple[list[Check], set[str] | No
     """The database's checks, and the boot modes of the registered machines (None when it cannot tell)."""
     from sqlalchemy.engine import make_url
 
-    from .db import Database, _reason
+    from .db import SQLITE_BUSY_TIMEOUT_MS, Database, _reason
     from .errors import GgnetError
 
     try:
@@ -419,7 +419,28 @@ async def check_database(settings: Settings) -> tuple[list[Check], set[str] | No
                     f"cannot open {safe}: {_reason(exc)}; check GGNET_DATABASE_URL and that the database server runs",
                 )
             ], None
-        checks = [Check("database", "ok", f"{db.kind} at {safe} answers")]
+        if sqlite_file:
+            database_file = Path(str(url.database))
+            try:
+                lock = await asyncio.to_thread(sqlite_write_lock, database_file)
+            except Exception as exc:  # any driver error is the answer here, not a crash
+                return [Check("database", "fail", f"cannot open {safe}: {_reason(exc)}")], None
+            if lock == "busy":
+                return [
+                    Check(
+                        "database",
+                        "fail",
+                        f"SQLite at {safe} is busy: another process holds its write lock, so changes wait "
+                        f"up to {SQLITE_BUSY_TIMEOUT_MS // 1000} s and then fail; fuser {database_file} names "
+                        "the processes that have it open",
+                    )
+                ], None
+            if lock == "read-only":
+                checks = [Check("database", "warn", f"SQLite at {safe} is read-only: ggnet can show, not change")]
+            else:
+                checks = [Check("database", "ok", f"{db.kind} at {safe} answers and can be written")]
+        else:
+            checks = [Check("database", "ok", f"{db.kind} at {safe} answers")]
         if revision is None:
             checks.append(Check("schema", "fail", "the database is empty: run ggnet init"))
             return checks, None
@@ -447,6 +468,31 @@ async def _boot_modes_in_use(db: Database) -> set[str]:
 
     async with db.session() as session:
         return set((await session.scalars(select(Machine.boot_mode).distinct())).all())
+
+
+def sqlite_write_lock(path: Path, wait: float = 1.0) -> str:
+    """Whether a change could start now: "free", "busy" (another process holds the write lock for
+    longer than ``wait`` seconds) or "read-only". Takes the write lock and gives it back; writes nothing."""
+    import sqlite3
+    import urllib.parse
+
+    if not os.access(path, os.W_OK) or not os.access(path.parent, os.W_OK):
+        return "read-only"
+    uri = f"file:{urllib.parse.quote(str(path))}?mode=rw"
+    connection = sqlite3.connect(uri, uri=True, timeout=wait, isolation_level=None)
+    try:
+        connection.execute("BEGIN IMMEDIATE")
+        connection.execute("ROLLBACK")
+        return "free"
+    except sqlite3.OperationalError as exc:
+        name = str(getattr(exc, "sqlite_errorname", ""))
+        if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
+            return "busy"
+        if name.startswith("SQLITE_READONLY"):
+            return "read-only"
+        raise
+    finally:
+        connection.close()
 
 
 async def run_checks(settings: Settings) -> list[Check]:

@@ -59,3 +59,19 @@ class BackendUnavailable(GgnetError):
 
 class SchemaTooNew(GgnetError):
     pass
+
+
+class DatabaseBusy(BackendUnavailable):
+    """Another process holds the database's write lock for longer than ggnet waits."""
+
+
+class DatabaseReadOnly(BackendUnavailable):
+    """The database can be read but not changed (file or file system read-only, read-only server)."""
+
+
+class DiskFull(GgnetError):
+    """A write failed because the file system is full: the disk's fault, not the input's."""
+
+
+class UnsafePath(GgnetError):
+    """A path that would leave its directory, or a file that is not what ggnet may open."""

@@ -1,21 +1,97 @@
-"""structlog to a JSON-lines file. The terminal belongs to the TUI, so nothing is printed."""
+"""structlog to a JSON-lines file. The terminal belongs to the TUI, so nothing is printed.
+
+The file is created 0600 (it names users, machines and addresses), never through a symlink at its
+name, and an existing one that others could read is tightened (and the log says so). When logrotate
+renames it away, the next line goes to a new file, created 0600 (like logging.WatchedFileHandler).
+A line that cannot be written (the disk is full) is dropped: logging never stops a command.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import re
-import sys
+import threading
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 
 import structlog
+
+from .errors import GgnetError, Invalid
+from .files import open_private, private_dir
+from .validation import shown
 
 # keys whose values never reach the log, whatever the caller passes
 _SECRET_KEY = re.compile(r"pass(word)?|secret|chap|token|hash", re.IGNORECASE)
 REDACTED = "***"
 
-_log_stream: TextIO | None = None
+
+class WatchedLogFile:
+    """A log file opened for appending that follows rotation: before each line it checks that the
+    name still leads to the open file, and reopens (creating it 0600) when it does not."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        self.notes: list[str] = []
+        self._fd = self._open()
+
+    def _open(self) -> int:
+        if not self.path.parent.is_dir():
+            private_dir(self.path.parent)
+        fd, note = open_private(self.path, os.O_WRONLY | os.O_APPEND)
+        if note:
+            self.notes.append(note)
+        return fd
+
+    def _rotated(self) -> bool:
+        try:
+            on_disk = os.stat(self.path, follow_symlinks=False)
+        except OSError:
+            return True
+        mine = os.fstat(self._fd)
+        return (on_disk.st_dev, on_disk.st_ino) != (mine.st_dev, mine.st_ino)
+
+    def write(self, text: str) -> int:
+        data = text.encode("utf-8", "backslashreplace")
+        with self._lock:
+            try:
+                if self._fd < 0 or self._rotated():
+                    self._reopen()
+                os.write(self._fd, data)
+            except Exception:
+                pass  # full disk, removed directory, ...: drop the line, never stop the command
+        return len(text)
+
+    def _reopen(self) -> None:
+        old, self._fd = self._fd, -1
+        if old >= 0:
+            os.close(old)
+        self._fd = self._open()
+
+    def flush(self) -> None:
+        pass  # every write goes straight to the file
+
+    def close(self) -> None:
+        with self._lock:
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
+
+
+class _Nowhere:
+    def write(self, text: str) -> int:
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+_log_stream: WatchedLogFile | _Nowhere | None = None
 
 
 def redact(value: Any, key: str = "") -> Any:
@@ -43,19 +119,20 @@ class _JsonFormatter(logging.Formatter):
 def configure_logging(log_file: Path | None, level: str = "INFO") -> None:
     """Send structlog (and stdlib logging) to ``log_file`` as JSON lines; nowhere if None."""
     global _log_stream
-    if _log_stream is not None and _log_stream not in (sys.stdout, sys.stderr):
+    if _log_stream is not None:
         _log_stream.close()
     if log_file is None:
-        _log_stream = open("/dev/null", "a")  # noqa: SIM115 - lives as long as the process logs
+        _log_stream = _Nowhere()
     else:
         try:
-            log_file.parent.mkdir(parents=True, exist_ok=True)
-            _log_stream = open(log_file, "a", encoding="utf-8", buffering=1)  # noqa: SIM115
-        except OSError as exc:
-            from .errors import Invalid
-
+            _log_stream = WatchedLogFile(log_file)
+        except GgnetError as exc:
             _log_stream = None
-            raise Invalid("log_file", f"cannot write {log_file}: {exc.strerror}") from None
+            raise Invalid("log_file", exc.message) from None
+        except OSError as exc:
+            _log_stream = None
+            reason = (exc.strerror or str(exc)).lower()
+            raise Invalid("log_file", f"cannot write {shown(str(log_file), 300)}: {reason}") from None
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -66,7 +143,7 @@ def configure_logging(log_file: Path | None, level: str = "INFO") -> None:
             structlog.processors.JSONRenderer(default=str),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level)),
-        logger_factory=structlog.WriteLoggerFactory(file=_log_stream),
+        logger_factory=structlog.WriteLoggerFactory(file=cast(TextIO, _log_stream)),  # write/flush is all it uses
         cache_logger_on_first_use=False,
     )
     # libraries that use stdlib logging (alembic, asyncio) go to the same file, never the terminal
@@ -77,6 +154,10 @@ def configure_logging(log_file: Path | None, level: str = "INFO") -> None:
     handler.setFormatter(_JsonFormatter())
     root.addHandler(handler)
     root.setLevel(logging.WARNING)
+    if isinstance(_log_stream, WatchedLogFile):
+        for note in _log_stream.notes:
+            structlog.get_logger("ggnet").warning("file mode tightened", detail=note)
+        _log_stream.notes.clear()
 
 
 def get_logger(name: str = "ggnet") -> Any:

@@ -359,3 +359,153 @@ def test_local_recovery_is_refused_to_anyone_but_root(monkeypatch: pytest.Monkey
     monkeypatch.setattr(os, "geteuid", lambda: 1000)  # the OS identity is the boundary here
     with pytest.raises(PermissionDenied, match="needs root"):
         local_recovery_actor()
+
+
+# --- operating conditions: each one `error: <sentence>` (or success), never "unexpected" ---------------
+
+
+def test_a_closed_stdout_ends_quietly(site: dict[str, str]) -> None:
+    """`ggnet machine list | head -3`: the reader goes away; no traceback, no "unexpected"."""
+    proc = subprocess.Popen(
+        [ggnet_executable(), "machine", "list"],
+        env={**site, "GGNET_USER": "admin", "GGNET_PASSWORD": ADMIN_PW},
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # before ggnet writes anything (it logs in first)
+    stderr = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 1
+    assert stderr == ""
+
+
+def _mount_tmpfs(path: Path, size: str = "64m") -> None:
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    path.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], check=True, timeout=30)
+
+
+@pytest.fixture
+def mounts(tmp_path: Path) -> Iterator[list[Path]]:
+    mounted: list[Path] = []
+    yield mounted
+    for path in reversed(mounted):
+        subprocess.run(["umount", "-l", str(path)], check=False, timeout=30)
+
+
+READONLY_WORDS = "attempt to write a readonly database"
+
+
+def test_a_database_on_a_read_only_file_system_can_be_read(
+    site: dict[str, str], tmp_path: Path, mounts: list[Path]
+) -> None:
+    ro = tmp_path / "ro"
+    _mount_tmpfs(ro)
+    mounts.append(ro)
+    subprocess.run(["cp", "-a", site["GGNET_DATA_DIR"], str(ro / "data")], check=True)
+    subprocess.run(["mount", "-o", "remount,ro", str(ro)], check=True, timeout=30)
+    env = {**site, "GGNET_DATA_DIR": str(ro / "data"), "GGNET_LOG_FILE": str(tmp_path / "ggnet.log")}
+    assert "pc01" in ok(as_admin(["machine", "list"], env)).stdout
+    assert "auth.login" in ok(as_admin(["audit", "list"], env)).stdout
+    line = one_error(as_admin(["machine", "add", "pc02", "--mac", "52:54:00:00:00:02"], env), "is read-only")
+    assert READONLY_WORDS not in line
+    doctor = run_ggnet(["doctor"], env).stdout
+    assert "is read-only" in next(row for row in doctor.splitlines() if " database " in row)
+    assert "login not recorded" in (tmp_path / "ggnet.log").read_text()
+
+
+def test_a_read_only_database_file_of_an_unprivileged_user_can_be_read(site: dict[str, str]) -> None:
+    """What an operator without root sees when the database file is 0400: reads work, writes say why."""
+    import shutil
+    import tempfile
+
+    if os.geteuid() != 0:
+        pytest.skip("running ggnet as another user needs root")
+    base = Path(tempfile.mkdtemp(prefix="ggnet-ro-", dir="/tmp"))  # pytest's tmp is 0700: out of reach
+    try:
+        shutil.copytree(site["GGNET_DATA_DIR"], base / "data")
+        (base / "home").mkdir()
+        for path in (base, base / "home", base / "data", *(base / "data").iterdir()):
+            os.chown(path, 65534, 65534)
+        (base / "data" / "ggnet.db").chmod(0o400)
+        env = {
+            **ggnet_env(base),
+            "XDG_CONFIG_HOME": str(base / "home"),
+            "XDG_DATA_HOME": str(base / "home"),
+            "GGNET_USER": "admin",
+            "GGNET_PASSWORD": ADMIN_PW,
+        }
+        as_nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", ggnet_executable()]
+
+        def run(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run([*as_nobody, *args], env=env, capture_output=True, text=True, timeout=60)
+
+        assert "pc01" in ok(run("machine", "show", "pc01")).stdout
+        line = one_error(run("machine", "rm", "pc01"), "is read-only: ggnet can show its data but not change it")
+        assert READONLY_WORDS not in line
+        assert "is read-only" in run("doctor").stdout
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_a_read_only_postgresql_database_can_be_read(tmp_path: Path, pg_url: str) -> None:
+    env = ggnet_env(tmp_path, GGNET_DATABASE_URL=pg_url)
+    ok(run_ggnet(["init", "--admin", "admin"], env, GGNET_NEW_PASSWORD=ADMIN_PW))
+    ok(as_admin(["machine", "add", "pc01", "--mac", "52:54:00:00:00:01"], env))
+    import asyncio
+
+    name = pg_url.rpartition("/")[2]
+    asyncio.run(_pg_admin(f'ALTER DATABASE "{name}" SET default_transaction_read_only = on'))
+    assert "pc01" in ok(as_admin(["machine", "list"], env)).stdout
+    line = one_error(as_admin(["machine", "rm", "pc01"], env), "is read-only")
+    assert "unexpected" not in line
+
+
+def test_a_locked_database_reads_and_says_busy(site: dict[str, str]) -> None:
+    """Another process holds SQLite's write lock: reads still work (after the login's wait), a change
+    says the database is busy, and the doctor does not say it "answers"."""
+    holder = sqlite3.connect(Path(site["GGNET_DATA_DIR"]) / "ggnet.db", isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")
+        doctor = run_ggnet(["doctor"], site).stdout
+        row = next(line for line in doctor.splitlines() if " database " in line)
+        assert "is busy: another process holds its write lock" in row and "answers" not in row
+        assert "pc01" in ok(as_admin(["machine", "list"], site)).stdout
+        local = run_ggnet(["user", "enable", "admin", "--local"], site)  # root, no login: straight to the write
+        one_error(local, "is busy: another process has held its write lock for over 10 s; try again")
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+
+
+def _fill(directory: Path, name: str) -> None:
+    """Write zeros until the file system says it is full."""
+    with open(directory / name, "ab", buffering=0) as handle:
+        for size in (1 << 20, 4096):
+            try:
+                while True:
+                    handle.write(b"\0" * size)
+            except OSError:
+                pass
+
+
+def test_a_full_disk_still_runs_the_commands_that_free_space(tmp_path: Path, mounts: list[Path]) -> None:
+    disk = tmp_path / "disk"
+    _mount_tmpfs(disk, "48m")
+    mounts.append(disk)
+    env = ggnet_env(disk)  # data directory, database and log on the small file system
+    ok(run_ggnet(["init", "--admin", "admin"], env, GGNET_NEW_PASSWORD=ADMIN_PW))
+    source = tmp_path / "disk.raw"
+    source.write_bytes(os.urandom(12 << 20))
+    ok(as_admin(["image", "import", str(source), "--name", "old"], env))
+    _fill(disk, "fill")
+    assert ok(as_admin(["machine", "list"], env)).stdout.strip() == "(none)"
+    ok(as_admin(["image", "rm", "old"], env))  # frees 12 MiB
+    assert not any((disk / "data" / "images").iterdir())
+    _fill(disk, "fill-again")
+    line = one_error(as_admin(["machine", "add", "pc01", "--mac", "52:54:00:00:00:01"], env), "is full")
+    assert "unexpected" not in line and "mac" not in line
+    log = (disk / "data" / "ggnet.log").read_text()
+    assert "released its 8 MiB reserve" in log

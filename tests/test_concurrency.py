@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,8 +15,8 @@ from sqlalchemy import func, select
 from core.auth import Actor
 from core.context import Core
 from core.db import Database, head_revision
-from core.errors import Conflict, PermissionDenied, StaleEdit
-from core.models import Machine, Role, User
+from core.errors import AccountLocked, AuthenticationFailed, Conflict, PermissionDenied, StaleEdit
+from core.models import AuditEvent, Machine, Role, User, utcnow
 from core.services import machines, users
 
 from .conftest import PASSWORD, make_user
@@ -177,3 +178,125 @@ async def test_import_racing_an_uncommitted_clash_imports_nothing(core: Core, ot
     with pytest.raises((Conflict, CsvRowError)):
         await importing
     assert [m.name for m in await machines.list_machines(core, admin)] == ["first"]
+
+
+# --- one user, many commands at once ----------------------------------------------------------
+
+
+async def test_twenty_commands_of_one_user_at_once_all_succeed(core: Core, admin: Actor, tmp_path: Path) -> None:
+    """Twenty scripts and consoles of one user: every login updates the same row. None may fail
+    (PostgreSQL used to answer 11 of 12 with "unexpected StaleDataError")."""
+    from .cli import ggnet_env, ggnet_executable
+
+    await make_user(core, "oscar", Role.OPERATOR)
+    await machines.add_machine(core, admin, name="pc01", mac="52:54:00:12:34:56")
+    env = {
+        **ggnet_env(tmp_path),
+        "GGNET_DATABASE_URL": core.settings.database_url,
+        "GGNET_USER": "oscar",
+        "GGNET_PASSWORD": PASSWORD,
+    }
+    procs = [
+        await asyncio.create_subprocess_exec(
+            ggnet_executable(),
+            "machine",
+            "list",
+            env=env,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        for _ in range(20)
+    ]
+    results = await asyncio.gather(*(p.communicate() for p in procs))
+    failures = [(p.returncode, err.decode()) for p, (_out, err) in zip(procs, results, strict=True) if p.returncode]
+    assert failures == []
+    assert all(b"pc01" in out for out, _err in results)
+    async with core.db.session() as session:
+        logins = (
+            await session.execute(
+                select(func.count())
+                .select_from(AuditEvent)
+                .where(AuditEvent.action == "auth.login", AuditEvent.actor == "oscar", AuditEvent.outcome == "ok")
+            )
+        ).scalar_one()
+        oscar = (await session.execute(select(User).where(User.username == "oscar"))).scalar_one()
+    assert logins == 21  # make_user's own login and the twenty
+    assert oscar.row_version == 1  # logging in is not an edit of the account
+
+
+async def _guess_at_once(consoles: list[Core], name: str, count: int) -> list[Any]:
+    return await asyncio.gather(
+        *(users.login(consoles[i % len(consoles)], name, f"wrong-guess-{i}") for i in range(count)),
+        return_exceptions=True,
+    )
+
+
+async def test_ninety_wrong_guesses_at_once_are_all_counted_and_audited(
+    core: Core, admin: Actor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from core import auth
+
+    # throttling off for this test: each guess must then be counted (none may be lost)
+    monkeypatch.setattr(auth, "FREE_FAILURES", 1000)
+    monkeypatch.setattr(auth, "LOCK_AFTER", 1000)
+    consoles = [core, *(Core.open(core.settings) for _ in range(5))]
+    try:
+        results = await _guess_at_once(consoles, "root-admin", 90)
+    finally:
+        for console in consoles[1:]:
+            await console.close()
+    assert all(isinstance(r, AuthenticationFailed) and r.message == users.BAD_CREDENTIALS for r in results), results
+    async with core.db.session() as session:
+        row = (await session.execute(select(User).where(User.username == "root-admin"))).scalar_one()
+        failed = (
+            await session.execute(
+                select(func.count())
+                .select_from(AuditEvent)
+                .where(AuditEvent.action == "auth.login", AuditEvent.outcome == "failed")
+            )
+        ).scalar_one()
+    assert (row.failed_logins, failed, row.row_version) == (90, 90, 1)
+
+
+async def test_a_burst_of_guesses_locks_the_account_and_loses_no_event(core: Core, admin: Actor) -> None:
+    """With the real throttle: every attempt is audited (failed or refused), the counter equals the
+    failures audited, the account ends locked, and a right password in the burst does not get in."""
+    from core import auth
+
+    consoles = [core, *(Core.open(core.settings) for _ in range(5))]
+    try:
+        results = await _guess_at_once(consoles, "root-admin", 60)
+        late = await asyncio.gather(users.login(core, "root-admin", PASSWORD), return_exceptions=True)
+    finally:
+        for console in consoles[1:]:
+            await console.close()
+    assert all(isinstance(r, AuthenticationFailed) for r in results)
+    assert isinstance(late[0], AccountLocked)
+    async with core.db.session() as session:
+        row = (await session.execute(select(User).where(User.username == "root-admin"))).scalar_one()
+        outcomes = (
+            await session.execute(
+                select(AuditEvent.outcome, func.count())
+                .where(AuditEvent.action == "auth.login", AuditEvent.id > 2)
+                .group_by(AuditEvent.outcome)
+            )
+        ).all()
+    counted = dict(outcomes)
+    assert counted.get("failed", 0) + counted.get("denied", 0) == 61
+    assert row.failed_logins == counted["failed"] >= auth.FREE_FAILURES
+    assert row.locked_until is not None or auth.throttle_wait(row.failed_logins, row.last_failed_at, utcnow()) > 0
+
+
+async def test_a_login_never_conflicts_with_an_admins_edit(core: Core, other: Core, admin: Actor) -> None:
+    """Logging in writes the counters without touching row_version: an admin's form opened before
+    stays valid, and both land."""
+    oscar = await make_user(core, "oscar", Role.OPERATOR)
+    seen = (await users.get_user(core, admin, "oscar")).row_version
+    for _ in range(2):  # within the free failures: no wait before the right password
+        with pytest.raises(AuthenticationFailed):
+            await users.login(other, "oscar", "not-the-password")
+    await users.login(other, "oscar", PASSWORD)
+    changed = await users.set_role(core, admin, "oscar", "viewer", expected_version=seen)
+    assert (changed.role, changed.row_version) == ("viewer", seen + 1)
+    assert oscar.user_id is not None

@@ -135,5 +135,5 @@ def test_unwritable_places_are_clear_errors(tmp_path: Path) -> None:
     blocker.write_text("")
     with pytest.raises(Invalid, match="log_file: cannot write"):
         configure_logging(blocker / "ggnet.log")
-    with pytest.raises(BackendUnavailable, match="cannot create the directory"):
+    with pytest.raises(BackendUnavailable, match="cannot open the database file .*: not a directory"):
         Database(f"sqlite+aiosqlite:///{blocker / 'sub' / 'ggnet.db'}")

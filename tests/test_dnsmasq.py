@@ -120,13 +120,27 @@ def test_unsafe_options_are_refused(change: dict[str, object], field: str) -> No
         Host("pc01#", "52:54:00:aa:00:01", None),
         Host("pc01", "52:54:00:aa:00:01,192.168.1.9", None),
         Host("pc01", "52:54:00:aa:00:01", "192.168.1.21\nport=53"),
-        Host("pc01", "52:54:00:aa:00:01", "10.0.0.5"),  # outside the subnet: the reservation would never apply
         Host("pc01", "52:54:00:aa:00:01", None, "uefi,set:x"),
     ],
 )
 def test_unsafe_hosts_are_refused(host: Host) -> None:
     with pytest.raises(Invalid):
         dnsmasq.render(full_options(), [host])
+
+
+def test_full_mode_leaves_out_a_machine_outside_the_subnet_and_names_it() -> None:
+    """Its reservation could never apply; the other machines must still get theirs."""
+    outside = Host("pc09", "52:54:00:aa:00:09", "10.0.0.5")
+    rendered = dnsmasq.render_config(full_options(), [*HOSTS, outside])
+    assert rendered.machines == len(HOSTS)
+    assert rendered.skipped == [
+        "machine pc09 left out: its IP 10.0.0.5 is outside the subnet 192.168.1.0/24; "
+        "change the machine's IP or the --subnet"
+    ]
+    assert "dhcp-host=52:54:00:aa:00:01,192.168.1.21,pc01" in rendered.text.splitlines()
+    assert not [line for line in rendered.text.splitlines() if "52:54:00:aa:00:09" in line]
+    assert f"# {rendered.skipped[0]}" in rendered.text.splitlines()
+    assert dnsmasq.render_config(options("proxy"), [outside]).skipped == []  # proxy mode gives no addresses
 
 
 # --- the service and the command ----------------------------------------------------------
@@ -142,6 +156,7 @@ async def test_write_dnsmasq_config_from_the_database(
     core: Core, admin: Actor, operator: Actor, tmp_path: Path
 ) -> None:
     await _machines(core, admin)
+    (tmp_path / "etc").mkdir()
     out = tmp_path / "etc" / "ggnet-dnsmasq.conf"
     written = await boot.write_dnsmasq_config(core, operator, out, mode="full", subnet="192.168.1.0/24")
     assert written.tested and written.machines == 2
@@ -157,7 +172,7 @@ async def test_write_dnsmasq_config_from_the_database(
 
 async def test_viewer_may_print_but_not_write(core: Core, admin: Actor, viewer: Actor, tmp_path: Path) -> None:
     await _machines(core, admin)
-    text = await boot.dnsmasq_config(core, viewer, mode="proxy", subnet="192.168.1.0/24")
+    text = (await boot.dnsmasq_config(core, viewer, mode="proxy", subnet="192.168.1.0/24")).text
     assert "dhcp-host=52:54:00:aa:00:02,set:ggnet-secure" in text
     with pytest.raises(PermissionDenied):
         await boot.write_dnsmasq_config(core, viewer, tmp_path / "x.conf", mode="proxy", subnet="192.168.1.0/24")

@@ -93,7 +93,8 @@ async def test_unknown_user_costs_a_real_bcrypt_check(
         await users.login(core, "root-admin", "x" * 100)
     assert len(spy.checked) == 1
     failed = [e for e in await _events(core, "auth.login") if e.outcome == "failed"]
-    assert [e.object_name for e in failed] == ["nobody", "nobody", "nobody", "root-admin"]
+    unknown = users.unknown_user_label(core, "nobody")  # never the typed name: it may be a password
+    assert [e.object_name for e in failed] == [unknown, unknown, unknown, "root-admin"]
 
 
 async def test_repeated_failures_are_throttled(core: Core, admin: Actor) -> None:
@@ -252,3 +253,34 @@ async def test_login_with_impossible_names_is_a_plain_failure(core: Core, admin:
     assert caught.value.message == users.BAD_CREDENTIALS
     last = (await _events(core, "auth.login"))[-1]
     assert last.outcome == "failed" and len(last.object_name) <= 64 and "\x00" not in last.object_name
+
+
+async def test_an_unknown_name_reaches_audit_and_log_only_as_a_keyed_hash(core: Core, admin: Actor) -> None:
+    """Keys arriving in a burst can put the password into the user field: a name that matches no
+    account is never stored as typed (viewers read the audit trail)."""
+    import os
+    import stat
+
+    from core import files
+
+    files.private_dir(core.settings.data_dir)
+    typed = "Correct-Horse-Battery-9"
+    with pytest.raises(AuthenticationFailed):
+        await users.login(core, typed, "whatever-it-was")
+    label = users.unknown_user_label(core, typed.lower())
+    assert label.startswith("unknown user #") and len(label) == len("unknown user #") + 12
+    events = await _events(core, "auth.login")
+    assert (events[-1].actor, events[-1].object_name, events[-1].outcome) == (label, label, "failed")
+    stored = repr([(e.actor, e.object_name, e.detail, e.before, e.after) for e in events])
+    assert typed.lower() not in stored.lower()
+    assert core.settings.log_file is not None and typed.lower() not in core.settings.log_file.read_text().lower()
+    # the same name gets the same label (repeated attempts stay visible), another name another one;
+    # the key lives 0600 in the data directory, so every console labels alike
+    assert users.unknown_user_label(core, "someone-else") != label
+    second = Core.open(core.settings)
+    try:
+        assert users.unknown_user_label(second, typed.lower()) == label
+    finally:
+        await second.close()
+    key = core.settings.data_dir / users.NAME_KEY_FILE
+    assert stat.S_IMODE(os.stat(key).st_mode) == 0o600

@@ -49,9 +49,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..errors import Invalid
+from ..files import write_output
 from ..models import BootMode
 from ..validation import normalize_mac, normalize_machine_name
-from .ipxe import BOOT_SCRIPT, write_atomic
+from .ipxe import BOOT_SCRIPT
 
 BIOS_BINARY = "undionly.kpxe"
 UEFI_BINARIES = {"ipxe.efi": "ipxe-shim.efi", "snponly.efi": "snponly-shim.efi"}  # binary -> its signed shim
@@ -172,7 +173,8 @@ def parse_options(
     )
 
 
-def _check_host(host: Host, options: Options) -> tuple[str, str, str | None, str]:
+def _check_host(host: Host, options: Options) -> tuple[str, str, str | None, str] | str:
+    """The host's checked fields, or (full mode) a sentence saying why it is left out."""
     try:
         name = normalize_machine_name(host.name)
         mac = normalize_mac(host.mac)
@@ -189,17 +191,32 @@ def _check_host(host: Host, options: Options) -> tuple[str, str, str | None, str
             address not in options.subnet
             or address in (options.subnet.network_address, options.subnet.broadcast_address)
         ):
-            raise Invalid(
-                f"machine {name}",
-                f"IP {address} is outside the subnet {options.subnet}; change the machine's IP or the --subnet",
+            # its reservation could never apply; the other machines must still boot
+            return (
+                f"machine {name} left out: its IP {address} is outside the subnet {options.subnet}; "
+                "change the machine's IP or the --subnet"
             )
         ip = str(address)
     return name, mac, ip, host.boot_mode
 
 
+@dataclass(frozen=True)
+class Rendered:
+    text: str
+    machines: int  # machines in the file
+    skipped: list[str]  # one sentence per machine left out, naming it
+
+
 def render(options: Options, hosts: list[Host]) -> str:
     """The whole configuration file; deterministic for the same inputs."""
-    checked = [_check_host(h, options) for h in hosts]
+    return render_config(options, hosts).text
+
+
+def render_config(options: Options, hosts: list[Host]) -> Rendered:
+    """The configuration and the machines left out of it (full mode: IP outside the subnet)."""
+    results = [_check_host(h, options) for h in hosts]
+    checked = [r for r in results if not isinstance(r, str)]
+    skipped = [r for r in results if isinstance(r, str)]
     uefi = options.uefi_binary
     shim = UEFI_BINARIES[uefi]
     net = options.subnet
@@ -292,13 +309,14 @@ def render(options: Options, hosts: list[Host]) -> str:
             continue  # proxy mode: only Secure Boot machines need a line (for their tag)
         lines.append(f"dhcp-host={','.join(fields)}")
     out += lines or ["# (none)"]
+    out += [f"# {reason}" for reason in skipped]  # names are checked: safe in a comment
     out.append("")
-    return "\n".join(out)
+    return Rendered("\n".join(out), len(checked), skipped)
 
 
 def write_config(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, text, CONFIG_MODE)
+    """Atomically; ``path`` must be a regular file or a new name in an existing directory."""
+    write_output(path, text, mode=CONFIG_MODE)
 
 
 async def test_config(text: str) -> bool:

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import Invalid
-from ..files import fsync_dir
+from ..files import fsync_dir, open_private, public_dir
 from ..validation import (
     mac_hyphens,
     normalize_iqn,
@@ -334,8 +334,9 @@ def sync_tftp_root(root: Path, files: dict[str, str]) -> SyncResult:
     interleave. Files that are not ggnet's are never touched.
     """
     result = SyncResult()
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / _LOCK_NAME, "a") as lock:
+    public_dir(root)
+    lock_fd, _note = open_private(root / _LOCK_NAME)  # 0600: dnsmasq serves only world-readable files
+    with os.fdopen(lock_fd, "r+b") as lock:
         fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
         # under the lock no other ggnet is writing: a temporary file now is a crashed run's leftover
         for leftover in root.glob(f"{_TMP_PREFIX}*.tmp"):

@@ -14,6 +14,7 @@ from .base import reading
 from .views import AuditView
 
 MAX_PAGE = 1000
+MAX_OFFSET = 2**63 - 1  # the largest row offset SQLite and PostgreSQL take
 
 
 async def list_events(
@@ -33,8 +34,8 @@ async def list_events(
     """Newest first. Returns one page and the total number of matching events."""
     if not 1 <= limit <= MAX_PAGE:
         raise Invalid("limit", f"must be between 1 and {MAX_PAGE}")
-    if offset < 0:
-        raise Invalid("offset", "must not be negative")
+    if not 0 <= offset <= MAX_OFFSET:
+        raise Invalid("offset", f"must be between 0 and {MAX_OFFSET}")
     for field, value in (("actor", actor_name), ("action", action), ("object", object_name), ("outcome", outcome)):
         if value is not None and "\x00" in value:
             raise Invalid(field, "must not contain a NUL character")

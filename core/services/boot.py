@@ -17,9 +17,8 @@ from ..auth import Actor, Permission
 from ..boot import dnsmasq
 from ..config import Settings
 from ..context import Core
-from ..errors import Invalid
 from ..models import Machine
-from .base import operation, reading
+from .base import operation, reading, require
 
 
 def tftp_root(settings: Settings) -> Path:
@@ -37,12 +36,12 @@ async def _hosts(session: AsyncSession) -> list[dnsmasq.Host]:
     return [dnsmasq.Host(name=r.name, mac=r.mac, ip=r.ip, boot_mode=r.boot_mode) for r in rows]
 
 
-async def dnsmasq_config(core: Core, actor: Actor, **options: object) -> str:
-    """The dnsmasq configuration for the registered machines (read-only)."""
+async def dnsmasq_config(core: Core, actor: Actor, **options: object) -> dnsmasq.Rendered:
+    """The dnsmasq configuration for the registered machines (read-only), and the machines left out."""
     opts = dnsmasq.parse_options(tftp_root=tftp_root(core.settings), **options)
     async with reading(core, actor) as session:
         hosts = await _hosts(session)
-    return dnsmasq.render(opts, hosts)
+    return dnsmasq.render_config(opts, hosts)
 
 
 @dataclass(frozen=True)
@@ -50,24 +49,26 @@ class DnsmasqWritten:
     path: str
     machines: int
     tested: bool  # checked with ``dnsmasq --test`` (False when dnsmasq is not installed here)
+    skipped: tuple[str, ...] = ()  # one sentence per machine left out, naming it
 
 
 async def write_dnsmasq_config(core: Core, actor: Actor, output: Path, **options: object) -> DnsmasqWritten:
-    """Write the configuration to ``output`` (atomically), after ``dnsmasq --test`` accepted it."""
+    """Write the configuration to ``output`` (atomically; a regular file or a new name in an existing
+    directory), after ``dnsmasq --test`` accepted it. No transaction stays open meanwhile."""
     opts = dnsmasq.parse_options(tftp_root=tftp_root(core.settings), **options)
+    await require(core, actor, Permission.MANAGE_SESSIONS, "boot.dnsmasq")
+    async with reading(core, actor, Permission.MANAGE_SESSIONS) as session:
+        hosts = await _hosts(session)
+    rendered = dnsmasq.render_config(opts, hosts)
+    tested = await dnsmasq.test_config(rendered.text)
+    await asyncio.to_thread(dnsmasq.write_config, Path(output), rendered.text)
     async with operation(core, actor, Permission.MANAGE_SESSIONS, "boot.dnsmasq") as op:
-        hosts = await _hosts(op.session)
-        text = dnsmasq.render(opts, hosts)
-        tested = await dnsmasq.test_config(text)
-        try:
-            await asyncio.to_thread(dnsmasq.write_config, Path(output), text)
-        except OSError as exc:
-            raise Invalid("output", f"cannot write {output}: {exc.strerror or exc}") from None
         op.audit(
             "boot",
             None,
             str(output),
-            after={"mode": opts.mode, "machines": len(hosts)},
-            detail=f"dnsmasq configuration ({opts.mode} mode) for {len(hosts)} machines",
+            after={"mode": opts.mode, "machines": rendered.machines, "skipped": rendered.skipped},
+            detail=f"dnsmasq configuration ({opts.mode} mode) for {rendered.machines} machines"
+            + (f", {len(rendered.skipped)} left out" if rendered.skipped else ""),
         )
-        return DnsmasqWritten(str(output), len(hosts), tested)
+    return DnsmasqWritten(str(output), rendered.machines, tested, tuple(rendered.skipped))

@@ -6,8 +6,10 @@ import csv
 import io
 import secrets
 import string
-from typing import Any
+from pathlib import Path
+from typing import Annotated, Any
 
+from pydantic import BeforeValidator
 from sqlalchemy import Select, func, insert, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -32,15 +34,24 @@ from .base import Operation, check_version, may, operation, reading, snapshot
 from .views import MachineView
 
 CSV_MAX_ROWS = 10_000
+CSV_MAX_BYTES = 4 << 20  # 10,000 rows of name,mac,ip,boot_mode take under 1 MiB
 CSV_COLUMNS = ("name", "mac", "ip", "boot_mode")
 _SECRET_ALPHABET = string.ascii_letters + string.digits
+
+
+def _boot_mode(value: Any) -> Any:
+    """Boot modes are case-insensitive everywhere (forms, the CLI, CSV files)."""
+    return value.strip().lower() if isinstance(value, str) else value
+
+
+BootModeInput = Annotated[BootMode, BeforeValidator(_boot_mode)]
 
 
 class MachineInput(StrictInput):
     name: MachineName
     mac: MacAddress
     ip: IPv4Host | None = None
-    boot_mode: BootMode = BootMode.BIOS
+    boot_mode: BootModeInput = BootMode.BIOS
     initiator_iqn: Iqn | None = None
     notes: Notes = ""
 
@@ -49,7 +60,7 @@ class MachineChanges(StrictInput):
     name: MachineName | None = None
     mac: MacAddress | None = None
     ip: IPv4Host | None = None
-    boot_mode: BootMode | None = None
+    boot_mode: BootModeInput | None = None
     initiator_iqn: Iqn | None = None
     boot_enabled: bool | None = None
     # fresh: a new disk at every boot; keep: the same one (--keep-writeback); maintenance: see services/boots
@@ -387,6 +398,7 @@ def parse_csv(text: str) -> tuple[CsvRows, list[tuple[int, str]]]:
     rows: CsvRows = []
     errors: list[tuple[int, str]] = []
     header: list[str] | None = None
+    header_line = 1
     seen: dict[str, dict[str, int]] = {"name": {}, "mac": {}, "ip": {}}
     try:
         for record in reader:
@@ -394,15 +406,19 @@ def parse_csv(text: str) -> tuple[CsvRows, list[tuple[int, str]]]:
             if not record or all(not cell.strip() for cell in record):
                 continue
             if header is None:
+                header_line = line
                 header = [cell.strip().lower().replace("-", "_") for cell in record]
                 unknown = [h for h in header if h not in CSV_COLUMNS]
                 missing = [h for h in ("name", "mac") if h not in header]
                 if unknown or missing or len(set(header)) != len(header):
+                    # the cells are not quoted back: the "CSV" may be any file (even /proc/self/environ)
+                    where = [str(i + 1) for i, h in enumerate(header) if h not in CSV_COLUMNS]
+                    found = f"; column {', '.join(where)} is not one of them" if where else ""
                     errors.append(
                         (
                             line,
                             f"header must name the columns {', '.join(CSV_COLUMNS)} "
-                            f"(name and mac required, each once); got {shown(', '.join(record), 200)}",
+                            f"(name and mac required, each once){found}",
                         )
                     )
                     return rows, errors
@@ -436,7 +452,17 @@ def parse_csv(text: str) -> tuple[CsvRows, list[tuple[int, str]]]:
         errors.append((reader.line_num, f"is not valid CSV: {exc}"))
     if header is None:
         errors.append((1, "the file is empty; it needs a header line such as name,mac,ip,boot_mode"))
+    elif not rows and not errors:
+        errors.append((header_line, "the file has a header but no machines"))
     return rows, errors
+
+
+def read_csv_file(path: Path) -> str:
+    """A CSV file a user named, read with the untrusted-input opener (a regular file, capped).
+    Blocking: call it from a thread in an event loop."""
+    from ..files import read_input_text
+
+    return read_input_text(path, field="file", limit=CSV_MAX_BYTES)
 
 
 async def _db_clashes(session: AsyncSession, rows: CsvRows) -> list[tuple[int, str]]:

@@ -3,16 +3,31 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
+import hashlib
+import hmac
+import secrets
+from datetime import datetime, timedelta
+from typing import Any, cast
 
 import structlog
-from sqlalchemy import func, select, text
+from sqlalchemy import Table, case, func, literal, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from .. import auth
+from .. import auth, files
 from ..auth import Actor, Permission
 from ..context import Core
-from ..errors import AccountLocked, AuthenticationFailed, Conflict, Invalid, NotFound
+from ..errors import (
+    AccountLocked,
+    AuthenticationFailed,
+    Conflict,
+    DatabaseBusy,
+    DatabaseReadOnly,
+    DiskFull,
+    GgnetError,
+    Invalid,
+    NotFound,
+)
+from ..log import get_logger
 from ..models import Outcome, Role, User, utcnow
 from ..validation import Password, StrictInput, Username, lookup_key, normalize_username, parse, shown
 from .base import Operation, check_version, operation, reading, snapshot
@@ -201,54 +216,137 @@ async def remove_user(core: Core, actor: Actor, username: str) -> None:
 # --- login -----------------------------------------------------------------
 
 BAD_CREDENTIALS = "wrong user name or password"
+NAME_KEY_FILE = "ggnet.key"
+_fallback_name_key = secrets.token_bytes(32)
+
+_users = cast(Table, User.__table__)  # login bookkeeping is written with Core statements: see _record
+
+
+def unknown_user_label(core: Core, typed: str) -> str:
+    """How a name that matches no account appears in the audit trail and the log: a short keyed
+    hash, never the text, because what lands in the user field is sometimes a password. The same
+    name gives the same label (repeated attempts stay visible); without the key (kept 0600 in the
+    data directory) no one can test guesses against it."""
+    key = core.extras.get("name_key")
+    if key is None:
+        try:
+            key = files.secret_key(core.settings.data_dir / NAME_KEY_FILE)
+        except (OSError, GgnetError):  # no usable data directory: a key for this process only
+            key = _fallback_name_key
+        core.extras["name_key"] = key
+    digest = hmac.new(key, typed.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()
+    return f"unknown user #{digest[:12]}"
+
+
+def _wait(row: Any, now: datetime) -> int:
+    """Seconds the account must still wait before an attempt counts (0 = may try now)."""
+    if row.locked_until is not None and row.locked_until > now:
+        return int((row.locked_until - now).total_seconds() + 0.999)
+    return auth.throttle_wait(row.failed_logins, row.last_failed_at, now)
+
+
+_LOGIN_COLUMNS = (
+    User.id,
+    User.username,
+    User.password_hash,
+    User.role,
+    User.disabled,
+    User.failed_logins,
+    User.last_failed_at,
+    User.locked_until,
+)
 
 
 async def login(core: Core, username: str, password: str) -> Actor:
-    """Check a password. Every attempt, good or bad, is audited; failures are throttled."""
-    name = shown(str(username or "").strip().lower())
+    """Check a password. Every attempt, good or bad, is audited; failures are throttled.
+
+    The account is read, the (deliberately slow) hash is checked with no transaction open, then
+    one short transaction records the outcome. When the database cannot record it (read-only,
+    busy beyond the wait, disk full) the decision stands and the log says it was not recorded,
+    so reading a read-only database still works.
+    """
+    typed = str(username or "").strip().lower()
     try:
-        normalize_username(name)
-        possible = True
+        name: str | None = normalize_username(typed)
     except ValueError:  # no account can have this name (NUL, look-alikes ...): do not ask the database
-        possible = False
+        name = None
     now = utcnow()
-    structlog.contextvars.bind_contextvars(actor=name or "?", operation="auth.login")
-    async with core.db.transaction() as session:
-        user = None
-        if possible:
-            user = (await session.execute(select(User).where(User.username == name))).scalar_one_or_none()
-        op = Operation(session, Actor(user.id if user else None, name or "?", Role.VIEWER), "auth.login")
-        wait = 0
-        if user is not None:
-            if user.locked_until is not None and user.locked_until > now:
-                wait = int((user.locked_until - now).total_seconds() + 0.999)
-            else:
-                wait = auth.throttle_wait(user.failed_logins, user.last_failed_at, now)
-        # the hash check runs in a thread: it is deliberately slow and must not block a UI loop
-        ok = await asyncio.to_thread(auth.verify_password, str(password or ""), user.password_hash if user else None)
-        if wait:
-            op.audit("user", user.id, user.username, detail=f"throttled, retry in {wait}s", outcome=Outcome.DENIED)  # type: ignore[union-attr]
-            error: AuthenticationFailed = AccountLocked(
-                f"too many failed logins for '{name}'; try again in {wait} s", retry_after_seconds=wait
+    row = None
+    if name is not None:
+        async with core.db.session() as session:
+            row = (await session.execute(select(*_LOGIN_COLUMNS).where(User.username == name))).first()
+    who = row.username if row is not None else unknown_user_label(core, typed)
+    structlog.contextvars.bind_contextvars(actor=who, operation="auth.login")
+    wait = _wait(row, now) if row is not None else 0
+    # the hash check runs in a thread: it is deliberately slow and must not block a UI loop
+    ok = await asyncio.to_thread(auth.verify_password, str(password or ""), row.password_hash if row else None)
+    try:
+        async with core.db.transaction() as session:
+            op = Operation(session, Actor(row.id if row else None, who, Role.VIEWER), "auth.login")
+            result = await _record(op, row, ok, wait, now)
+    except (DatabaseReadOnly, DatabaseBusy, DiskFull) as exc:
+        get_logger().warning("login not recorded", reason=exc.message)
+        result = _decide(row, ok, wait, now)
+    if isinstance(result, Actor):
+        return result
+    raise result
+
+
+def _decide(row: Any, ok: bool, wait: int, now: datetime) -> Actor | AuthenticationFailed:
+    """The answer to an attempt, from the account as read before the hash check."""
+    if row is not None and wait:
+        return AccountLocked(f"too many failed logins for '{row.username}'; try again in {wait} s", wait)
+    if row is None or not ok:
+        return AuthenticationFailed(BAD_CREDENTIALS)
+    if row.disabled:
+        return AuthenticationFailed(f"the account '{row.username}' is disabled; ask an admin to enable it")
+    return Actor(row.id, row.username, Role(row.role), logged_in_at=now)
+
+
+async def _record(op: Operation, row: Any, ok: bool, wait: int, now: datetime) -> Actor | AuthenticationFailed:
+    """Record an attempt, atomically whatever else runs at the same moment.
+
+    The counters are changed by single UPDATE statements on the table (SQL adds 1 to the stored
+    count, so no attempt is lost) that leave ``row_version`` alone: logging in is not an edit of the
+    account, so it must neither conflict with an admin's edit nor make that admin's form stale.
+    A right password is checked once more against the account as it is now (a burst of parallel
+    guesses may have locked it meanwhile, or an admin disabled it).
+    """
+    if row is not None and ok and not wait:
+        current = (
+            await op.session.execute(
+                select(*(_users.c[column.key] for column in _LOGIN_COLUMNS))
+                .where(_users.c.id == row.id)
+                .with_for_update()
             )
-        elif user is None or not ok:
-            if user is not None:
-                user.failed_logins += 1
-                user.last_failed_at = now
-                if user.failed_logins >= auth.LOCK_AFTER:
-                    user.locked_until = now + timedelta(seconds=auth.LOCK_SECONDS)
-            op.audit("user", user.id if user else None, name, detail=BAD_CREDENTIALS, outcome=Outcome.FAILED)
-            error = AuthenticationFailed(BAD_CREDENTIALS)
-        elif user.disabled:
-            op.audit("user", user.id, user.username, detail="account disabled", outcome=Outcome.DENIED)
-            error = AuthenticationFailed(f"the account '{name}' is disabled; ask an admin to enable it")
-        else:
-            user.failed_logins = 0
-            user.locked_until = None
-            user.last_login_at = now
-            op.audit("user", user.id, user.username)
-            return Actor(user.id, user.username, Role(user.role), logged_in_at=now)
-    raise error
+        ).first()
+        row = current  # None when the account was deleted meanwhile
+        wait = _wait(current, now) if current is not None else 0
+    result = _decide(row, ok, wait, now)
+    if isinstance(result, AccountLocked):
+        op.audit("user", row.id, row.username, detail=f"throttled, retry in {wait}s", outcome=Outcome.DENIED)
+    elif row is None or not ok:
+        if row is not None:
+            failures = _users.c.failed_logins + 1
+            lock = literal(now + timedelta(seconds=auth.LOCK_SECONDS), _users.c.locked_until.type)
+            await op.session.execute(
+                update(_users)
+                .where(_users.c.id == row.id)
+                .values(
+                    failed_logins=failures,
+                    last_failed_at=now,
+                    locked_until=case((failures >= auth.LOCK_AFTER, lock), else_=_users.c.locked_until),
+                )
+            )
+        op.audit("user", row.id if row else None, op.actor.username, detail=BAD_CREDENTIALS, outcome=Outcome.FAILED)
+    elif isinstance(result, AuthenticationFailed):
+        op.audit("user", row.id, row.username, detail="account disabled", outcome=Outcome.DENIED)
+    else:
+        await op.session.execute(
+            update(_users).where(_users.c.id == row.id).values(failed_logins=0, locked_until=None, last_login_at=now)
+        )
+        op.audit("user", row.id, row.username)
+    return result
 
 
 async def logout(core: Core, actor: Actor) -> None:

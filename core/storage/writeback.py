@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from ..config import Settings
-from ..errors import BackendUnavailable, Invalid
-from ..files import fsync_dir
+from ..errors import BackendUnavailable, DiskFull, GgnetError, Invalid
+from ..files import create_private, fsync_dir, private_dir
 from ..log import get_logger
 from .qemu_img import Cancelled, settle, temp_name
 
@@ -57,7 +57,9 @@ class WritebackDriver(Protocol):
         """Whether this driver works for files in ``directory``."""
 
 
-def _os_error(what: str, exc: OSError) -> BackendUnavailable:
+def _os_error(what: str, exc: OSError) -> GgnetError:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return DiskFull(f"{what}: the disk holding the writebacks is full; free space there and try again")
     return BackendUnavailable(f"{what}: {exc.strerror or exc}")
 
 
@@ -88,8 +90,8 @@ class _FileDriver:
     def _create_sync(self, source: Path, dest: Path, report: ProgressCallback, stop: threading.Event) -> None:
         partial = temp_name(dest)
         try:
-            with open(source, "rb") as src, open(partial, "xb") as dst:
-                os.fchmod(dst.fileno(), 0o600)
+            # 0600: the target daemons that serve writebacks (LIO, tgtd) run as root
+            with open(source, "rb") as src, os.fdopen(create_private(partial), "wb") as dst:
                 self._fill(src.fileno(), dst.fileno(), report, stop)
                 os.fsync(dst.fileno())
             os.replace(partial, dest)
@@ -190,14 +192,14 @@ def reflink_works(source_dir: Path, dest_dir: Path) -> bool:
     src_path = source_dir / f".reflink-probe-{tag}.src"
     dst_path = dest_dir / f".reflink-probe-{tag}.dst"
     try:
-        with open(src_path, "wb") as src:
+        with os.fdopen(create_private(src_path), "wb") as src:
             src.write(b"ggnet" * 1024)
             src.flush()
             os.fsync(src.fileno())
-        with open(src_path, "rb") as src, open(dst_path, "wb") as dst:
+        with open(src_path, "rb") as src, os.fdopen(create_private(dst_path), "wb") as dst:
             fcntl.ioctl(dst.fileno(), FICLONE, src.fileno())
         return True
-    except OSError:
+    except (OSError, GgnetError):
         return False
     finally:
         for path in (src_path, dst_path):
@@ -219,7 +221,7 @@ async def choose_driver(data_dir: Path, setting: str = "auto") -> WritebackDrive
     images, writebacks = Path(data_dir) / IMAGES_DIR, Path(data_dir) / WRITEBACK_DIR
     try:
         for directory in (images, writebacks):
-            directory.mkdir(parents=True, exist_ok=True)
+            private_dir(directory)
         key = (str(writebacks.resolve()), os.stat(writebacks).st_dev)
     except OSError as exc:
         raise _os_error(f"cannot use the data directory {data_dir}", exc) from None

@@ -6,15 +6,28 @@ on stderr); 2 usage errors. One module per command group; each registers below.
 
 from __future__ import annotations
 
+import os
 import sys
+from typing import Any
 
 import click
 
 from . import audit, boot, doctor, images, machines, serve, sessions, users
-from .base import State
+from .base import State, fail, not_utf8
 
 
-@click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
+class Ggnet(click.Group):
+    """Arguments and GGNET_* variables must be UTF-8 before anything uses them."""
+
+    def main(self, args: Any = None, *rest: Any, **kwargs: Any) -> Any:
+        problem = not_utf8(list(sys.argv[1:] if args is None else args), os.environ)
+        if problem is not None:
+            fail(problem)
+            sys.exit(1)
+        return super().main(args, *rest, **kwargs)
+
+
+@click.group(cls=Ggnet, invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--config", "config_file", metavar="FILE", help="TOML settings file (default: GGNET_CONFIG).")
 @click.option("--user", "-u", metavar="NAME", help="Act as this ggnet user (default: GGNET_USER).")
 @click.version_option(package_name="ggnet")

@@ -7,6 +7,7 @@ on stderr); 2 usage errors.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import getpass
 import json
 import os
@@ -44,11 +45,15 @@ class State:
     @property
     def core(self):  # type: ignore[no-untyped-def]
         if self._core is None:
-            from core.context import Core
-            from core.log import configure_logging
+            from core.context import Core, prepare_data_dir
+            from core.log import configure_logging, get_logger
 
-            configure_logging(self.settings.log_file)
-            self._core = Core.open(self.settings)
+            settings = self.settings
+            notes = prepare_data_dir(settings)  # before the log: it may live in the data directory
+            configure_logging(settings.log_file)
+            for note in notes:
+                get_logger().warning("data directory", detail=note)
+            self._core = Core.open(settings)
         return self._core
 
     async def open(self, create: bool = False) -> Any:
@@ -135,8 +140,40 @@ def fail(message: str) -> None:
     click.echo(f"error: {message}", err=True)
 
 
+def explain(exc: BaseException, state: State | None = None) -> str | None:
+    """A sentence for a condition of the operating system, the database or the encoding of some
+    input that reached the command line; None for a real bug."""
+    from sqlalchemy.exc import DBAPIError
+
+    from core.files import os_error_sentence
+
+    if isinstance(exc, DBAPIError):
+        from core.db import database_failure
+
+        db = getattr(getattr(state, "_core", None), "db", None)
+        known = db.failure(exc) if db is not None else database_failure(exc, "of ggnet")
+        return known.message if known is not None else None
+    if isinstance(exc, OSError):
+        return os_error_sentence(exc)
+    if isinstance(exc, UnicodeError):
+        return "some text is not valid UTF-8; ggnet reads arguments, settings and files as UTF-8"
+    if isinstance(exc, OverflowError):
+        return "a number is too large"
+    return None
+
+
+def _quiet_broken_pipe() -> None:
+    """stdout's reader went away (``ggnet machine list | head -3``): stop quietly. What is left in
+    the buffer goes to /dev/null, so that Python's exit does not complain about it either."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
 def run(func: Callable[..., Awaitable[int | None]]) -> Callable[..., None]:
-    """Run an async command; turn domain errors into ``error:`` lines and exit status 1."""
+    """Run an async command: the one exception boundary of the command line. Domain errors and
+    every operating-system, database or encoding condition become ``error: <sentence>`` and exit
+    status 1; only a real bug is "unexpected" (logged with an incident id, no traceback shown)."""
 
     @wraps(func)
     @click.pass_obj
@@ -149,6 +186,7 @@ def run(func: Callable[..., Awaitable[int | None]]) -> Callable[..., None]:
 
         try:
             code = asyncio.run(go())
+            sys.stdout.flush()
         except GgnetError as exc:
             from core.services.machines import CsvRowError
 
@@ -164,23 +202,53 @@ def run(func: Callable[..., Awaitable[int | None]]) -> Callable[..., None]:
         except KeyboardInterrupt:
             fail("interrupted")
             sys.exit(130)
-        except Exception as exc:  # an unexpected failure: logged with an id, no traceback on screen
+        except BrokenPipeError:
+            _quiet_broken_pipe()
+            sys.exit(1)
+        except Exception as exc:
+            sentence = explain(exc, state)
+            if sentence is not None:
+                _log_failure(state, exc, sentence)
+                fail(sentence)
+                sys.exit(1)
             incident = uuid.uuid4().hex[:8]
-            try:
-                from core.log import get_logger
-
-                state.core  # noqa: B018 - sets up the log file if the command failed before that
-            except Exception:
-                pass
-            try:
-                get_logger().exception("unexpected error", incident=incident)
-            except Exception:
-                pass
+            _log_failure(state, exc, "unexpected error", incident=incident)
             fail(f"unexpected {type(exc).__name__} (incident {incident}); details are in the ggnet log")
             sys.exit(1)
         sys.exit(code or 0)
 
     return wrapper
+
+
+def _log_failure(state: State, exc: BaseException, event: str, **fields: Any) -> None:
+    """Best effort: the failure may be that the log cannot be written."""
+    from core.log import get_logger
+
+    with contextlib.suppress(Exception):
+        if state._core is None:
+            state.core  # noqa: B018 - sets up the log file if the command failed before that
+    with contextlib.suppress(Exception):
+        get_logger().error(event, exc_info=exc, **fields)
+
+
+def not_utf8(args: list[str], environ: Any) -> str | None:
+    """Which argument or setting variable is not valid UTF-8 (Python keeps such bytes as lone
+    surrogates, which no database and no file name check can take); None when all are."""
+
+    def bad(text: str) -> bool:
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            return True
+        return False
+
+    for number, arg in enumerate(args, start=1):
+        if bad(arg):
+            return f"argument {number} is not valid UTF-8 text; ggnet takes names, paths and values in UTF-8"
+    for key, value in environ.items():
+        if (key.startswith("GGNET_") or key in ("HOME", "XDG_DATA_HOME", "XDG_CONFIG_HOME")) and bad(value):
+            return f"the environment variable {key} is not valid UTF-8 text"
+    return None
 
 
 def emit_json(data: Any) -> None:
@@ -211,16 +279,3 @@ def details(data: dict[str, Any]) -> None:
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
-
-
-def read_text(path: Path, limit: int = 16 << 20) -> str:
-    try:
-        if path.stat().st_size > limit:
-            raise Invalid("file", f"{path} is larger than {limit >> 20} MiB")
-        return path.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise Invalid("file", f"{path} does not exist") from None
-    except UnicodeDecodeError:
-        raise Invalid("file", f"{path} is not UTF-8 text") from None
-    except OSError as exc:
-        raise Invalid("file", f"cannot read {path}: {exc.strerror}") from None

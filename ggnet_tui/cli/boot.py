@@ -96,9 +96,10 @@ HISTORY_COLUMNS = [
 @click.option(
     "--output",
     "-o",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=click.Path(path_type=Path),
     default=None,
-    help="Write here (atomically, after dnsmasq --test) instead of printing.",
+    help="Write here (atomically, after dnsmasq --test) instead of printing: a regular file or a new "
+    "name in an existing directory.",
 )
 @run
 async def boot_dnsmasq(
@@ -126,8 +127,13 @@ async def boot_dnsmasq(
     }
     core, actor = await state.login()
     if output is None:
-        click.echo(await service.dnsmasq_config(core, actor, **options), nl=False)
-        return
-    written = await service.write_dnsmasq_config(core, actor, output, **options)
-    checked = "checked with dnsmasq --test" if written.tested else "NOT checked: dnsmasq is not installed here"
-    click.echo(f"wrote {written.path} ({mode} mode, {written.machines} machines; {checked})")
+        rendered = await service.dnsmasq_config(core, actor, **options)
+        click.echo(rendered.text, nl=False)
+        skipped: tuple[str, ...] | list[str] = rendered.skipped
+    else:
+        written = await service.write_dnsmasq_config(core, actor, output, **options)
+        checked = "checked with dnsmasq --test" if written.tested else "NOT checked: dnsmasq is not installed here"
+        click.echo(f"wrote {written.path} ({mode} mode, {written.machines} machines; {checked})")
+        skipped = written.skipped
+    for reason in skipped:
+        click.echo(f"warning: {reason}", err=True)

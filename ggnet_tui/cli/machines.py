@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from .base import State, details, emit_json, json_option, read_text, run, table
+from .base import State, details, emit_json, json_option, run, table
 
 # --- machines ---------------------------------------------------------------
 
@@ -207,13 +207,13 @@ async def machine_rm(state: State, name: str) -> None:
 
 
 @machine.command("import")
-@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("file", type=click.Path(path_type=Path))
 @run
 async def machine_import(state: State, file: Path) -> None:
     """Add machines from a CSV file with a header (name,mac[,ip][,boot_mode]); all or nothing."""
     from core.services import machines
 
-    text = read_text(file)
+    text = machines.read_csv_file(file)
     core, actor = await state.login()
     names = await machines.import_csv(core, actor, text, source=file.name)
     click.echo(f"imported {len(names)} machines from {file}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -267,9 +268,7 @@ class CsvImportScreen(ModalScreen[list[str] | None]):
         self.dismiss(None)
 
     async def _check(self) -> None:
-        from core.services.machines import CsvRowError
-
-        from ..cli.base import read_text
+        from core.services.machines import CsvRowError, read_csv_file
 
         report = self.query_one("#report", Static)
         button = self.query_one("#import", Button)
@@ -277,7 +276,7 @@ class CsvImportScreen(ModalScreen[list[str] | None]):
         path = self.query_one("#path", Input).value.strip()
         try:
             self.source = Path(path).name or "CSV"
-            self.text = read_text(Path(path))
+            self.text = await asyncio.to_thread(read_csv_file, Path(path))  # never on the UI thread
             rows = await self.check(self.text, self.source)
         except CsvRowError as exc:
             out = Text(f"{len(exc.rows)} bad row(s); fix the file, nothing was written:\n", style="bold red")
