@@ -26,11 +26,18 @@ def new_file_name(machine_id: int, disk: str) -> str:
 
 
 def writeback_file(settings: Settings, file_name: str) -> Path:
-    """The path of a writeback named in the database, refused unless it is one of ggnet's names."""
+    """The path of a writeback named in the database, refused unless it is one of ggnet's names and
+    stays a plain file inside the writebacks directory (no symlink out of it)."""
+    from ..errors import UnsafePath
+    from ..files import contained
+
     name = str(file_name)
-    if not OWNED_NAME.match(name) or os.path.basename(name) != name:
+    if not OWNED_NAME.match(name):
         raise Conflict(f"a writeback row names an unusable file ({name[:60]!r}); refusing to touch it")
-    return writeback_dir(settings) / name
+    try:
+        return contained(writeback_dir(settings), name)
+    except UnsafePath as exc:
+        raise Conflict(f"writeback {name}: {exc.message}; refusing to touch it") from None
 
 
 def allocated_bytes(path: Path) -> int | None:

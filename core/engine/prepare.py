@@ -28,6 +28,7 @@ from sqlalchemy.exc import IntegrityError
 
 from ..boot.ipxe import MachineScript, SanBoot, Why, render_machine_script, render_unregistered
 from ..errors import BackendUnavailable, GgnetError
+from ..files import private_dir
 from ..iscsi.base import TargetSpec
 from ..log import get_logger
 from ..models import (
@@ -378,7 +379,7 @@ class Preparer:
             if version is None:
                 raise BackendUnavailable(f"the image version of writeback {row.file_name} no longer exists")
             source = version_path(self.settings, version)
-            path.parent.mkdir(parents=True, exist_ok=True)
+            private_dir(path.parent)
             driver = await choose_driver(self.settings.data_dir, self.settings.writeback_driver)
             self.engine.in_flight_files.add(path)
             try:

@@ -11,6 +11,7 @@ from sqlalchemy import select
 
 from ..auth import Actor
 from ..errors import Conflict, GgnetError, NotFound
+from ..files import private_dir
 from ..models import (
     CURRENT_BOOT_STATES,
     Boot,
@@ -99,7 +100,7 @@ async def _apply(engine: Engine, request: EngineRequest) -> dict[str, Any]:
     if not dest.is_file():
         if not source.is_file():
             raise NotFound(f"the writeback file of {machine.name} is missing")
-        dest.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(dest.parent)
         driver = await choose_driver(settings.data_dir, settings.writeback_driver)
         await driver.create(source, dest)
     actor = await _requester(engine, request.requested_by)
