@@ -318,11 +318,15 @@ async def _files(
     directory = writeback_dir(settings)
     wanted_names = {w.file_name for w in state.writebacks.values() if w.state != WritebackState.DISCARD.value}
     discard = [w for w in state.writebacks.values() if w.state == WritebackState.DISCARD.value]
-    creating_orphans = [
+    in_current = {
+        wid for b in state.boots if b.state in _CURRENT for wid in (b.system_writeback_id, b.game_writeback_id) if wid
+    }
+    creating_orphans = [  # a clone whose boot is gone, or a writeback whose machine was deleted
         w
         for w in state.writebacks.values()
-        if w.state == WritebackState.CREATING.value
-        and not any(w.id in (b.system_writeback_id, b.game_writeback_id) for b in state.boots if b.state in _CURRENT)
+        if w.id not in in_current
+        and w.state != WritebackState.DISCARD.value
+        and (w.state == WritebackState.CREATING.value or w.machine_id is None)
     ]
     removed_rows: list[int] = []
     if targets_known:  # never remove a file while we do not know whether a target serves it

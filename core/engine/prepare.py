@@ -168,7 +168,7 @@ class Preparer:
         async with self.core.db.transaction() as session:
             machine = await session.get(Machine, machine_id)
             if machine is None:
-                raise Refusal(Why.FAILED, "the machine was removed meanwhile")
+                return None, Refusal(Why.FAILED, "the machine was removed meanwhile"), "unknown"
             now = utcnow()
             boot = Boot(
                 server=self.settings.server_name,

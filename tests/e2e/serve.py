@@ -103,3 +103,27 @@ def kill_leftovers() -> None:
 import atexit  # noqa: E402 - registered after the helpers it calls
 
 atexit.register(kill_leftovers)
+
+
+async def logged_in(env: dict[str, str], machine: str, timeout: float = 30.0) -> bool:
+    """Wait (while the client runs) until the engine recorded its latest boot's iSCSI login.
+    A boot-sector client is done in milliseconds; a real PC stays logged in for hours."""
+    import asyncio
+    import sqlite3
+
+    database = Path(env["GGNET_DATA_DIR"]) / "ggnet.db"
+
+    def seen() -> bool:
+        with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as conn:
+            row = conn.execute(
+                "SELECT login_at FROM boots WHERE machine_name = ? ORDER BY id DESC LIMIT 1", (machine,)
+            ).fetchone()
+        return bool(row and row[0])
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline:
+        if await asyncio.to_thread(seen):
+            return True
+        await asyncio.sleep(0.2)
+    return False

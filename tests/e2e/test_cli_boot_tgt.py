@@ -16,6 +16,7 @@ import os
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -23,7 +24,7 @@ import pytest
 from tests.e2e import qemu_client
 from tests.e2e.bootdisk import WRITE_OK, make_boot_disk, sector_marker, written_token
 from tests.e2e.qemu_client import ClientSpec, boot_clients, run_client
-from tests.e2e.serve import GgnetServe
+from tests.e2e.serve import GgnetServe, logged_in
 from tests.e2e.tgtd import TgtDaemon, free_tcp_port
 
 pytestmark = pytest.mark.e2e
@@ -94,10 +95,13 @@ def test_cli_provisions_and_real_clients_boot(tmp_path: Path, env: dict[str, str
 
     serve = GgnetServe(env, tmp_path / "serve.log").start()
     try:
-        # both clients boot their own disks at the same time
-        results = asyncio.run(boot_clients([client(tmp_path, env, n, "first") for n in MACS]))
+        # both clients boot their own disks at the same time (and stay on until their login is recorded)
+        results = asyncio.run(
+            boot_clients([client(tmp_path, env, n, "first", while_booted=partial(logged_in, env, n)) for n in MACS])
+        )
         for name, result in zip(MACS, results, strict=True):
             assert result.ok, f"{name}: {result.reason}\n{result.com2_text[-2000:]}"
+            assert result.while_booted_result, f"{name}: no login recorded"
             assert sector_marker("e2e") in result.com1_text
             assert written_token(writeback_of(env, name)) == sector_marker("e2e")  # in its own writeback
         assert written_token(raw) is None  # ... and never in the image

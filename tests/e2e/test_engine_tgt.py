@@ -11,6 +11,7 @@ import asyncio
 import json
 import os
 import subprocess
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,7 @@ from tests.cli import ggnet_executable
 from tests.e2e import qemu_client
 from tests.e2e.bootdisk import PREV_EMPTY, PREV_KEPT, WRITE_OK, make_prev_disk, sector_marker
 from tests.e2e.qemu_client import ClientSpec, boot_clients, run_client
-from tests.e2e.serve import GgnetServe
+from tests.e2e.serve import GgnetServe, logged_in
 from tests.e2e.tgtd import TgtDaemon, free_tcp_port
 
 pytestmark = pytest.mark.e2e
@@ -72,10 +73,12 @@ def spec(tmp_path: Path, env: dict[str, str], mac: str, run: str, **kw: object) 
 
 
 def boot_all(tmp_path: Path, env: dict[str, str], run: str, names: list[str]) -> dict[str, str]:
-    results = asyncio.run(boot_clients([spec(tmp_path, env, MACS[n], run) for n in names]))
+    specs = [spec(tmp_path, env, MACS[n], run, while_booted=partial(logged_in, env, n)) for n in names]
+    results = asyncio.run(boot_clients(specs))
     com1 = {}
     for name, result in zip(names, results, strict=True):
         assert result.ok, f"{run} {name}: {result.reason}\n{result.com2_text[-2000:]}"
+        assert result.while_booted_result, f"{run} {name}: its login was not recorded"
         com1[name] = result.com1_text
     return com1
 
@@ -118,7 +121,7 @@ def test_pcs_boot_by_themselves_fresh_keep_new_version_and_target_restart(
     assert len(history) == 4
     assert [b["image_version"] for b in history] == [2, 2, 1, 1]  # newest first
     assert all(b["state"] in ("ready", "ended") for b in history)
-    assert any(b["login_at"] for b in history)
+    assert all(b["login_at"] and b["login_address"] == "127.0.0.1" for b in history)
 
 
 def test_refusals_are_said_on_the_clients_screen_and_create_nothing(

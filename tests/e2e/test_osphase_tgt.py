@@ -117,7 +117,7 @@ async def test_bios_and_uefi_clients_run_their_os_from_their_own_disks(
         # one login, both LUNs: the system disk (root mounted from it) and the game disk
         assert sorted(report.disks) == [1, GAME_LUN] and report.root_mounted
         assert report.root == DiskVisit("fresh", 0, None, report.boot_id) and report.boot_id
-        assert boots_on_disk(machine.spec.backing_file, osphase_disk.root_offset) == [report.boot_id]
+        assert boots_on_disk(machine.spec.luns[0].backing_file, osphase_disk.root_offset) == [report.boot_id]
         assert report.game_content == f"games{firmware}"
         assert report.game == DiskVisit("fresh", 0, None, report.boot_id)
         assert machine.game is not None and boots_on_disk(machine.game) == [report.boot_id]
@@ -149,7 +149,7 @@ async def test_bios_and_uefi_clients_run_their_os_from_their_own_disks(
     kept, fresh = OsReport.parse(second["bios"].com1_text), OsReport.parse(second["uefi"].com1_text)
     assert kept.root == DiskVisit("kept", 1, boot_ids["bios"], kept.boot_id)
     assert kept.game == DiskVisit("kept", 1, boot_ids["bios"], kept.boot_id)
-    assert boots_on_disk(machines["bios"].spec.backing_file, osphase_disk.root_offset) == [
+    assert boots_on_disk(machines["bios"].spec.luns[0].backing_file, osphase_disk.root_offset) == [
         boot_ids["bios"],
         kept.boot_id,
     ]
@@ -227,7 +227,7 @@ async def test_os_phase_login_is_refused_when_the_target_changes_after_ipxe_logg
         assert LOGIN_START not in result.hooks[KERNEL_START].text
         report = OsReport.parse(result.com1_text)
         assert "LOGIN-START" in report.lines and not report.root_mounted
-        assert boots_on_disk(machine.spec.backing_file, osphase_disk.root_offset) == []
+        assert boots_on_disk(machine.spec.luns[0].backing_file, osphase_disk.root_offset) == []
     # why, in tgtd's and iscsistart's words: the old secret fails CHAP; tgtd hides the target from an
     # initiator its ACL no longer names
     assert f"authentication of {rotated.spec.initiator_iqn} failed" in tgtd_daemon.log_path.read_text(errors="replace")

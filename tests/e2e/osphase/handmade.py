@@ -13,7 +13,7 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.iscsi.base import TargetSpec
+from core.iscsi.base import LunSpec, TargetSpec
 from core.iscsi.tgt import TgtBackend, parse_show_target
 from tests.e2e.osphase.client import CHAIN_FAILED, SANBOOT_FAILED
 from tests.e2e.osphase.disk import OsPhaseDisk, build_game_disk, writeback
@@ -38,14 +38,14 @@ async def make_machine(
     """A machine's target, made by hand as ggnet makes it (the engine will do this)."""
     spec = TargetSpec(
         iqn=f"iqn.2024-01.lan.ggnet:{name}",
-        backing_file=writeback(disk.path, workdir / f"{name}.img"),
+        luns=(LunSpec(1, writeback(disk.path, workdir / f"{name}.img")),),
         initiator_iqn=f"iqn.2024-01.lan.ggnet.client:{name}",
         chap_username=f"ggnet-{name}",
         chap_secret=f"{name}chapsecret01",  # letters and digits, what ggnet's scripts allow
         portal_host=daemon.portal_host,
         portal_port=daemon.portal_port,
     )
-    await TgtBackend(daemon.control_port).create_target(spec)
+    await TgtBackend(daemon.control_port).apply(spec)
     game = None
     if game_content is not None:
         game = build_game_disk(workdir / f"{name}-game.img", game_content)
@@ -66,10 +66,9 @@ async def renew_disks(daemon: TgtDaemon, disk: OsPhaseDisk, machine: Machine, bo
     """New writebacks from the images, served in place of the old ones (what a `fresh` machine gets at
     each boot). tgtd keeps its backing files open: a new file must be put behind the LUN, not
     renamed over the old one."""
-    spec = dataclasses.replace(
-        machine.spec, backing_file=writeback(disk.path, machine.spec.backing_file.with_suffix(f".{boot}.img"))
-    )
-    await TgtBackend(daemon.control_port).create_target(spec)
+    renewed = writeback(disk.path, machine.spec.luns[0].backing_file.with_suffix(f".{boot}.img"))
+    spec = dataclasses.replace(machine.spec, luns=(LunSpec(1, renewed),))
+    await TgtBackend(daemon.control_port).apply(spec)
     game = None
     if machine.game is not None and machine.game_content is not None:
         game = build_game_disk(machine.game.with_suffix(f".{boot}.img"), machine.game_content)
