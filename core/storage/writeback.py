@@ -22,9 +22,9 @@ from typing import Any, Protocol, runtime_checkable
 
 from ..config import Settings
 from ..errors import BackendUnavailable, Invalid
-from ..files import fsync_dir
 from ..log import get_logger
-from .qemu_img import Cancelled, settle, temp_name
+from . import temps
+from .qemu_img import Cancelled, settle
 
 FICLONE = 0x40049409  # _IOW(0x94, 9, int) from linux/fs.h
 WRITEBACK_DIR = "writebacks"
@@ -86,20 +86,14 @@ class _FileDriver:
             raise
 
     def _create_sync(self, source: Path, dest: Path, report: ProgressCallback, stop: threading.Event) -> None:
-        partial = temp_name(dest)
         try:
-            with open(source, "rb") as src, open(partial, "xb") as dst:
-                os.fchmod(dst.fileno(), 0o600)
-                self._fill(src.fileno(), dst.fileno(), report, stop)
-                os.fsync(dst.fileno())
-            os.replace(partial, dest)
-            fsync_dir(dest.parent)
-        except BaseException as exc:
-            with contextlib.suppress(FileNotFoundError):
-                partial.unlink()
-            if isinstance(exc, OSError):
-                raise _os_error(f"cannot create writeback {dest.name} ({self.name})", exc) from None
-            raise
+            # a locked temporary: if this process dies, the engine's next sweep (temps.remove_orphans) removes it
+            with open(source, "rb") as src, temps.partial(dest) as part:
+                self._fill(src.fileno(), part.fd, report, stop)
+                os.fsync(part.fd)
+                part.commit(dest)
+        except OSError as exc:
+            raise _os_error(f"cannot create writeback {dest.name} ({self.name})", exc) from None
         report(100.0)
 
     def _fill(self, src: int, dst: int, report: ProgressCallback, stop: threading.Event) -> None:
