@@ -1,11 +1,22 @@
-"""Import throughput: a qcow2 of 2 GiB virtual size holding 1 GiB of data, imported by ggnet,
-against `cp` of the same file (plus an fsync, as the import does), in the same run.
+#!/usr/bin/env python3
+"""Import throughput: ggnet (the service, and `ggnet image import`) against qemu-img convert + sync
+and cp + sync of the same file, in the same run.
 
-    python benchmarks/bench_import.py [--dir DIR] [--virtual-gib 2] [--data-gib 1] [--rounds 2]
+    python benchmarks/bench_import.py [--dir DIR] [--virtual-gib 2] [--data-gib 1] [--rounds 5] [--code ROOT]
 
-Prints MB/s of data for both and the ratio (import / cp), and the phases of the import
-(probe and check, conversion, sha256, database). Runs on SQLite in a scratch data directory.
-Page cache is left warm for both (the source was just written); nothing system-wide is flushed.
+The source is a qcow2 of --virtual-gib holding --data-gib of random data in 64 MiB runs with
+holes between them. Each round times, in turn:
+
+- anchor `qemu-img convert -f qcow2 -O raw` of the source, then `sync` of the output;
+- anchor `cp` of the source, then `sync` of the copy;
+- the service: `images.import_image` (probe, check, map, convert, digest, flush, database);
+- the CLI: `ggnet image import SOURCE --name N` as a subprocess (start-up, login at bcrypt's
+  production cost, and the same import), and `ggnet image list`: the fixed cost every command pays.
+
+The file system is synced (syncfs) before each timed step so that no step pays for another's
+dirty pages; the source stays in the page cache for all of them. Figures are the median of
+the rounds (min in brackets); ratios are ggnet / anchor. --code runs another checkout's ggnet
+(e.g. /work/main, for a before/after comparison). SQLite, in a scratch data directory.
 """
 
 from __future__ import annotations
@@ -14,23 +25,16 @@ import argparse
 import asyncio
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from core.auth import SYSTEM
-from core.config import Settings
-from core.context import Core
-from core.log import configure_logging
-from core.services import images
-from core.storage import qemu_img
-
 MiB = 1 << 20
 GiB = 1 << 30
+PASSWORD = "bench-pass-1"
 
 
 def make_source(root: Path, virtual: int, data: int) -> Path:
@@ -52,78 +56,119 @@ def make_source(root: Path, virtual: int, data: int) -> Path:
     return qcow2
 
 
-def time_cp(source: Path, dest: Path) -> float:
+def syncfs(directory: Path) -> None:
+    subprocess.run(["sync", "-f", str(directory)], check=True, timeout=600)
+
+
+def timed_commands(commands: list[list[str]], cleanup: Path) -> float:
     start = time.perf_counter()
-    subprocess.run(["cp", str(source), str(dest)], check=True, timeout=600)
-    subprocess.run(["sync", str(dest)], check=True, timeout=600)  # the import fsyncs its output too
+    for command in commands:
+        subprocess.run(command, check=True, timeout=600, stdout=subprocess.DEVNULL)
     elapsed = time.perf_counter() - start
-    dest.unlink()
+    cleanup.unlink()
     return elapsed
 
 
-async def time_import(core: Core, source: Path, name: str) -> dict[str, float]:
-    phases: dict[str, float] = {}
-    start = time.perf_counter()
-    probed = await qemu_img.probe(source)
-    phases["probe+check"] = time.perf_counter() - start
-    scratch = images.images_dir(core.settings) / "bench-convert.raw"
-    t = time.perf_counter()
-    await qemu_img.convert_to_raw(probed.path, scratch, probed.format, virtual_size=probed.info.virtual_size)
-    phases["convert"] = time.perf_counter() - t
-    t = time.perf_counter()
-    await qemu_img.sha256(scratch)
-    phases["sha256"] = time.perf_counter() - t
-    scratch.unlink()
-    # the whole service call, end to end (it repeats every phase above, plus the database)
-    t = time.perf_counter()
-    version = await images.import_image(core, SYSTEM, source, name=name)
-    phases["import_image (total)"] = time.perf_counter() - t
-    await images.remove_image(core, SYSTEM, name)
-    assert version.number == 1
-    return phases
+def cli(code: Path, args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-c", "from ggnet_tui.cli import main; main()", *args]
+    result = subprocess.run(
+        command,
+        cwd=code,
+        env={**env, "PYTHONPATH": str(code)},
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
+    if result.returncode != 0:
+        sys.exit(f"ggnet {' '.join(args)} failed: {result.stderr.strip()}")
+    return result
+
+
+def figure(times: list[float]) -> str:
+    return f"{statistics.median(times):6.2f} s (min {min(times):.2f})"
 
 
 async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dir", type=Path, default=None, help="scratch directory (default: a temp dir)")
     parser.add_argument("--virtual-gib", type=float, default=2.0)
     parser.add_argument("--data-gib", type=float, default=1.0)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--code", type=Path, default=Path(__file__).resolve().parent.parent)
     args = parser.parse_args()
+    code = args.code.resolve()
+    sys.path.insert(0, str(code))
+    from core.auth import SYSTEM
+    from core.config import Settings
+    from core.context import Core
+    from core.log import configure_logging
+    from core.services import images
+
     root = Path(tempfile.mkdtemp(prefix="ggnet-bench-import-", dir=args.dir))
     try:
         virtual, data = int(args.virtual_gib * GiB), int(args.data_gib * GiB)
-        print(
-            f"scratch: {root} ({subprocess.run(['df', '--output=fstype', str(root)], capture_output=True, text=True).stdout.split()[-1]})"
-        )
+        fstype = subprocess.run(["df", "--output=fstype", str(root)], capture_output=True, text=True).stdout.split()[-1]
+        print(f"ggnet from {code}; scratch {root} ({fstype}); {os.cpu_count()} CPUs")
         print(f"source: qcow2, {virtual / GiB:.1f} GiB virtual, {data / GiB:.1f} GiB data ... ", end="", flush=True)
         source = make_source(root, virtual, data)
         print(f"{source.stat().st_size / MiB:.0f} MiB file")
-        settings = Settings(
-            data_dir=root / "data",
-            database_url=f"sqlite+aiosqlite:///{root / 'data' / 'ggnet.db'}",
-            log_file=root / "ggnet.log",
-        )
+        data_dir = root / "data"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("GGNET_")}
+        env.update(GGNET_DATA_DIR=str(data_dir), HOME=str(root / "home"))
+        cli(code, ["init", "--admin", "admin"], {**env, "GGNET_NEW_PASSWORD": PASSWORD})
+        env.update(GGNET_USER="admin", GGNET_PASSWORD=PASSWORD)
+        settings = Settings(data_dir=data_dir, log_file=root / "bench.log")
         configure_logging(settings.log_file)
         core = Core.open(settings)
-        await core.db.upgrade()
-        images.images_dir(settings).mkdir(parents=True, exist_ok=True)
-        best_cp = best_import = float("inf")
+        times: dict[str, list[float]] = {
+            "qemu-img convert + sync": [],
+            "cp + sync": [],
+            "service": [],
+            "CLI": [],
+            "CLI fixed cost": [],
+        }
+        out = root / "anchor.out"
         for n in range(args.rounds):
-            cp = time_cp(source, root / "copy.qcow2")
-            phases = await time_import(core, source, f"bench{n}")
-            total = phases["import_image (total)"]
-            best_cp, best_import = min(best_cp, cp), min(best_import, total)
-            detail = ", ".join(f"{k} {v:.2f}s" for k, v in phases.items())
-            print(f"round {n + 1}: cp+sync {cp:.2f}s; {detail}")
+            syncfs(root)
+            times["qemu-img convert + sync"].append(
+                timed_commands(
+                    [["qemu-img", "convert", "-f", "qcow2", "-O", "raw", str(source), str(out)], ["sync", str(out)]],
+                    out,
+                )
+            )
+            syncfs(root)
+            times["cp + sync"].append(timed_commands([["cp", str(source), str(out)], ["sync", str(out)]], out))
+            syncfs(root)
+            start = time.perf_counter()
+            await images.import_image(core, SYSTEM, source, name=f"service{n}")
+            times["service"].append(time.perf_counter() - start)
+            await images.remove_image(core, SYSTEM, f"service{n}")
+            syncfs(root)
+            start = time.perf_counter()
+            cli(code, ["image", "import", str(source), "--name", f"cli{n}"], env)
+            times["CLI"].append(time.perf_counter() - start)
+            await images.remove_image(core, SYSTEM, f"cli{n}")
+            start = time.perf_counter()
+            cli(code, ["image", "list"], env)  # start-up, imports, login: what every command pays
+            times["CLI fixed cost"].append(time.perf_counter() - start)
+            print(f"round {n + 1}: " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in times.items()), flush=True)
         await core.close()
-        mb = data / 1e6
-        print(f"cp:     {mb / best_cp:8.1f} MB/s  ({best_cp:.2f} s, best of {args.rounds})")
-        print(
-            f"import: {mb / best_import:8.1f} MB/s  ({best_import:.2f} s, best of {args.rounds}; probe, check, "
-            "convert, fsync, sha256, database)"
-        )
-        print(f"ratio import/cp throughput: {best_cp / best_import:.2f}")
+        anchor = statistics.median(times["qemu-img convert + sync"])
+        copy = statistics.median(times["cp + sync"])
+        print(f"\nmedians of {args.rounds} rounds ({data / 1e6:.0f} MB of data):")
+        for name, values in times.items():
+            rate = data / 1e6 / statistics.median(values)
+            print(f"  {name:24} {figure(values)}  {rate:7.0f} MB/s")
+        for name in ("service", "CLI"):
+            mine = statistics.median(times[name])
+            # each round's own ratio too: the anchor and ggnet ran seconds apart, so a busy machine weighs on both
+            paired = statistics.median(
+                m / a for m, a in zip(times[name], times["qemu-img convert + sync"], strict=True)
+            )
+            print(
+                f"  ratio {name:7} / qemu-img convert + sync: {mine / anchor:.2f} (median of the rounds' own "
+                f"ratios {paired:.2f})   / cp + sync: {mine / copy:.2f}"
+            )
     finally:
         shutil.rmtree(root, ignore_errors=True)
 

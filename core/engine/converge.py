@@ -357,8 +357,6 @@ async def _files(
                 continue
             if disks.OWNED_NAME.match(path.name) and path.name not in wanted_names:
                 candidates.append((path, Drift("stray-writeback", path.name, None, repair="delete the file")))
-            elif disks.TEMP_NAME.match(path.name) and not any(p.name in path.name for p in engine.in_flight_files):
-                candidates.append((path, Drift("orphan-temporary", path.name, None, repair="delete the file")))
         if candidates:
             # a boot may have made a writeback since the pass loaded its state: ask the database again
             async with engine.core.db.session() as session:
@@ -377,7 +375,27 @@ async def _files(
                         path.unlink()
                     report.repaired.append(f"{path.name}: removed")
     if not dry_run:
+        await _orphan_temporaries(engine, report)
         await _boot_files(engine, report)
+
+
+async def _orphan_temporaries(engine: Engine, report: PassReport) -> None:
+    """Partial clones and imports whose process died: their creator's lock is gone (temps.py), so
+    they are removed; a live creator (this engine's clone, another process's import) holds its lock."""
+    from ..services.images import images_dir
+    from ..storage import temps
+
+    for directory in (writeback_dir(engine.core.settings), images_dir(engine.core.settings)):
+        if not directory.is_dir():
+            continue
+        try:
+            removed = await asyncio.to_thread(temps.remove_orphans, directory)
+        except OSError as exc:
+            report.errors.append(f"temporaries in {directory}: {exc.strerror or exc}")
+            continue
+        for path in removed:
+            report.drift.append(Drift("orphan-temporary", path.name, None, repair="deleted (its process died)"))
+            report.repaired.append(f"{path.name}: removed (its process died)")
 
 
 async def _boot_files(engine: Engine, report: PassReport) -> None:

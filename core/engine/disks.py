@@ -18,7 +18,6 @@ from ..errors import Conflict
 from ..storage.writeback import writeback_dir
 
 OWNED_NAME = re.compile(r"^(machine-\d+|wb-\d+-(system|game)-[0-9a-f]{8})\.raw\Z")
-TEMP_NAME = re.compile(r"^\.(machine-\d+|wb-\d+-(system|game)-[0-9a-f]{8})\.raw\.[0-9a-f]+\.part\Z")
 
 
 def new_file_name(machine_id: int, disk: str) -> str:

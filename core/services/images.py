@@ -2,7 +2,13 @@
 
 An import converts outside any database transaction (it can take many minutes), into a file
 whose name the code generates; the rows are written only once the file is complete and
-hashed. A failed or cancelled import leaves neither a row nor a file.
+hashed. A failed or cancelled import leaves neither a row nor a file, and the partial file of
+an import whose process died is removed by the next sweep (core.storage.temps).
+
+A version's ``sha256`` is the ggnet-disk-v1 digest of its raw file (core.storage.digest): the
+SHA-256 of the disk's size and of the SHA-256 of each non-zero 1 MiB leaf with its index. It
+identifies the disk's bytes exactly, holes and zeros alike, and is computed during the
+conversion; it is not what `sha256sum` prints for the file.
 """
 
 from __future__ import annotations
@@ -24,12 +30,16 @@ from ..context import Core
 from ..errors import Conflict, Invalid, NotFound
 from ..log import get_logger
 from ..models import CURRENT_BOOT_STATES, Boot, Image, ImageKind, ImageVersion, Machine, utcnow
-from ..storage import qemu_img
+from ..storage import qemu_img, temps
+from ..storage.untrusted import quoted
 from ..validation import ImageName, Notes, StrictInput, parse, shown
 from .base import Operation, operation, reading, snapshot
 from .views import MachineView, View
 
 IMAGES_DIR = "images"
+DIGEST_HELP = (
+    "ggnet-disk-v1 digest of the raw disk: SHA-256 over its size and its non-zero 1 MiB leaves (not sha256sum)"
+)
 NOTES_MAX = 2000
 
 ProgressCallback = Callable[[float], Any]
@@ -45,7 +55,7 @@ class ImageVersionView(View):
     is_active: bool
     source_format: str
     virtual_size: int
-    sha256: str
+    sha256: str = Field(description=DIGEST_HELP)
     notes: str
     file_name: str
     created_at: datetime
@@ -62,7 +72,7 @@ class ImageView(View):
     active_version: int | None
     version_count: int
     virtual_size: int | None  # of the active version
-    sha256: str | None  # of the active version
+    sha256: str | None = Field(description=DIGEST_HELP)  # of the active version
     assigned_to: list[str]  # machines that boot this image
     created_at: datetime
     updated_at: datetime
@@ -304,29 +314,37 @@ async def import_image(
                 f"an image named '{data.name}' already exists; use --new-version-of {data.name} to add a version"
             )
 
-    probed = await qemu_img.probe(path)
     directory = images_dir(core.settings)
-    directory.mkdir(parents=True, exist_ok=True)
-    for stale in qemu_img.remove_stale_partials(directory):
-        get_logger().warning("removed a stale partial import", path=str(stale))
-    dest = directory / _new_file_name()
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for orphan in temps.remove_orphans(directory):
+        get_logger().warning("removed the partial file of an import whose process died", path=str(orphan))
     log = get_logger()
-    log.info(
-        "image import started", source=str(probed.path), format=probed.format, virtual_size=probed.info.virtual_size
-    )
-    try:
-        await qemu_img.convert_to_raw(
-            probed.path, dest, probed.format, progress, cancel, virtual_size=probed.info.virtual_size
+    with await qemu_img.probe(path) as probed:
+        dest = directory / _new_file_name()
+        log.info(
+            "image import started",
+            source=quoted(str(probed.path)),
+            format=probed.format,
+            virtual_size=probed.info.virtual_size,
+            data=probed.data_size,
         )
-        if qemu_img.identity(probed.path) != probed.identity:
-            raise Conflict(f"{path} changed while it was being imported; nothing was imported")
-        digest = await qemu_img.sha256(dest)
-        return await _record_version(
-            core, actor, data, dest.name, probed.info.kind, probed.info.virtual_size, digest, str(probed.path)
-        )
-    except BaseException:
-        _remove_files([dest])
-        raise
+        try:
+            digest = await qemu_img.convert_to_raw(probed, dest, progress, cancel)
+            if probed.changed():
+                raise Conflict(f"{probed.source.shown_as} changed while it was being imported; nothing was imported")
+            return await _record_version(
+                core,
+                actor,
+                data,
+                dest.name,
+                probed.info.kind,
+                probed.info.virtual_size,
+                digest,
+                quoted(str(probed.path)),
+            )
+        except BaseException:
+            _remove_files([dest])
+            raise
 
 
 async def _record_version(
@@ -426,7 +444,7 @@ async def record_applied_version(
     from ..models import Writeback as WritebackRow
 
     size = file.stat().st_size
-    digest = await qemu_img.sha256(file)
+    digest = await qemu_img.digest(file)
     async with operation(core, actor, Permission.MANAGE_IMAGES, "image.version.apply") as op:
         existing = (
             await op.session.execute(select(ImageVersion).where(ImageVersion.file_name == file.name))

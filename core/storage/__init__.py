@@ -1,1 +1,2 @@
-"""Disk files: qemu-img (import and inspection) and writeback drivers."""
+"""Disk files: untrusted inputs pinned (untrusted), qemu-img (import and inspection), the disk
+digest (digest), partial files that outlive no creator (temps) and the writeback drivers."""

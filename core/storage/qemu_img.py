@@ -1,54 +1,72 @@
-"""qemu-img: inspect disk images and convert them to the raw files the iSCSI targets serve.
+"""qemu-img: inspect untrusted disk images and convert them to the raw files the iSCSI targets serve.
 
-Everything runs from argument lists with timeouts; qemu-img's own message becomes the error.
+Everything runs from argument lists with timeouts; qemu-img's own message becomes the error,
+with control characters escaped.
 
-The input is untrusted (an image downloaded from somewhere). A disk image can name other
-files that qemu-img would then read and copy into our image: a qcow2 backing file or
-external data file (``/etc/shadow``), VMDK extents anywhere on the disk, or protocol
-names (``json:``, ``nbd://``, ``http://``). So: the path handed to qemu-img is always an
-absolute real path (never parsed as a protocol); the format is probed once, and anything
-naming another file outside the image's own directory is refused; the conversion then opens
-the file with the probed format, the plain file protocol and no backing file, pinned in a
-JSON pseudo-filename; and the file must be the same one (inode, size, mtime, ctime) after
-the conversion as when it was checked.
+The input is untrusted. `probe` pins the image and every file it reads (core.storage.untrusted:
+no symbolic link another user could swap, no file the image names but its own VMDK extents,
+the format always given), then runs ``qemu-img info``, ``check`` and ``map`` on those open
+descriptors only. `convert_to_raw` converts the pinned set; a file swapped or written meanwhile
+changes nothing, or is noticed (`ProbedImage.changed`).
+
+The conversion runs in windows of the virtual disk (``raw`` driver ``offset``/``size`` on
+both sides, ``-n --target-is-zero``), each holding about the same amount of data. While
+qemu-img converts one window, ggnet hashes the previous one (still in the page cache) on
+every core and flushes it to disk: the digest (core.storage.digest, ``ggnet-disk-v1``) costs
+no second pass over the disk. Windows without data are not run at all: they stay holes.
+
+qemu-img runs under ``setpriv --pdeathsig KILL``: when the ggnet process (strictly, the
+thread running its event loop) dies, so does qemu-img. Its output is a locked temporary
+(core.storage.temps) that the next sweep removes once ggnet and qemu-img are gone.
+
+A full destination is said as such (where, and how much the image needs), never blamed on
+the input file.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
+import errno
+import itertools
 import json
 import os
 import re
+import shutil
 import signal
-import stat
-import time
-import uuid
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import BackendUnavailable, Conflict, GgnetError, Invalid
-from ..files import fsync_dir, fsync_file
 from ..log import get_logger
+from . import temps
+from .digest import LEAF, DiskDigest, disk_digest
+from .untrusted import FORMATS, Source, open_source, quoted
 
 QEMU_IMG = "qemu-img"
 INFO_TIMEOUT = 60.0
 CHECK_TIMEOUT = 600.0
+MAP_TIMEOUT = 600.0
 # conversion has no total limit (a 500 GiB image takes long); it fails when qemu-img stays silent this long
 CONVERT_STALL_TIMEOUT = 900.0
 MIN_VIRTUAL_SIZE = 1 << 20
+# Data per conversion window. Each window is one qemu-img process (~30 ms of CPU to start and
+# stop, measured), hashed while the next converts; the last is hashed alone. 4 windows for a
+# 1 GiB image; at most 1 GiB each, so that a window is still in the page cache when it is hashed.
+WINDOW_MIN = 256 << 20
+WINDOW_MAX = 1 << 30
+WINDOWS = 4
 
-# qemu's driver name -> the name operators know
-FORMATS = {"vpc": "vhd", "vhdx": "vhdx", "vmdk": "vmdk", "qcow2": "qcow2", "vdi": "vdi", "raw": "raw"}
 # formats whose consistency `qemu-img check` can verify
 CHECKABLE = frozenset({"qcow2", "vdi", "vhdx", "vmdk"})
 
 ProgressCallback = Callable[[float], Any]
 
 _PROGRESS = re.compile(rb"\((\d+(?:\.\d+)?)/100%\)")
+_OUT_OF_SPACE = ("No space left on device", "Disk quota exceeded")
 
 
 class Cancelled(GgnetError):
@@ -119,10 +137,27 @@ def _env() -> dict[str, str]:
     return env
 
 
-async def _spawn(args: list[str], **kw: Any) -> asyncio.subprocess.Process:
+def _command() -> list[str]:
+    """qemu-img, under setpriv so that the kernel kills it (SIGKILL) when its parent dies."""
+    qemu = shutil.which(QEMU_IMG)
+    if qemu is None:
+        raise BackendUnavailable("qemu-img is not installed; install the qemu-utils package")
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        raise BackendUnavailable("setpriv is not installed; install the util-linux package")
+    return [setpriv, "--pdeathsig", "KILL", "--", qemu]
+
+
+async def _spawn(args: list[str], pass_fds: tuple[int, ...] | list[int] = (), **kw: Any) -> asyncio.subprocess.Process:
     try:
         return await asyncio.create_subprocess_exec(
-            QEMU_IMG, *args, stdin=asyncio.subprocess.DEVNULL, env=_env(), start_new_session=True, **kw
+            *_command(),
+            *args,
+            stdin=asyncio.subprocess.DEVNULL,
+            env=_env(),
+            start_new_session=True,
+            pass_fds=tuple(pass_fds),
+            **kw,
         )
     except FileNotFoundError:
         raise BackendUnavailable("qemu-img is not installed; install the qemu-utils package") from None
@@ -152,8 +187,8 @@ async def _kill(proc: asyncio.subprocess.Process) -> None:
     await settle(proc.wait())
 
 
-async def _run(args: list[str], timeout: float) -> tuple[int, str, str]:
-    proc = await _spawn(args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+async def _run(args: list[str], timeout: float, pass_fds: tuple[int, ...] | list[int] = ()) -> tuple[int, str, str]:
+    proc = await _spawn(args, pass_fds, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     try:
         out, err = await asyncio.wait_for(proc.communicate(), timeout)
     except TimeoutError:
@@ -166,10 +201,10 @@ async def _run(args: list[str], timeout: float) -> tuple[int, str, str]:
 
 
 def _message(stderr: str, fallback: str) -> str:
-    """qemu-img's own words, without its 'qemu-img: ' prefix."""
+    """qemu-img's own words, without its 'qemu-img: ' prefix, control characters escaped."""
     lines = [line.strip() for line in stderr.splitlines() if line.strip()]
     text = " ".join(line.removeprefix("qemu-img: ") for line in lines[:3])
-    return text or fallback
+    return quoted(text or fallback)
 
 
 def _plain_path(path: str | Path) -> str:
@@ -177,8 +212,12 @@ def _plain_path(path: str | Path) -> str:
     return os.path.realpath(os.fspath(path))
 
 
+def _pinned(spec: dict[str, Any]) -> str:
+    return "json:" + json.dumps(spec)
+
+
 async def info(path: str | Path, *, fmt: str | None = None, backing_chain: bool = False) -> ImageInfo:
-    """`qemu-img info`. ``backing_chain`` opens the backing files too: never use it on untrusted input."""
+    """`qemu-img info` of a file ggnet trusts (its own). ``backing_chain`` opens the backing files too."""
     args = ["info", "--output=json"]
     if backing_chain:
         args.append("--backing-chain")
@@ -199,9 +238,9 @@ class CheckResult:
     message: str
 
 
-async def check(path: str | Path, fmt: str) -> CheckResult:
-    """`qemu-img check`. Leaked clusters only waste space and are not an error; corruptions are."""
-    code, out, err = await _run(["check", "--output=json", "-f", fmt, _plain_path(path)], CHECK_TIMEOUT)
+async def check(source: Source) -> CheckResult:
+    """`qemu-img check` of a pinned image. Leaked clusters only waste space and are not an error; corruptions are."""
+    code, out, err = await _run(["check", "--output=json", _pinned(source.spec())], CHECK_TIMEOUT, source.files)
     if code == 63:  # the format has no consistency checks
         return CheckResult(True, False, 0, 0, "")
     data: dict[str, Any] = {}
@@ -214,111 +253,107 @@ async def check(path: str | Path, fmt: str) -> CheckResult:
         return CheckResult(True, True, 0, leaks, "")
     detail = [line.strip() for line in err.splitlines() if line.strip().startswith(("ERROR", "qemu-img:"))]
     summary = f"{corruptions} errors were found on the image" if corruptions else ""
-    message = "; ".join(filter(None, [summary, *(d.removeprefix("qemu-img: ") for d in detail[:2])]))
+    message = "; ".join(filter(None, [summary, *(quoted(d.removeprefix("qemu-img: ")) for d in detail[:2])]))
     return CheckResult(
         False, True, corruptions, leaks, message or _message(err, f"qemu-img check failed (exit {code})")
     )
 
 
+async def data_extents(source: Source) -> list[tuple[int, int]]:
+    """(start, end) of the virtual disk's regions that hold data (`qemu-img map`), merged."""
+    code, out, err = await _run(["map", "--output=json", _pinned(source.spec())], MAP_TIMEOUT, source.files)
+    if code != 0:
+        raise Invalid("file", _message(err, f"qemu-img map failed (exit status {code})"))
+    try:
+        entries = json.loads(out)
+    except json.JSONDecodeError as exc:
+        raise BackendUnavailable(f"qemu-img map printed something that is not JSON: {exc}") from None
+    extents: list[tuple[int, int]] = []
+    for entry in entries:
+        if not entry.get("data") or entry.get("zero"):
+            continue
+        start, end = int(entry["start"]), int(entry["start"]) + int(entry["length"])
+        if extents and extents[-1][1] == start:
+            extents[-1] = (extents[-1][0], end)
+        else:
+            extents.append((start, end))
+    return extents
+
+
 # --- probing untrusted input ------------------------------------------------
 
 
-@dataclass(frozen=True)
-class FileIdentity:
-    device: int
-    inode: int
-    size: int
-    mtime_ns: int
-    ctime_ns: int  # unlike mtime, nobody can set it back
-
-
-def identity(path: str | Path) -> FileIdentity:
-    st = os.stat(path)
-    return FileIdentity(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-
-
-@dataclass(frozen=True)
+@dataclass
 class ProbedImage:
-    path: Path  # absolute, symlinks resolved
+    """An untrusted image, pinned and checked; holds its files open until closed."""
+
+    source: Source
     info: ImageInfo
-    identity: FileIdentity
+    extents: list[tuple[int, int]]  # where the virtual disk holds data
+
+    @property
+    def path(self) -> Path:
+        return self.source.path
 
     @property
     def format(self) -> str:
-        return self.info.format
+        return self.source.format
 
+    @property
+    def data_size(self) -> int:
+        return sum(end - start for start, end in self.extents)
 
-# kernel views that look like regular files (/proc/kcore is one, and huge)
-_PSEUDO_FS = ("/proc/", "/sys/", "/dev/")
+    def changed(self) -> bool:
+        """Whether the operator's files were written since they were probed."""
+        return self.source.changed()
 
+    def close(self) -> None:
+        self.source.close()
 
-def _regular_file(path: str | Path) -> Path:
-    text = os.fspath(path)
-    if not text:
-        raise Invalid("file", "is required")
-    real = Path(_plain_path(text))
-    try:
-        st = os.stat(real)
-    except FileNotFoundError:
-        raise Invalid("file", f"{text} does not exist") from None
-    except OSError as exc:
-        raise Invalid("file", f"cannot read {text}: {exc.strerror}") from None
-    if not stat.S_ISREG(st.st_mode) or str(real).startswith(_PSEUDO_FS):
-        raise Invalid("file", f"{text} is not a regular file")
-    if not os.access(real, os.R_OK):
-        raise Invalid("file", f"cannot read {text}: permission denied")
-    return real
+    def __enter__(self) -> ProbedImage:
+        return self
 
-
-def _check_extents(image: Path, extents: tuple[str, ...]) -> None:
-    """VMDK extents must be plain files beside the descriptor (an ESXi pair *.vmdk + *-flat.vmdk)."""
-    home = image.parent
-    for name in extents:
-        if not name or name.startswith("json:") or "://" in name or not os.path.isabs(name):
-            raise Invalid("file", f"the VMDK names an extent {name!r} that is not a plain file; refused")
-        candidate = Path(name)
-        if os.path.islink(candidate):
-            raise Invalid("file", f"the VMDK extent {name} is a symbolic link; refused")
-        real = Path(_plain_path(candidate))
-        if real.parent != home or not real.is_file():
-            raise Invalid("file", f"the VMDK names an extent outside its own directory ({name}); refused")
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 async def probe(path: str | Path) -> ProbedImage:
-    """Identify an untrusted image by its content and refuse anything unsafe or damaged."""
-    real = _regular_file(path)
-    before = identity(real)
-    # without --backing-chain: qemu-img does not open the backing file, which is refused below anyway
-    found = await info(real)
-    kind = found.format
-    if kind not in FORMATS:
-        names = ", ".join(sorted(FORMATS.values()))
-        raise Invalid("file", f"is in {kind or 'an unknown'} format; ggnet imports {names}")
-    if found.backing_filename:
-        raise Invalid(
-            "file",
-            f"has a backing file ({found.backing_filename}); convert it to a stand-alone image "
-            "first (qemu-img convert); images that name other files are refused",
-        )
-    if found.data_file:
-        raise Invalid("file", f"keeps its data in another file ({found.data_file}); refused")
-    if kind == "vmdk":
-        _check_extents(real, found.extents)
-    if found.corrupt:
-        raise Invalid("file", "is marked corrupt by qemu-img; repair it before importing")
-    if found.virtual_size < MIN_VIRTUAL_SIZE:
-        # no system fits; and it keeps small files that are not disks (a key, a password file) out
-        raise Invalid("file", f"is too small to be a disk ({found.virtual_size} bytes; at least 1 MiB)")
-    if kind in CHECKABLE:
-        result = await check(real, kind)
-        if not result.ok:
-            raise Invalid("file", f"is damaged: {result.message}")
-    if identity(real) != before:
-        raise Conflict(f"{path} changed while it was being checked; try again when nothing writes to it")
-    return ProbedImage(real, found, before)
+    """Pin an untrusted image, identify it by its content and refuse anything unsafe or damaged.
+    The result holds the image's files open: close it (``with await probe(p) as probed:``)."""
+    source = open_source(path)
+    try:
+        code, out, err = await _run(["info", "--output=json", _pinned(source.spec())], INFO_TIMEOUT, source.files)
+        if code != 0:
+            raise Invalid("file", _message(err, f"qemu-img info failed (exit status {code})"))
+        found = parse_info(out)
+        # named files were refused before qemu-img ran (and are never opened); this is a second look
+        if found.backing_filename:
+            raise Invalid(
+                "file",
+                f"has a backing file ({quoted(found.backing_filename)}); convert it to a stand-alone image "
+                "first (qemu-img convert); images that name other files are refused",
+            )
+        if found.data_file:
+            raise Invalid("file", f"keeps its data in another file ({quoted(found.data_file)}); refused")
+        if found.corrupt:
+            raise Invalid("file", "is marked corrupt by qemu-img; repair it before importing")
+        if found.virtual_size < MIN_VIRTUAL_SIZE:
+            # no system fits; and it keeps small files that are not disks (a key, a password file) out
+            raise Invalid("file", f"is too small to be a disk ({found.virtual_size} bytes; at least 1 MiB)")
+        if source.format in CHECKABLE:
+            result = await check(source)
+            if not result.ok:
+                raise Invalid("file", f"is damaged: {result.message}")
+        extents = await data_extents(source)
+        if source.changed():
+            raise Conflict(f"{source.shown_as} changed while it was being checked; try again when nothing writes to it")
+        return ProbedImage(source, found, extents)
+    except BaseException:
+        source.close()
+        raise
 
 
-# --- free space, hashing ------------------------------------------------------
+# --- free space -----------------------------------------------------------------
 
 
 def free_bytes(directory: str | Path) -> int:
@@ -337,6 +372,13 @@ def ensure_free_space(directory: str | Path, needed: int) -> None:
         )
 
 
+def _full(directory: Path, needed: int, reason: str) -> Conflict:
+    return Conflict(
+        f"the destination {directory} is full ({reason}): this image needs up to {_size(needed)} there; "
+        "free some space and import again. Nothing was kept."
+    )
+
+
 def _size(n: int) -> str:
     value = float(n)
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
@@ -346,22 +388,9 @@ def _size(n: int) -> str:
     return f"{n} B"  # pragma: no cover
 
 
-def _sha256_sync(path: str | Path, chunk: int = 4 << 20) -> str:
-    digest = hashlib.sha256()
-    buffer = bytearray(chunk)
-    view = memoryview(buffer)
-    with open(path, "rb", buffering=0) as handle:
-        while True:
-            n = handle.readinto(buffer)
-            if not n:
-                break
-            digest.update(view[:n])  # holes read as zeros, so sparse files hash like their full bytes
-    return digest.hexdigest()
-
-
-async def sha256(path: str | Path) -> str:
-    """SHA-256 of a file's bytes, hashed in a worker thread."""
-    return await asyncio.to_thread(_sha256_sync, path)
+async def digest(path: str | Path) -> str:
+    """The ggnet-disk-v1 digest of a raw file (core.storage.digest), hashed in worker threads."""
+    return await asyncio.to_thread(disk_digest, path)
 
 
 # --- conversion ---------------------------------------------------------------
@@ -385,56 +414,61 @@ class ProgressParser:
         return values
 
 
-def remove_stale_partials(directory: Path, older_than: float = 2 * CONVERT_STALL_TIMEOUT) -> list[Path]:
-    """Remove temporaries a crashed ggnet left behind. A running conversion keeps writing to its
-    temporary, so one untouched for longer than the stall timeout belongs to nobody."""
-    removed = []
-    cutoff = time.time() - older_than
-    for path in directory.glob(".*.part"):
-        with contextlib.suppress(OSError):
-            if path.is_file() and path.stat().st_mtime < cutoff:
-                path.unlink()
-                removed.append(path)
-    return removed
+@dataclass(frozen=True)
+class Window:
+    start: int
+    end: int
+    data: int  # bytes of data qemu-img will read in it
 
 
-def _pinned_source(path: Path, fmt: str) -> str:
-    """The source as qemu's JSON pseudo-filename: the probed format, the plain file protocol and
-    no backing file, whatever the file says by the time qemu-img opens it."""
-    spec = {"driver": fmt, "file": {"driver": "file", "filename": str(path)}, "backing": None}
-    return "json:" + json.dumps(spec)
-
-
-def temp_name(dest: Path) -> Path:
-    """A hidden temporary beside ``dest`` (same file system, so the final rename is atomic)."""
-    return dest.parent / f".{dest.name}.{uuid.uuid4().hex[:12]}.part"
+def plan_windows(extents: list[tuple[int, int]], size: int, target: int | None = None) -> list[Window]:
+    """Cut [0, size) into windows holding about ``target`` bytes of data each, on leaf boundaries."""
+    total = sum(end - start for start, end in extents)
+    if target is None:
+        target = min(max(total // WINDOWS, WINDOW_MIN), WINDOW_MAX)
+    cuts, held = [0], 0
+    for start, end in extents:
+        position = max(start, cuts[-1])
+        while position < end:
+            step = min(target - held, end - position)
+            position += step
+            held += step
+            if held >= target:
+                cut = min(-(-position // LEAF) * LEAF, size)
+                cuts.append(cut)
+                held, position = 0, max(position, cut)
+    if cuts[-1] < size:
+        cuts.append(size)
+    windows, first = [], 0
+    for start, end in itertools.pairwise(cuts):
+        while first < len(extents) and extents[first][1] <= start:
+            first += 1
+        data, index = 0, first
+        while index < len(extents) and extents[index][0] < end:
+            data += min(extents[index][1], end) - max(extents[index][0], start)
+            index += 1
+        windows.append(Window(start, end, data))
+    return windows
 
 
 async def convert_to_raw(
-    src: str | Path,
+    probed: ProbedImage,
     dest: str | Path,
-    fmt: str,
     progress: ProgressCallback | None = None,
     cancel: asyncio.Event | None = None,
     *,
-    virtual_size: int | None = None,
     stall_timeout: float = CONVERT_STALL_TIMEOUT,
-) -> None:
-    """Convert ``src`` (format ``fmt``, already probed) to a raw file at ``dest``, atomically.
+) -> str:
+    """Convert a probed image to a raw file at ``dest``, atomically; returns its digest.
 
     ``dest`` appears complete or not at all. Cancelling (asyncio cancellation, or setting
     ``cancel``) kills qemu-img and removes the partial file; ``cancel`` raises Cancelled.
     """
-    if fmt not in FORMATS:
-        raise Invalid("format", f"must be one of {', '.join(FORMATS)}")
     dest = Path(dest)
-    if virtual_size is None:
-        virtual_size = (await info(src, fmt=fmt)).virtual_size
-    ensure_free_space(dest.parent, virtual_size)
+    ensure_free_space(dest.parent, probed.data_size)
     if cancel is None:
-        await _convert(Path(_plain_path(src)), dest, fmt, progress, stall_timeout, None)
-        return
-    work = asyncio.ensure_future(_convert(Path(_plain_path(src)), dest, fmt, progress, stall_timeout, cancel))
+        return await _convert(probed, dest, progress, stall_timeout, None)
+    work = asyncio.ensure_future(_convert(probed, dest, progress, stall_timeout, cancel))
     stop = asyncio.ensure_future(cancel.wait())
     try:
         await asyncio.wait({work, stop}, return_when=asyncio.FIRST_COMPLETED)
@@ -445,27 +479,99 @@ async def convert_to_raw(
             await settle(work)
     if work.cancelled():
         raise Cancelled("cancelled; nothing was written")
-    work.result()
+    return work.result()
+
+
+def _hash_and_flush(digest: DiskDigest, fd: int, window: Window, stop: threading.Event) -> None:
+    digest.add(fd, window.start, window.end, stop)
+    os.fdatasync(fd)  # this window goes to disk while qemu-img writes the next
 
 
 async def _convert(
-    src: Path, dest: Path, fmt: str, progress: ProgressCallback | None, stall: float, cancel: asyncio.Event | None
-) -> None:
-    log = get_logger()
-    partial = temp_name(dest)
-    args = ["convert", "-p", "-O", "raw", _pinned_source(src, fmt), str(partial)]
+    probed: ProbedImage, dest: Path, progress: ProgressCallback | None, stall: float, cancel: asyncio.Event | None
+) -> str:
+    size = probed.info.virtual_size
+    windows = plan_windows(probed.extents, size)
+    total = sum(w.data for w in windows)
+    digest = DiskDigest(size)
+    stop = threading.Event()
+    background: asyncio.Future[None] | None = None
+    done = 0
+
+    def report(window: Window, percent: float) -> None:
+        if progress is not None and total:
+            progress(min(100.0, round((done * 100 + percent * window.data) / total, 2)))
+
     try:
-        proc = await _spawn(args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    except BaseException:
-        # cancelled while starting: asyncio has killed and reaped qemu-img, which may already
-        # have created the partial file
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(partial)
-        raise
+        with temps.partial(dest) as part:
+            try:
+                os.ftruncate(part.fd, size)  # a hole of the disk's size; qemu-img writes only the data
+                for window in windows:
+                    if window.data:
+                        await _convert_window(probed, part.fd, window, size, dest.parent, report, stall)
+                    if background is not None:
+                        await background
+                    # hashed and flushed while qemu-img converts the next window
+                    background = asyncio.ensure_future(
+                        asyncio.to_thread(_hash_and_flush, digest, part.fd, window, stop)
+                    )
+                    done += window.data
+                if background is not None:
+                    await background
+                # through ``background`` too: a cancel must not close the file under a running fsync
+                background = asyncio.ensure_future(asyncio.to_thread(os.fsync, part.fd))
+                await background
+                background = None
+                if progress is not None and not total:
+                    progress(100.0)
+                if cancel is not None and cancel.is_set():  # cancelled while the last step was finishing
+                    raise Cancelled("cancelled; nothing was written")
+                part.commit(dest)
+            except BaseException:
+                stop.set()
+                if background is not None:  # the thread reads the partial file: it must end before the file goes
+                    await settle(background)
+                if part.committed:
+                    dest.unlink(missing_ok=True)
+                raise
+    except OSError as exc:  # ours (create, flush, rename); qemu-img's own failures are turned into sentences below
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise _full(dest.parent, probed.data_size, (exc.strerror or "no space left").lower()) from None
+        raise BackendUnavailable(f"cannot write the image in {dest.parent}: {exc.strerror or exc}") from None
+    get_logger().info(
+        "qemu-img convert done",
+        source=quoted(str(probed.path)),
+        format=probed.format,
+        dest=str(dest),
+        windows=len(windows),
+    )
+    return digest.hexdigest()
+
+
+async def _convert_window(
+    probed: ProbedImage,
+    out: int,
+    window: Window,
+    size: int,
+    directory: Path,
+    report: Callable[[Window, float], None],
+    stall: float,
+) -> None:
+    source: dict[str, Any] = {"driver": "raw", "offset": window.start, "file": probed.source.spec()}
+    target: dict[str, Any] = {
+        "driver": "raw",
+        "offset": window.start,
+        "file": {"driver": "file", "filename": f"/dev/fd/{out}"},
+    }
+    if window.end < size:  # the last window runs to the end, whatever the alignment of the size
+        source["size"] = target["size"] = window.end - window.start
+    args = ["convert", "-p", "-n", "--target-is-zero", "-t", "unsafe", "-O", "raw", _pinned(source), _pinned(target)]
+    proc = await _spawn(
+        args, (*probed.source.files, out), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
     assert proc.stdout is not None and proc.stderr is not None
     errors = asyncio.ensure_future(proc.stderr.read())
     parser = ProgressParser()
-    placed = False
     try:
         while True:
             try:
@@ -474,25 +580,18 @@ async def _convert(
                 raise BackendUnavailable(f"qemu-img convert made no progress for {stall:.0f} s; stopped") from None
             if not chunk:
                 break
-            if progress is not None:
-                for value in parser.feed(chunk):
-                    progress(value)
+            for value in parser.feed(chunk):
+                report(window, value)
         code = await proc.wait()
         stderr = (await errors).decode(errors="replace")
-        if code != 0:
-            raise Invalid("file", _message(stderr, f"qemu-img convert failed (exit status {code})"))
-        os.chmod(partial, 0o600)
-        await asyncio.to_thread(fsync_file, partial)
-        if cancel is not None and cancel.is_set():  # cancelled while qemu-img was finishing
-            raise Cancelled("cancelled; nothing was written")
-        os.replace(partial, dest)
-        placed = True
-        await asyncio.to_thread(fsync_dir, dest.parent)
-        log.info("qemu-img convert done", source=str(src), format=fmt, dest=str(dest))
     except BaseException:
         await _kill(proc)
         errors.cancel()
-        for path in (partial, dest) if placed else (partial,):
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
         raise
+    if code != 0:
+        message = _message(stderr, f"qemu-img convert failed (exit status {code})")
+        if any(reason in stderr for reason in _OUT_OF_SPACE):
+            raise _full(directory, probed.data_size, next(r for r in _OUT_OF_SPACE if r in stderr).lower())
+        if "error while writing" in stderr:
+            raise BackendUnavailable(f"cannot write the image in {directory}: {message}")
+        raise Invalid("file", message)

@@ -22,9 +22,10 @@ from typing import Any, Protocol, runtime_checkable
 
 from ..config import Settings
 from ..errors import BackendUnavailable, DiskFull, GgnetError, Invalid
-from ..files import create_private, fsync_dir, private_dir
+from ..files import create_private, private_dir
 from ..log import get_logger
-from .qemu_img import Cancelled, settle, temp_name
+from . import temps
+from .qemu_img import Cancelled, settle
 
 FICLONE = 0x40049409  # _IOW(0x94, 9, int) from linux/fs.h
 WRITEBACK_DIR = "writebacks"
@@ -88,20 +89,14 @@ class _FileDriver:
             raise
 
     def _create_sync(self, source: Path, dest: Path, report: ProgressCallback, stop: threading.Event) -> None:
-        partial = temp_name(dest)
         try:
-            # 0600: the target daemons that serve writebacks (LIO, tgtd) run as root
-            with open(source, "rb") as src, os.fdopen(create_private(partial), "wb") as dst:
-                self._fill(src.fileno(), dst.fileno(), report, stop)
-                os.fsync(dst.fileno())
-            os.replace(partial, dest)
-            fsync_dir(dest.parent)
-        except BaseException as exc:
-            with contextlib.suppress(FileNotFoundError):
-                partial.unlink()
-            if isinstance(exc, OSError):
-                raise _os_error(f"cannot create writeback {dest.name} ({self.name})", exc) from None
-            raise
+            # a locked temporary: if this process dies, the engine's next sweep (temps.remove_orphans) removes it
+            with open(source, "rb") as src, temps.partial(dest) as part:
+                self._fill(src.fileno(), part.fd, report, stop)
+                os.fsync(part.fd)
+                part.commit(dest)
+        except OSError as exc:
+            raise _os_error(f"cannot create writeback {dest.name} ({self.name})", exc) from None
         report(100.0)
 
     def _fill(self, src: int, dst: int, report: ProgressCallback, stop: threading.Event) -> None:

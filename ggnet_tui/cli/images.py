@@ -68,7 +68,11 @@ async def image_import(
     notes: str,
     as_json: bool,
 ) -> None:
-    """Import PATH (VHD, VHDX, VMDK, QCOW2, VDI or raw; the format is detected from the content)."""
+    """Import PATH (VHD, VHDX, VMDK, QCOW2, VDI or raw; the format is detected from the content).
+
+    The sha256 printed is the ggnet-disk-v1 digest of the served raw disk: SHA-256 over the
+    disk's size and the SHA-256 of each non-zero 1 MiB block with its index. It identifies
+    the disk's bytes (holes and zeros alike) but is not what sha256sum prints."""
     from core.services import images
 
     if (name is None) == (new_version_of is None):
@@ -101,7 +105,7 @@ async def image_import(
     state_word = "active" if version.is_active else "not active"
     click.echo(
         f"image '{version.image}' version {version.number} imported from {version.source_format} "
-        f"({_size(version.virtual_size)}, {state_word}); sha256 {version.sha256}"
+        f"({_size(version.virtual_size)}, {state_word}); sha256 (ggnet-disk-v1) {version.sha256}"
     )
 
 
@@ -163,6 +167,7 @@ def _versions_table(versions) -> None:  # type: ignore[no-untyped-def]
 @json_option
 @run
 async def image_versions(state: State, name: str, as_json: bool) -> None:
+    """The versions of image NAME (sha256: the ggnet-disk-v1 digest, see `ggnet image import --help`)."""
     from core.services import images
 
     core, actor = await state.login()
