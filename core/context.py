@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from .config import Settings
 from .db import Database
+from .events import EventBus
 
 if TYPE_CHECKING:
     from .iscsi.base import BackendHealth, TargetBackend
@@ -17,6 +18,7 @@ class Core:
     settings: Settings
     db: Database
     extras: dict[str, Any] = field(default_factory=dict)
+    events: EventBus = field(default_factory=EventBus)  # live events of this process (engine, audit feed)
     _backend: TargetBackend | None = None
     _backend_health: BackendHealth | None = None
 

@@ -84,6 +84,20 @@ def _new_user(op: Operation, data: NewUser) -> User:
     )
 
 
+async def revoke_tokens(session: AsyncSession, user_id: int) -> None:
+    """Every login token of the account (API refresh tokens, CLI tokens) stops working, for good:
+    enabling the account again or changing the password back does not revive one."""
+    from sqlalchemy import update
+
+    from ..models import AuthToken
+
+    await session.execute(
+        update(AuthToken)
+        .where(AuthToken.user_id == user_id, AuthToken.revoked_at.is_(None))
+        .values(revoked_at=utcnow())
+    )
+
+
 async def count_users(core: Core) -> int:
     """Whether anyone exists yet (first-run screen, ``init``). Needs no login."""
     async with core.db.session() as session:
@@ -156,6 +170,7 @@ async def disable_user(core: Core, actor: Actor, username: str) -> UserView:
     async def apply(op: Operation, user: User) -> None:
         await _guard_last_admin(op.session, user, "disable")
         user.disabled = True
+        await revoke_tokens(op.session, user.id)
 
     return await _change(core, actor, username, "user.disable", None, apply)
 
@@ -183,6 +198,7 @@ async def set_password(core: Core, actor: Actor, username: str, password: str) -
         user.password_changed_at = utcnow()
         user.failed_logins = 0
         user.locked_until = None
+        await revoke_tokens(op.session, user.id)
         op.stamp(user)
         await op.flush(conflict="the account was changed by another console; reload")
         op.audit("user", user.id, user.username, before, snapshot(user))
@@ -203,8 +219,9 @@ async def remove_user(core: Core, actor: Actor, username: str) -> None:
 BAD_CREDENTIALS = "wrong user name or password"
 
 
-async def login(core: Core, username: str, password: str) -> Actor:
-    """Check a password. Every attempt, good or bad, is audited; failures are throttled."""
+async def login(core: Core, username: str, password: str, client: str | None = None) -> Actor:
+    """Check a password. Every attempt, good or bad, is audited (with ``client``, where the
+    attempt came from, e.g. "api 10.0.0.5"); failures are throttled."""
     name = shown(str(username or "").strip().lower())
     try:
         normalize_username(name)
@@ -217,7 +234,7 @@ async def login(core: Core, username: str, password: str) -> Actor:
         user = None
         if possible:
             user = (await session.execute(select(User).where(User.username == name))).scalar_one_or_none()
-        op = Operation(session, Actor(user.id if user else None, name or "?", Role.VIEWER), "auth.login")
+        op = Operation(session, Actor(user.id if user else None, name or "?", Role.VIEWER, client=client), "auth.login")
         wait = 0
         if user is not None:
             if user.locked_until is not None and user.locked_until > now:
@@ -247,7 +264,7 @@ async def login(core: Core, username: str, password: str) -> Actor:
             user.locked_until = None
             user.last_login_at = now
             op.audit("user", user.id, user.username)
-            return Actor(user.id, user.username, Role(user.role), logged_in_at=now)
+            return Actor(user.id, user.username, Role(user.role), logged_in_at=now, client=client)
     raise error
 
 
@@ -272,5 +289,5 @@ async def still_valid(core: Core, actor: Actor) -> Actor | None:
     if actor.logged_in_at is not None and row.password_changed_at > actor.logged_in_at:
         return None
     if row.role != actor.role.value:
-        return Actor(actor.user_id, actor.username, Role(row.role), actor.logged_in_at)
+        return Actor(actor.user_id, actor.username, Role(row.role), actor.logged_in_at, actor.client)
     return actor
