@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import secrets
 import string
@@ -86,8 +87,11 @@ _VIEW_COLUMNS = (
 )
 
 
+@functools.cache
 def _machine_query() -> Select[Any]:
-    # plain columns rather than ORM objects: listing 10,000 machines is about twice as fast
+    # plain columns rather than ORM objects: listing 10,000 machines is about twice as fast;
+    # built once (a Select is immutable: .where() and .order_by() make new ones), which saves
+    # a few milliseconds per call
     pinned = ImageVersion.__table__.alias("pinned")
     game = Image.__table__.alias("game")
     game_pinned = ImageVersion.__table__.alias("game_pinned")

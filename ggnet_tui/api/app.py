@@ -24,7 +24,7 @@ from core.services.api_tokens import signing_key
 
 from . import errors
 from .metrics import CONTENT_TYPE, Metrics
-from .protect import BodyLimit, address_allowed
+from .protect import BodyLimit, ConcurrencyLimit, address_allowed
 
 IPXE_MEDIA_TYPE = "text/plain; charset=utf-8"
 
@@ -83,7 +83,13 @@ def create_app(core: Core, engine: Engine) -> FastAPI:
 
     app.mount(PREFIX, create_api(core, engine, signing_key(settings)))
 
-    # outermost last: hosts are checked first, then TLS, then the body size
+    # outermost last: hosts are checked first, then TLS, then the body size, then the turns
+    app.add_middleware(
+        ConcurrencyLimit,
+        limit=settings.api_concurrency,
+        prefixes=(PREFIX, "/metrics"),
+        exempt=(UPLOAD_PATH, f"{PREFIX}/images/import"),
+    )
     app.add_middleware(BodyLimit, limit=int(settings.api_max_body), exempt=(UPLOAD_PATH,))
     if settings.tls_cert is not None:
         app.add_middleware(RequireTls, prefixes=(PREFIX, "/metrics"))

@@ -6,6 +6,7 @@ throttling and lockout that matter across processes live in the database (``core
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import math
 import time
@@ -97,3 +98,24 @@ async def _send_too_large(send: Send, limit: int) -> None:
     response = error_response(413, "too_large", BodyTooLarge(limit).message)
     await send({"type": "http.response.start", "status": 413, "headers": response.raw_headers})
     await send({"type": "http.response.body", "body": response.body})
+
+
+class ConcurrencyLimit:
+    """At most ``limit`` API requests are worked on at once; the others wait their turn. The engine
+    shares this process's event loop: a flood of API requests must not slow PCs' boot requests,
+    which never wait here. Long transfers (``exempt``: uploads, imports) and WebSockets do not
+    take a turn."""
+
+    def __init__(self, app: ASGIApp, limit: int, prefixes: tuple[str, ...], exempt: tuple[str, ...]) -> None:
+        self.app = app
+        self.prefixes = prefixes
+        self.exempt = exempt
+        self._turns = asyncio.Semaphore(limit)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if scope["type"] != "http" or not path.startswith(self.prefixes) or path in self.exempt:
+            await self.app(scope, receive, send)
+            return
+        async with self._turns:
+            await self.app(scope, receive, send)
