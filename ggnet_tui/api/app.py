@@ -24,7 +24,7 @@ from core.services.api_tokens import signing_key
 
 from . import errors
 from .metrics import CONTENT_TYPE, Metrics
-from .protect import BodyLimit, ConcurrencyLimit, address_allowed
+from .protect import BodyLimit, ConcurrencyLimit, TrustedHosts, address_allowed
 
 IPXE_MEDIA_TYPE = "text/plain; charset=utf-8"
 
@@ -95,11 +95,9 @@ def create_app(core: Core, engine: Engine) -> FastAPI:
         app.add_middleware(RequireTls, prefixes=(PREFIX, "/metrics"))
     hosts = split_list(settings.api_trusted_hosts)
     if hosts:
-        from starlette.middleware.trustedhost import TrustedHostMiddleware
-
         # PCs ask for their scripts at the boot address: never refuse them
         extra = [h for h in (settings.boot_host, "127.0.0.1", "localhost") if h]
-        app.add_middleware(TrustedHostMiddleware, allowed_hosts=[*hosts, *extra])
+        app.add_middleware(TrustedHosts, hosts=[*hosts, *extra])
     return app
 
 

@@ -119,3 +119,30 @@ class ConcurrencyLimit:
             return
         async with self._turns:
             await self.app(scope, receive, send)
+
+
+class TrustedHosts:
+    """Refuse requests whose Host header is not listed (``*.example.org`` covers subdomains),
+    in the API's error shape."""
+
+    def __init__(self, app: ASGIApp, hosts: list[str]) -> None:
+        self.app = app
+        self.hosts = [h.lower() for h in hosts]
+
+    def _allowed(self, host: str) -> bool:
+        name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+        return any(name == h or (h.startswith("*.") and name.endswith(h[1:])) for h in self.hosts)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket"):
+            host = next((v.decode("latin-1").lower() for k, v in scope.get("headers", ()) if k == b"host"), "")
+            if not self._allowed(host):
+                if scope["type"] == "websocket":
+                    await send({"type": "websocket.close", "code": 1008})
+                    return
+                from .errors import error_response
+
+                response = error_response(400, "invalid", "this server does not answer to that host name (Host header)")
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)

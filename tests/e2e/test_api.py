@@ -405,3 +405,44 @@ def test_a_slow_events_client_is_dropped_not_waited_for() -> None:
     events = asyncio.run(drain(slow, 6))
     assert [e["type"] for e in events] == ["boot.ready"] * 5 + ["overflow"]
     assert [e["n"] for e in asyncio.run(drain(fast, 20))] == list(range(20))
+
+
+def test_tls_proxies_trusted_hosts_and_cors(tmp_path: Path) -> None:
+    """TLS on its own listener; behind a listed proxy the forwarded address counts, so plain HTTP
+    from a remote client is refused; unknown Host headers are refused; CORS only for listed origins."""
+    from tests.e2e.tgtd import free_tcp_port
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    https_port = free_tcp_port()
+    server = start_api(
+        tmp_path,
+        None,
+        GGNET_TLS_CERT=str(cert),
+        GGNET_TLS_KEY=str(key),
+        GGNET_HTTPS_ADDRESS=f"127.0.0.1:{https_port}",
+        GGNET_API_TRUSTED_PROXIES="127.0.0.1",
+        GGNET_API_TRUSTED_HOSTS="ggnet.example",
+        GGNET_API_CORS_ORIGINS="https://billing.example",
+    )
+    try:
+        login = {"username": "viewer", "password": PASSWORDS["viewer"]}
+        secure = httpx.post(f"https://127.0.0.1:{https_port}/api/v1/auth/login", json=login, verify=False)
+        assert secure.status_code == 200, secure.text
+        server.secrets.update((secure.json()["access_token"], secure.json()["refresh_token"]))
+        assert server.post("/auth/login", json=login).status_code == 200  # plain HTTP from this host itself
+        remote = server.post("/auth/login", json=login, headers={"X-Forwarded-For": "192.0.2.7"})
+        error(remote, 403, "tls_required")
+        error(server.get("/auth/me", headers={"Host": "elsewhere.example"}), 400, "invalid")
+        assert server.get("/engine", headers={"Host": "ggnet.example"}).status_code == 401
+        allowed = server.get("/engine", headers={"Origin": "https://billing.example"})
+        assert allowed.headers.get("access-control-allow-origin") == "https://billing.example"
+        other = server.get("/engine", headers={"Origin": "https://evil.example"})
+        assert "access-control-allow-origin" not in other.headers
+        server.assert_no_secrets_logged()
+    finally:
+        server.close()
