@@ -161,11 +161,10 @@ async def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench-api-"))
     daemon = None if tgtd_module.unavailable() else tgtd_module.start_private_tgtd(tmp)
     env = serve_env(tmp, daemon, GGNET_CONVERGE_SECONDS="600")
-    disk = make_prev_disk(tmp / "desk.raw", size_mib=1)
-    await seed(env, disk)
     serve = GgnetServe(env, tmp / "serve.log")
     anchor = None
     try:
+        await seed(env, make_prev_disk(tmp / "desk.raw", size_mib=1))
         serve.start(wait=daemon is not None)
         deadline = time.monotonic() + 30
         while httpx.get(f"{serve.url}/readyz").status_code != 200 and time.monotonic() < deadline:
@@ -222,10 +221,13 @@ async def main() -> None:
             f"{'ratio (loaded / alone)':<28} {pct(loaded, 0.5) / pct(quiet, 0.5):>7.2f}x {pct(loaded, 0.99) / pct(quiet, 0.99):>7.2f}x"
         )
         print(f"(mean {statistics.mean(quiet) * 1e3:.1f} ms alone, {statistics.mean(loaded) * 1e3:.1f} ms under load)")
-    finally:
+    finally:  # every process this run started is stopped, whatever failed
         if anchor is not None:
             anchor.terminate()
-            anchor.wait(10)
+            try:
+                anchor.wait(10)
+            except subprocess.TimeoutExpired:
+                anchor.kill()
         serve.stop()
         if daemon is not None:
             daemon.stop()
