@@ -127,6 +127,8 @@ class Actor:
     username: str
     role: Role
     logged_in_at: datetime | None = None
+    # where the request came from (the HTTP API's client address): audit events say so
+    client: str | None = None
 
     def can(self, permission: Permission) -> bool:
         return allowed(self.role, permission)

@@ -109,6 +109,23 @@ class Settings(BaseSettings):
     writeback_idle_hours: float = Field(default=12.0, ge=0)  # fresh writebacks unused this long are discarded
     console_engine: bool = True  # the console runs the engine while no ggnet serve does (as root)
 
+    # the HTTP API (on ggnet serve's listener, under /api/v1)
+    api_token_minutes: float = Field(default=15.0, gt=0)  # lifetime of an access token (JWT)
+    api_refresh_days: float = Field(default=7.0, gt=0)  # lifetime of a refresh token (rotated on use)
+    api_rate_per_minute: int = Field(default=600, ge=1)  # requests per access token
+    api_login_rate_per_minute: int = Field(default=10, ge=1)  # login attempts per client address, and per account
+    api_concurrency: int = Field(default=2, ge=1)  # API requests worked on at once (boot requests never wait)
+    api_max_body: int | str = "2M"  # largest request body (image uploads stream and are exempt)
+    api_upload_max: int | str = "2T"  # largest image upload
+    api_import_dirs: str = ""  # server directories images may be imported from by path (comma-separated)
+    api_trusted_hosts: str = ""  # Host headers accepted (comma-separated; empty: any)
+    api_cors_origins: str = ""  # origins allowed cross-origin (comma-separated; empty: none)
+    api_trusted_proxies: str = ""  # reverse proxies whose X-Forwarded-For/-Proto are believed
+    metrics_networks: str = ""  # networks allowed to read /metrics (comma-separated CIDRs; empty: any)
+    tls_cert: Path | None = None  # with tls_key: ggnet serve also listens with TLS on https_address
+    tls_key: Path | None = None
+    https_address: str = "0.0.0.0:8443"
+
     # console
     idle_lock_minutes: float = 15
     refresh_seconds: float = 2.0
@@ -125,10 +142,19 @@ class Settings(BaseSettings):
             self.tftp_root = self.data_dir / "tftp"
         _ = self.portal_address  # refuse a malformed GGNET_PORTAL when settings are read
         _ = self.http_listen  # likewise GGNET_HTTP_ADDRESS
-        try:
-            self.reserved_space = parse_size(self.reserved_space)
-        except ValueError as exc:
-            raise ValueError(f"reserved_space: {exc}") from None
+        for key in ("reserved_space", "api_max_body", "api_upload_max"):
+            try:
+                setattr(self, key, parse_size(getattr(self, key)))
+            except ValueError as exc:
+                raise ValueError(f"{key}: {exc}") from None
+        if not self.api_import_dirs:
+            self.api_import_dirs = str(self.data_dir / "incoming")
+        for key in ("api_trusted_proxies", "metrics_networks"):
+            _ = _networks(key, getattr(self, key))
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert: give both tls_cert and tls_key, or neither")
+        if self.tls_cert is not None:
+            _ = self.https_listen
         name = str(self.server_name).strip().lower()
         if not re.fullmatch(r"[a-z0-9]([a-z0-9.-]{0,62})", name):
             raise ValueError("server_name: must be 1-64 letters, digits, dots and hyphens")
@@ -160,6 +186,23 @@ class Settings(BaseSettings):
             return parse_host_port(self.http_address, 8067, "0.0.0.0:8067")
         except ValueError as exc:
             raise ValueError(f"http_address: {exc}") from None
+
+    @property
+    def https_listen(self) -> tuple[str, int]:
+        from .validation import parse_host_port
+
+        try:
+            return parse_host_port(self.https_address, 8443, "0.0.0.0:8443")
+        except ValueError as exc:
+            raise ValueError(f"https_address: {exc}") from None
+
+    @property
+    def api_import_roots(self) -> list[Path]:
+        return [Path(p).expanduser() for p in split_list(self.api_import_dirs)]
+
+    @property
+    def metrics_allowed(self) -> list[Any]:
+        return _networks("metrics_networks", self.metrics_networks)
 
     @property
     def reserved_bytes(self) -> int:
@@ -199,6 +242,22 @@ class Settings(BaseSettings):
 # what load_settings hands the sources above (the file is read once, by load_settings)
 _file_values: ContextVar[dict[str, Any] | None] = ContextVar("ggnet_config_file_values", default=None)
 _use_environment: ContextVar[bool] = ContextVar("ggnet_config_use_environment", default=True)
+
+
+def split_list(value: str) -> list[str]:
+    """A comma-separated setting as its items."""
+    return [item.strip() for item in str(value or "").split(",") if item.strip()]
+
+
+def _networks(key: str, value: str) -> list[Any]:
+    import ipaddress
+
+    try:
+        return [ipaddress.ip_network(item, strict=False) for item in split_list(value)]
+    except ValueError as exc:
+        raise ValueError(
+            f"{key}: must be addresses or networks such as 10.0.0.0/8, separated by commas ({exc})"
+        ) from None
 
 
 def _config_file_in_use(config_file: str | Path | None) -> Path | None:

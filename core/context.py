@@ -11,6 +11,7 @@ from . import files
 from .config import Settings
 from .db import Database, sqlite_file
 from .errors import Invalid, UnsafePath
+from .events import EventBus
 from .storage.writeback import IMAGES_DIR, WRITEBACK_DIR
 
 if TYPE_CHECKING:
@@ -22,6 +23,7 @@ class Core:
     settings: Settings
     db: Database
     extras: dict[str, Any] = field(default_factory=dict)
+    events: EventBus = field(default_factory=EventBus)  # live events of this process (engine, audit feed)
     _backend: TargetBackend | None = None
     _backend_health: BackendHealth | None = None
 

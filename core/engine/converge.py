@@ -543,6 +543,7 @@ async def _observe(engine: Engine, state: _State, observed: dict[str, ObservedTa
             sizes_changed.append((row.id, size))
     if not (changes or boot_updates or wb_logout or sizes_changed):
         return
+    events = engine.core.events
     async with engine.core.db.transaction() as session:
         for obs in changes:
             await session.merge(obs)
@@ -559,3 +560,22 @@ async def _observe(engine: Engine, state: _State, observed: dict[str, ObservedTa
             row = await session.get(WritebackRow, wid)
             if row is not None:
                 row.allocated_bytes = size
+    # committed: tell the live listeners what changed
+    for obs in changes:
+        old = existing.get(obs.machine_id)
+        if old is None or old.status != obs.status:
+            machine = state.machines[obs.machine_id]
+            events.publish(
+                "machine.status",
+                machine=machine.name,
+                status=obs.status,
+                previous=old.status if old is not None else None,
+                detail=obs.detail,
+                client_address=obs.client_address,
+            )
+    for boot_id, values in boot_updates.items():
+        name = next((b.machine_name for b in state.boots if b.id == boot_id), None)
+        if values.get("logout_at") is None and "login_address" in values:
+            events.publish("machine.login", boot_id=boot_id, machine=name, address=values["login_address"])
+        elif values.get("logout_at") is not None:
+            events.publish("machine.logout", boot_id=boot_id, machine=name)

@@ -168,10 +168,14 @@ class Engine:
             )
             if session is None:
                 continue
+            seen = False
             async with self.core.db.transaction() as db:
                 boot = await db.get(Boot, boot_id)
                 if boot is not None and boot.login_at is None:
                     boot.login_at, boot.login_address = utcnow(), session.address
+                    seen, name = True, boot.machine_name
+            if seen:
+                self.core.events.publish("machine.login", boot_id=boot_id, machine=name, address=session.address)
             self.poke()  # the pass records the machine as booted
             return
 
@@ -202,6 +206,17 @@ class Engine:
                     await self._audit_pass(report)
             if report.errors:
                 self.log.warning("pass incomplete", errors=report.errors[:20])
+            self.core.events.publish(
+                "engine.pass",
+                server=self.core.settings.server_name,
+                dry_run=dry_run,
+                ok=report.ok,
+                duration_ms=report.duration_ms,
+                drift=len(report.drift),
+                repaired=len(report.repaired),
+                errors=report.errors[:20],
+                backend=report.backend,
+            )
             return report
 
     async def _record_status(self, report: PassReport) -> None:

@@ -129,10 +129,23 @@ class Preparer:
             if machine is None:
                 await self._discovered(session, mac, client_address)
                 get_logger().info("boot request from an unregistered MAC", mac=mac, client=client_address)
-                return BootAnswer(render_unregistered(mac), "unregistered")
-            machine_id = machine.id
+                unregistered = True
+            else:
+                unregistered = False
+                machine_id = machine.id
+        if unregistered:
+            self.core.events.publish("boot.unregistered", mac=mac, client_address=client_address)
+            return BootAnswer(render_unregistered(mac), "unregistered")
         async with self._lock(machine_id):
             boot_id, refusal, name = await self.record(machine_id, "pc", "pc", client_address)
+            self.core.events.publish(
+                "boot.refused" if refusal is not None else "boot.requested",
+                boot_id=boot_id,
+                machine=name,
+                mac=mac,
+                client_address=client_address,
+                **({"error": refusal.detail or refusal.why.value} if refusal is not None else {}),
+            )
             if refusal is not None:
                 script = MachineScript(name, mac, why=refusal.why, detail=refusal.detail)
                 return BootAnswer(render_machine_script(script), "refused", boot_id, name)
@@ -407,10 +420,16 @@ class Preparer:
 
     async def _mark_ready(self, boot_id: int, ms: int) -> None:
         async with self.core.db.transaction() as session:
-            await session.execute(
+            result = await session.execute(
                 update(Boot)
                 .where(Boot.id == boot_id, Boot.state == BootState.PREPARING.value)
                 .values(state=BootState.READY.value, prepared_at=utcnow(), prepare_ms=ms, error=None)
+                .returning(Boot.machine_name, Boot.mac, Boot.origin)
+            )
+            row = result.first()
+        if row is not None:
+            self.core.events.publish(
+                "boot.ready", boot_id=boot_id, machine=row.machine_name, mac=row.mac, origin=row.origin, prepare_ms=ms
             )
 
     async def _mark_failed(self, boot_id: int, reason: str) -> None:
@@ -429,3 +448,5 @@ class Preparer:
                 row = await session.get(WritebackRow, wid) if wid else None
                 if row is not None and not row.retained:
                     row.state = WritebackState.DISCARD.value
+            name, mac = boot.machine_name, boot.mac
+        self.core.events.publish("boot.failed", boot_id=boot_id, machine=name, mac=mac, error=reason[:2000])

@@ -78,6 +78,8 @@ class Operation:
         detail: str | None = None,
         outcome: Outcome = Outcome.OK,
     ) -> None:
+        if self.actor.client:
+            detail = f"{detail}; {self.actor.client}" if detail else self.actor.client
         self.session.add(
             AuditEvent(
                 at=utcnow(),

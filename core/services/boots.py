@@ -214,6 +214,34 @@ async def engine_status(core: Core, actor: Actor) -> EngineView:
     )
 
 
+async def engine_drift(core: Core, actor: Actor) -> list[dict[str, Any]]:
+    """What the engine's last pass found different from what should be (and what it did about it)."""
+    async with reading(core, actor) as session:
+        row = await session.get(EngineStatus, core.settings.server_name)
+        return list(row.last_drift or []) if row is not None else []
+
+
+class RequestView(View):
+    id: int
+    kind: str
+    machine_id: int | None
+    requested_by: str
+    requested_at: datetime
+    state: str  # pending, done, failed
+    result: dict[str, Any] | None
+    error: str | None
+    done_at: datetime | None
+
+
+async def get_request(core: Core, actor: Actor, request_id: int) -> RequestView:
+    """An engine request (a pass now, a maintenance apply) and, once done, its result."""
+    async with reading(core, actor) as session:
+        row = await session.get(EngineRequest, request_id)
+        if row is None or row.server != core.settings.server_name:
+            raise NotFound(f"no engine request {request_id} on server {core.settings.server_name}")
+        return RequestView.model_validate(row)
+
+
 # --- intent -------------------------------------------------------------------------------------
 
 

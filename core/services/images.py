@@ -282,6 +282,36 @@ async def get_image(core: Core, actor: Actor, name: str) -> ImageView:
 # --- import ------------------------------------------------------------------------
 
 
+async def precheck_import(
+    core: Core,
+    actor: Actor,
+    *,
+    name: str | None = None,
+    kind: str = "system",
+    new_version_of: str | None = None,
+    notes: str = "",
+    activate: bool = True,
+) -> ImportInput:
+    """Refuse an import early (bad fields, no permission, the name taken), before minutes of
+    converting or gigabytes of uploading; a refusal is audited under the import's action."""
+    fields: dict[str, Any] = {"kind": kind, "notes": notes, "activate": activate}
+    if name is not None:
+        fields["name"] = name
+    if new_version_of is not None:
+        fields["new_version_of"] = new_version_of
+    data = parse(ImportInput, fields)
+    _check_import(data)
+    action = "image.import" if data.new_version_of is None else "image.version.add"
+    async with operation(core, actor, Permission.MANAGE_IMAGES, action) as op:
+        if data.new_version_of is not None:
+            await _image_row(op.session, data.new_version_of)
+        elif (await op.session.execute(select(Image.id).where(Image.name == data.name))).first() is not None:
+            raise Conflict(
+                f"an image named '{data.name}' already exists; use --new-version-of {data.name} to add a version"
+            )
+    return data
+
+
 async def import_image(
     core: Core,
     actor: Actor,
@@ -296,24 +326,9 @@ async def import_image(
 ) -> ImageVersionView:
     """Import a disk file as a new image (version 1, active) or as the next version of
     ``new_version_of`` (active unless ``activate`` is False). Returns the new version."""
-    fields: dict[str, Any] = {"kind": kind, "notes": notes, "activate": activate}
-    if name is not None:
-        fields["name"] = name
-    if new_version_of is not None:
-        fields["new_version_of"] = new_version_of
-    data = parse(ImportInput, fields)
-    _check_import(data)
-    # refuse early (a refusal is audited under this action) before spending minutes converting;
-    # the conversion itself runs outside any transaction
-    action = "image.import" if data.new_version_of is None else "image.version.add"
-    async with operation(core, actor, Permission.MANAGE_IMAGES, action) as op:
-        if data.new_version_of is not None:
-            await _image_row(op.session, data.new_version_of)
-        elif (await op.session.execute(select(Image.id).where(Image.name == data.name))).first() is not None:
-            raise Conflict(
-                f"an image named '{data.name}' already exists; use --new-version-of {data.name} to add a version"
-            )
-
+    data = await precheck_import(
+        core, actor, name=name, kind=kind, new_version_of=new_version_of, notes=notes, activate=activate
+    )
     directory = images_dir(core.settings)
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     for orphan in temps.remove_orphans(directory):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import secrets
 import string
@@ -97,8 +98,11 @@ _VIEW_COLUMNS = (
 )
 
 
+@functools.cache
 def _machine_query() -> Select[Any]:
-    # plain columns rather than ORM objects: listing 10,000 machines is about twice as fast
+    # plain columns rather than ORM objects: listing 10,000 machines is about twice as fast;
+    # built once (a Select is immutable: .where() and .order_by() make new ones), which saves
+    # a few milliseconds per call
     pinned = ImageVersion.__table__.alias("pinned")
     game = Image.__table__.alias("game")
     game_pinned = ImageVersion.__table__.alias("game_pinned")
@@ -370,6 +374,64 @@ async def list_machines(core: Core, actor: Actor) -> list[MachineView]:
         secrets_ok = await may(session, actor, Permission.READ_SECRETS)
         rows = (await session.execute(_machine_query().order_by(Machine.name))).all()
         return [_view(r, secrets_ok) for r in rows]
+
+
+MAX_PAGE = 1000
+
+
+async def page_machines(
+    core: Core,
+    actor: Actor,
+    *,
+    status: str | None = None,
+    image: str | None = None,
+    search: str | None = None,
+    limit: int = 100,
+    offset: int = 0,
+) -> tuple[list[MachineView], int]:
+    """One page of machines by name, and how many match: ``status`` (off, booting, booted, failed),
+    ``image`` (its system image's name), ``search`` (part of the name, MAC or IP)."""
+    if isinstance(limit, bool) or not 1 <= limit <= MAX_PAGE:
+        raise Invalid("limit", f"must be between 1 and {MAX_PAGE}")
+    if offset < 0:
+        raise Invalid("offset", "must not be negative")
+    conditions: list[Any] = []
+    if status is not None:
+        try:
+            wanted = MachineStatus(status.strip().lower())
+        except ValueError:
+            raise Invalid("status", "must be one of off, booting, booted, failed") from None
+        if wanted == MachineStatus.OFF:
+            conditions.append(or_(MachineObservation.status.is_(None), MachineObservation.status == wanted.value))
+        else:
+            conditions.append(MachineObservation.status == wanted.value)
+    for field, value in (("image", image), ("search", search)):
+        if value is not None and "\x00" in value:
+            raise Invalid(field, "must not contain a NUL character")
+    if image is not None:
+        conditions.append(Image.name == image.strip())
+    if search:
+        text = search.strip().lower()
+        conditions.append(
+            or_(
+                Machine.name.contains(text, autoescape=True),
+                Machine.mac.contains(text, autoescape=True),
+                Machine.ip.contains(text, autoescape=True),
+            )
+        )
+    async with reading(core, actor) as session:
+        secrets_ok = await may(session, actor, Permission.READ_SECRETS)
+        counted = (
+            select(func.count())
+            .select_from(Machine)
+            .outerjoin(Image, Image.id == Machine.image_id)
+            .outerjoin(MachineObservation, MachineObservation.machine_id == Machine.id)
+            .where(*conditions)
+        )
+        total = int((await session.execute(counted)).scalar_one())
+        query = _machine_query().where(*conditions).order_by(Machine.name).limit(limit).offset(offset)
+        rows = (await session.execute(query)).all()
+        return [_view(r, secrets_ok) for r in rows], total
 
 
 async def count_machines(core: Core, actor: Actor) -> int:

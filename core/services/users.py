@@ -99,6 +99,20 @@ def _new_user(op: Operation, data: NewUser) -> User:
     )
 
 
+async def revoke_tokens(session: AsyncSession, user_id: int) -> None:
+    """Every login token of the account (API refresh tokens, CLI tokens) stops working, for good:
+    enabling the account again or changing the password back does not revive one."""
+    from sqlalchemy import update
+
+    from ..models import AuthToken
+
+    await session.execute(
+        update(AuthToken)
+        .where(AuthToken.user_id == user_id, AuthToken.revoked_at.is_(None))
+        .values(revoked_at=utcnow())
+    )
+
+
 async def count_users(core: Core) -> int:
     """Whether anyone exists yet (first-run screen, ``init``). Needs no login."""
     async with core.db.session() as session:
@@ -171,6 +185,7 @@ async def disable_user(core: Core, actor: Actor, username: str) -> UserView:
     async def apply(op: Operation, user: User) -> None:
         await _guard_last_admin(op.session, user, "disable")
         user.disabled = True
+        await revoke_tokens(op.session, user.id)
 
     return await _change(core, actor, username, "user.disable", None, apply)
 
@@ -198,6 +213,7 @@ async def set_password(core: Core, actor: Actor, username: str, password: str) -
         user.password_changed_at = utcnow()
         user.failed_logins = 0
         user.locked_until = None
+        await revoke_tokens(op.session, user.id)
         op.stamp(user)
         await op.flush(conflict="the account was changed by another console; reload")
         op.audit("user", user.id, user.username, before, snapshot(user))
@@ -257,8 +273,9 @@ _LOGIN_COLUMNS = (
 )
 
 
-async def login(core: Core, username: str, password: str) -> Actor:
-    """Check a password. Every attempt, good or bad, is audited; failures are throttled.
+async def login(core: Core, username: str, password: str, client: str | None = None) -> Actor:
+    """Check a password. Every attempt, good or bad, is audited (with ``client``, where the attempt
+    came from, e.g. "api 10.0.0.5"); failures are throttled.
 
     The account is read, the (deliberately slow) hash is checked with no transaction open, then
     one short transaction records the outcome. When the database cannot record it (read-only,
@@ -282,17 +299,17 @@ async def login(core: Core, username: str, password: str) -> Actor:
     ok = await asyncio.to_thread(auth.verify_password, str(password or ""), row.password_hash if row else None)
     try:
         async with core.db.transaction() as session:
-            op = Operation(session, Actor(row.id if row else None, who, Role.VIEWER), "auth.login")
+            op = Operation(session, Actor(row.id if row else None, who, Role.VIEWER, client=client), "auth.login")
             result = await _record(op, row, ok, wait, now)
     except (DatabaseReadOnly, DatabaseBusy, DiskFull) as exc:
         get_logger().warning("login not recorded", reason=exc.message)
-        result = _decide(row, ok, wait, now)
+        result = _decide(row, ok, wait, now, client)
     if isinstance(result, Actor):
         return result
     raise result
 
 
-def _decide(row: Any, ok: bool, wait: int, now: datetime) -> Actor | AuthenticationFailed:
+def _decide(row: Any, ok: bool, wait: int, now: datetime, client: str | None = None) -> Actor | AuthenticationFailed:
     """The answer to an attempt, from the account as read before the hash check."""
     if row is not None and wait:
         return AccountLocked(f"too many failed logins for '{row.username}'; try again in {wait} s", wait)
@@ -300,7 +317,7 @@ def _decide(row: Any, ok: bool, wait: int, now: datetime) -> Actor | Authenticat
         return AuthenticationFailed(BAD_CREDENTIALS)
     if row.disabled:
         return AuthenticationFailed(f"the account '{row.username}' is disabled; ask an admin to enable it")
-    return Actor(row.id, row.username, Role(row.role), logged_in_at=now)
+    return Actor(row.id, row.username, Role(row.role), logged_in_at=now, client=client)
 
 
 async def _record(op: Operation, row: Any, ok: bool, wait: int, now: datetime) -> Actor | AuthenticationFailed:
@@ -322,7 +339,7 @@ async def _record(op: Operation, row: Any, ok: bool, wait: int, now: datetime) -
         ).first()
         row = current  # None when the account was deleted meanwhile
         wait = _wait(current, now) if current is not None else 0
-    result = _decide(row, ok, wait, now)
+    result = _decide(row, ok, wait, now, op.actor.client)
     if isinstance(result, AccountLocked):
         op.audit("user", row.id, row.username, detail=f"throttled, retry in {wait}s", outcome=Outcome.DENIED)
     elif row is None or not ok:
@@ -370,5 +387,5 @@ async def still_valid(core: Core, actor: Actor) -> Actor | None:
     if actor.logged_in_at is not None and row.password_changed_at > actor.logged_in_at:
         return None
     if row.role != actor.role.value:
-        return Actor(actor.user_id, actor.username, Role(row.role), actor.logged_in_at)
+        return Actor(actor.user_id, actor.username, Role(row.role), actor.logged_in_at, actor.client)
     return actor
