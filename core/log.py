@@ -12,15 +12,42 @@ import json
 import logging
 import os
 import re
+import sys
 import threading
 from pathlib import Path
-from typing import Any, TextIO, cast
-
-import structlog
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, TextIO, cast
 
 from .errors import GgnetError, Invalid
 from .files import open_private, private_dir
 from .validation import shown
+
+
+def _import_structlog() -> ModuleType:
+    """structlog without rich. structlog imports rich, whenever it is installed (Textual brings it),
+    for its development console renderer and pretty tracebacks; ggnet writes JSON lines only, and
+    rich (with pygments) would add a tenth of a second to every CLI command. So rich is hidden
+    while structlog loads (unless something already loaded it: then it costs nothing). This leans
+    on how structlog imports rich (``try: import rich except ImportError``); tests/test_architecture.py
+    fails loudly if a command line command loads rich again."""
+    if "structlog" in sys.modules:
+        return sys.modules["structlog"]
+    hide = "rich" not in sys.modules
+    if hide:
+        sys.modules["rich"] = None  # type: ignore[assignment]  # makes `import rich` raise ImportError
+    try:
+        import structlog
+    finally:
+        if hide and sys.modules.get("rich", ...) is None:
+            del sys.modules["rich"]
+    return structlog
+
+
+# modules log through get_logger and bind_context below, never `import structlog` themselves
+if TYPE_CHECKING:
+    import structlog
+else:
+    structlog = _import_structlog()
 
 # keys whose values never reach the log, whatever the caller passes
 _SECRET_KEY = re.compile(r"pass(word)?|secret|chap|token|hash", re.IGNORECASE)
@@ -104,7 +131,7 @@ def redact(value: Any, key: str = "") -> Any:
     return value
 
 
-def _redact_processor(_logger: Any, _name: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+def _redact_processor(_logger: Any, _name: str, event_dict: structlog.typing.EventDict) -> structlog.typing.EventDict:
     return {k: redact(v, k) for k, v in event_dict.items()}
 
 
@@ -158,6 +185,15 @@ def configure_logging(log_file: Path | None, level: str = "INFO") -> None:
         for note in _log_stream.notes:
             structlog.get_logger("ggnet").warning("file mode tightened", detail=note)
         _log_stream.notes.clear()
+
+
+def bind_context(**values: Any) -> None:
+    """Add ``values`` to every log line of this task (actor, operation ...)."""
+    structlog.contextvars.bind_contextvars(**values)
+
+
+def unbind_context(*keys: str) -> None:
+    structlog.contextvars.unbind_contextvars(*keys)
 
 
 def get_logger(name: str = "ggnet") -> Any:

@@ -7,7 +7,6 @@ from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any
 
-import structlog
 from sqlalchemy import inspect
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -16,7 +15,7 @@ from sqlalchemy.orm.exc import StaleDataError
 from ..auth import Actor, Permission, allowed
 from ..context import Core
 from ..errors import Conflict, PermissionDenied, StaleEdit
-from ..log import REDACTED, get_logger
+from ..log import REDACTED, bind_context, get_logger, unbind_context
 from ..models import AuditEvent, Outcome, Role, User, utcnow
 
 # columns that are never written into an audit event
@@ -140,7 +139,7 @@ async def may(session: AsyncSession, actor: Actor, permission: Permission) -> bo
 @asynccontextmanager
 async def operation(core: Core, actor: Actor, permission: Permission, action: str) -> AsyncIterator[Operation]:
     """Run a change as ``actor``. A refusal is audited (and committed) before PermissionDenied is raised."""
-    structlog.contextvars.bind_contextvars(actor=actor.username, operation=action)
+    bind_context(actor=actor.username, operation=action)
     try:
         async with core.db.transaction() as session:
             reason = await _denial(session, actor, permission)
@@ -162,7 +161,7 @@ async def operation(core: Core, actor: Actor, permission: Permission, action: st
             get_logger().warning("permission denied", reason=reason)
         raise PermissionDenied(f"permission denied: {reason}")
     finally:
-        structlog.contextvars.unbind_contextvars("actor", "operation")
+        unbind_context("actor", "operation")
 
 
 @asynccontextmanager

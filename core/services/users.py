@@ -9,7 +9,6 @@ import secrets
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-import structlog
 from sqlalchemy import Table, case, func, literal, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -27,7 +26,7 @@ from ..errors import (
     Invalid,
     NotFound,
 )
-from ..log import get_logger
+from ..log import bind_context, get_logger
 from ..models import Outcome, Role, User, utcnow
 from ..validation import Password, StrictInput, Username, lookup_key, normalize_username, parse, shown
 from .base import Operation, check_version, operation, reading, snapshot
@@ -293,7 +292,7 @@ async def login(core: Core, username: str, password: str, client: str | None = N
         async with core.db.session() as session:
             row = (await session.execute(select(*_LOGIN_COLUMNS).where(User.username == name))).first()
     who = row.username if row is not None else unknown_user_label(core, typed)
-    structlog.contextvars.bind_contextvars(actor=who, operation="auth.login")
+    bind_context(actor=who, operation="auth.login")
     wait = _wait(row, now) if row is not None else 0
     # the hash check runs in a thread: it is deliberately slow and must not block a UI loop
     ok = await asyncio.to_thread(auth.verify_password, str(password or ""), row.password_hash if row else None)
