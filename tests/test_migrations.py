@@ -13,7 +13,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect, text
 
 from core.context import Core
-from core.db import Database, head_revision
+from core.db import SCHEMA_HEAD, Database, _script, head_revision
 from core.errors import SchemaTooNew
 from core.models import Base
 
@@ -24,6 +24,12 @@ from .conftest import _pg_admin, _pg_url_for
 def _diff(connection) -> list:  # type: ignore[no-untyped-def]
     context = MigrationContext.configure(connection, opts={"compare_type": True, "compare_server_default": True})
     return compare_metadata(context, Base.metadata)
+
+
+def test_schema_head_is_alembics_head() -> None:
+    """Commands compare the database with SCHEMA_HEAD without loading alembic: it must be the newest migration."""
+    newest = _script().get_current_head()
+    assert newest == SCHEMA_HEAD, f"set SCHEMA_HEAD = {newest!r} in core/db.py (a migration was added)"
 
 
 async def test_models_and_migration_head_agree(core: Core) -> None:
