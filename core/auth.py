@@ -25,10 +25,12 @@ import hmac
 import os
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-
-from passlib.context import CryptContext
+from typing import TYPE_CHECKING
 
 from .models import Role
+
+if TYPE_CHECKING:
+    from passlib.context import CryptContext
 
 FREE_FAILURES = 3
 MAX_DELAY = 60
@@ -36,21 +38,33 @@ LOCK_AFTER = 10
 LOCK_SECONDS = 15 * 60
 
 BCRYPT_ROUNDS = 12
-_context = CryptContext(schemes=["bcrypt"], bcrypt__rounds=BCRYPT_ROUNDS)
+_rounds = BCRYPT_ROUNDS
+_context: CryptContext | None = None
 # Verified against when the user does not exist, so an unknown name costs the same time.
 # A literal (same cost factor) rather than hashed at import: that would slow every start.
 _DUMMY_HASH = "$2b$12$/bKDTr8DTX/DcMJJUgFyRecjNBZIu6/ArMJl3If0oDdUW7K7npyaq"
 
 
+def _crypt() -> CryptContext:
+    """passlib loads with the first password check, not with every command (a login token needs none)."""
+    global _context
+    if _context is None:
+        from passlib.context import CryptContext
+
+        _context = CryptContext(schemes=["bcrypt"], bcrypt__rounds=_rounds)
+    return _context
+
+
 def set_bcrypt_rounds(rounds: int) -> None:
     """Tests lower the cost factor; production keeps 12."""
-    global _context, _DUMMY_HASH
-    _context = CryptContext(schemes=["bcrypt"], bcrypt__rounds=rounds)
-    _DUMMY_HASH = _context.hash("not-a-real-password-ggnet")
+    global _context, _rounds, _DUMMY_HASH
+    _rounds, _context = rounds, None
+    _DUMMY_HASH = _crypt().hash("not-a-real-password-ggnet")
 
 
 def hash_password(password: str) -> str:
-    return _context.hash(password)
+    hashed: str = _crypt().hash(password)
+    return hashed
 
 
 def _bcrypt_accepts(password: str) -> bool:
@@ -66,7 +80,7 @@ def verify_password(password: str, password_hash: str | None) -> bool:
     acceptable = _bcrypt_accepts(password)
     candidate = password if acceptable else "never-matches-anything"
     try:
-        ok = _context.verify(candidate, password_hash or _DUMMY_HASH)
+        ok = _crypt().verify(candidate, password_hash or _DUMMY_HASH)
     except (ValueError, TypeError):  # a damaged hash in the database
         return False
     return ok and acceptable and password_hash is not None
