@@ -288,7 +288,7 @@ def authenticode_signed(path: Path) -> bool:
         count_at = {0x10B: optional + 92, 0x20B: optional + 108}[magic]  # PE32, PE32+
         (count,) = struct.unpack_from("<I", head, count_at)
         _, size = struct.unpack_from("<II", head, count_at + 4 + 4 * 8)  # data directory 4: certificates
-        return count > 4 and size > 0
+        return bool(count > 4 and size > 0)
     except (OSError, struct.error, KeyError):
         return False
 

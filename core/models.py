@@ -52,7 +52,7 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 class StrEnum(str, enum.Enum):
     def __str__(self) -> str:
-        return self.value
+        return str(self.value)
 
 
 class Role(StrEnum):
@@ -183,7 +183,7 @@ class User(Versioned, Base):
     last_login_at: Mapped[datetime | None]
     password_changed_at: Mapped[datetime] = mapped_column(default=utcnow)
 
-    __mapper_args__ = {"version_id_col": Versioned.row_version}  # type: ignore[dict-item]
+    __mapper_args__ = {"version_id_col": Versioned.row_version}
 
 
 class Image(Versioned, Base):
@@ -196,7 +196,7 @@ class Image(Versioned, Base):
     # uefi-secure machines start this signed loader from the disk (sanboot --filename), e.g. \EFI\BOOT\shimx64.efi
     efi_loader: Mapped[str | None] = mapped_column(String(255))
 
-    __mapper_args__ = {"version_id_col": Versioned.row_version}  # type: ignore[dict-item]
+    __mapper_args__ = {"version_id_col": Versioned.row_version}
 
 
 class ImageVersion(Base):
@@ -261,7 +261,7 @@ class Machine(Versioned, Base):
             postgresql_where=text("writeback_policy = 'maintenance'"),
         ),
     )
-    __mapper_args__ = {"version_id_col": Versioned.row_version}  # type: ignore[dict-item]
+    __mapper_args__ = {"version_id_col": Versioned.row_version}
 
 
 class Writeback(Base):

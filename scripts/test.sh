@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install everything the tests need, then run the whole suite.
+# Install everything the tests need, run the static checks (ruff, mypy, import-linter), then the whole suite.
 #   as root: Debian packages (qemu, tgt, PostgreSQL, ...) through apt, and a PostgreSQL cluster started
 #   always:  a virtual environment in .venv with ggnet and its test dependencies
 # Arguments are passed to pytest (e.g. scripts/test.sh -k machines).
@@ -57,6 +57,16 @@ SQL
     fi
   fi
 fi
+
+# static checks first: a lint slip, a type error or a forbidden import fails the run before any test
+echo "== ruff format --check"
+.venv/bin/ruff format --check .
+echo "== ruff check"
+.venv/bin/ruff check .
+echo "== mypy (core)"
+.venv/bin/mypy
+echo "== lint-imports"
+.venv/bin/lint-imports
 
 echo "== pytest"
 exec .venv/bin/python -m pytest "$@"

@@ -162,10 +162,10 @@ def parse_options(
     if errors:
         raise Invalid(errors)
     return Options(
-        mode=mode,
+        mode="full" if mode == "full" else "proxy",  # checked above; spelt out for the type
         tftp_root=Path(root),
         subnet=network,
-        interface=interface,  # type: ignore[arg-type]
+        interface=interface,
         pool=pool,
         router=gateway,
         dns=servers,

@@ -25,7 +25,7 @@ POLL_SECONDS = 0.25
 async def bump_intent(session: AsyncSession) -> None:
     """Part of the caller's transaction: the engine will look at the database again."""
     await session.execute(update(IntentSignal).where(IntentSignal.id == 1).values(seq=IntentSignal.seq + 1))
-    if session.bind.dialect.name == "postgresql":
+    if (await session.connection()).dialect.name == "postgresql":
         await session.execute(select(_pg_notify()))
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -36,7 +37,7 @@ async def _hosts(session: AsyncSession) -> list[dnsmasq.Host]:
     return [dnsmasq.Host(name=r.name, mac=r.mac, ip=r.ip, boot_mode=r.boot_mode) for r in rows]
 
 
-async def dnsmasq_config(core: Core, actor: Actor, **options: object) -> dnsmasq.Rendered:
+async def dnsmasq_config(core: Core, actor: Actor, **options: Any) -> dnsmasq.Rendered:
     """The dnsmasq configuration for the registered machines (read-only), and the machines left out."""
     opts = dnsmasq.parse_options(tftp_root=tftp_root(core.settings), **options)
     async with reading(core, actor) as session:
@@ -52,7 +53,7 @@ class DnsmasqWritten:
     skipped: tuple[str, ...] = ()  # one sentence per machine left out, naming it
 
 
-async def write_dnsmasq_config(core: Core, actor: Actor, output: Path, **options: object) -> DnsmasqWritten:
+async def write_dnsmasq_config(core: Core, actor: Actor, output: Path, **options: Any) -> DnsmasqWritten:
     """Write the configuration to ``output`` (atomically; a regular file or a new name in an existing
     directory), after ``dnsmasq --test`` accepted it. No transaction stays open meanwhile."""
     opts = dnsmasq.parse_options(tftp_root=tftp_root(core.settings), **options)

@@ -167,7 +167,8 @@ async def _pinned_by(session: AsyncSession, version_ids: list[int]) -> dict[int,
     for column in (Machine.pinned_version_id, Machine.game_pinned_version_id):
         query = select(column, Machine.name).where(column.in_(version_ids)).order_by(Machine.name)
         for version_id, name in (await session.execute(query)).all():
-            found.setdefault(version_id, []).append(name)
+            if version_id is not None:  # the query filters on it; said for the type
+                found.setdefault(version_id, []).append(name)
     return found
 
 
@@ -184,7 +185,8 @@ async def _in_use_by(session: AsyncSession, version_ids: list[int]) -> dict[int,
             .order_by(Boot.machine_name)
         )
         for version_id, name in (await session.execute(query)).all():
-            found.setdefault(version_id, []).append(name)
+            if version_id is not None:  # the query filters on it; said for the type
+                found.setdefault(version_id, []).append(name)
     return found
 
 
@@ -196,7 +198,8 @@ async def _assigned_to(session: AsyncSession, image_ids: list[int]) -> dict[int,
     for column in (Machine.image_id, Machine.game_image_id):
         query = select(column, Machine.name).where(column.in_(image_ids)).order_by(Machine.name)
         for image_id, name in (await session.execute(query)).all():
-            found.setdefault(image_id, []).append(name)
+            if image_id is not None:  # the query filters on it; said for the type
+                found.setdefault(image_id, []).append(name)
     return found
 
 

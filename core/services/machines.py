@@ -99,7 +99,7 @@ _VIEW_COLUMNS = (
 
 
 @functools.cache
-def _machine_query() -> Select[Any]:
+def _machine_query() -> Select[*tuple[Any, ...]]:
     # plain columns rather than ORM objects: listing 10,000 machines is about twice as fast;
     # built once (a Select is immutable: .where() and .order_by() make new ones), which saves
     # a few milliseconds per call

@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import hmac
 import secrets
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Any, cast
 
@@ -157,7 +158,14 @@ async def get_user(core: Core, actor: Actor, username: str) -> UserView:
         return UserView.model_validate(await _get(session, username))
 
 
-async def _change(core: Core, actor: Actor, username: str, action: str, expected_version: int | None, apply):  # type: ignore[no-untyped-def]
+async def _change(
+    core: Core,
+    actor: Actor,
+    username: str,
+    action: str,
+    expected_version: int | None,
+    apply: Callable[[Operation, User], Awaitable[None]],
+) -> UserView:
     async with operation(core, actor, Permission.MANAGE_USERS, action) as op:
         user = await _get(op.session, username)
         check_version(user, expected_version, f"user '{user.username}'")
@@ -340,6 +348,7 @@ async def _record(op: Operation, row: Any, ok: bool, wait: int, now: datetime) -
         wait = _wait(current, now) if current is not None else 0
     result = _decide(row, ok, wait, now, op.actor.client)
     if isinstance(result, AccountLocked):
+        assert row is not None  # only an existing account is throttled
         op.audit("user", row.id, row.username, detail=f"throttled, retry in {wait}s", outcome=Outcome.DENIED)
     elif row is None or not ok:
         if row is not None:
