@@ -119,7 +119,7 @@ def template_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("templates")
 
 
-@pytest.fixture(params=["sqlite", "pg"])
+@pytest.fixture(params=["sqlite", pytest.param("pg", marks=pytest.mark.pg)])
 def db_kind(request: pytest.FixtureRequest) -> str:
     if request.param == "pg":
         require_pg()
@@ -189,6 +189,13 @@ async def viewer(core: Core, admin: Actor) -> Actor:
 # says it is optional (something this machine legitimately cannot show).
 OPTIONAL_SKIP = "optional: "
 _ci_skips: list[str] = []
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Booting QEMU clients is slow by nature: -m 'not slow' leaves the e2e tests out too."""
+    for item in items:
+        if item.get_closest_marker("e2e") is not None:
+            item.add_marker(pytest.mark.slow)
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:

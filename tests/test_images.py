@@ -461,6 +461,7 @@ def sqlite_rows(env: dict[str, str], sql: str) -> list[tuple]:
         return conn.execute(sql).fetchall()
 
 
+@pytest.mark.slow
 def test_cli_import_assign_and_refused_removal(site: dict[str, str], disks: dict[str, Path]) -> None:
     done = ok(as_admin(["image", "import", str(disks["vhdx"]), "--name", "win11", "--kind", "system"], site))
     assert "image 'win11' version 1 imported from vhdx" in done.stdout

@@ -433,6 +433,7 @@ async def tgtd_site(fast_settings, tmp_path):
         daemon.stop()
 
 
+@pytest.mark.slow
 async def test_prepare_and_offline_through_the_engine_on_a_real_tgtd(tgtd_site):
     """The console records intent; an engine (here in the test's process) acts on it within a second."""
     from core.engine.engine import Engine

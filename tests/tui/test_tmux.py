@@ -18,9 +18,10 @@ from core.services import machines
 from tests.conftest import make_user
 from tests.tui.helpers import PASSWORD
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("tmux") is None, reason="tmux is not installed (scripts/test.sh installs it)"
-)
+pytestmark = [
+    pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed (scripts/test.sh installs it)"),
+    pytest.mark.slow,  # a real terminal, a real console
+]
 
 
 class Tmux:
