@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.cli import ADMIN_PW
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -28,6 +30,38 @@ def test_command_line_does_not_load_the_console_or_rtslib() -> None:
     """`ggnet machine list` must start fast: the CLI loads neither Textual nor rtslib-fb."""
     loaded = _modules_after("import ggnet_tui.cli")
     assert not {m for m in loaded if m.split(".")[0] in ("textual", "rtslib_fb", "rtslib", "alembic")}
+
+
+def _modules_of_command(args: list[str], env: dict[str, str]) -> set[str]:
+    """Top-level packages loaded by the whole run of a ggnet command (in a fresh interpreter)."""
+    code = (
+        "import atexit, json, sys\n"
+        "atexit.register(lambda: print(json.dumps(sorted({m.split('.')[0] for m in sys.modules})), file=sys.stderr))\n"
+        f"sys.argv = ['ggnet', *{args!r}]\n"
+        "from ggnet_tui.cli import main\n"
+        "main()\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+    assert result.returncode == 0, result.stderr
+    return set(json.loads(result.stderr.splitlines()[-1]))
+
+
+# loaded by a command only at a cost and for no use: the console, migrations, the development log renderer
+NOT_FOR_COMMANDS = {"textual", "rich", "pygments", "alembic", "mako", "rtslib_fb"}
+
+
+def test_machine_list_loads_no_console_migrations_or_log_renderer(site: dict[str, str]) -> None:
+    loaded = _modules_of_command(["machine", "list"], {**site, "GGNET_USER": "admin", "GGNET_PASSWORD": ADMIN_PW})
+    assert "sqlalchemy" in loaded  # the probe sees what the command loaded
+    assert loaded & NOT_FOR_COMMANDS == set()
 
 
 def test_core_services_do_not_load_the_ui_or_rtslib() -> None:
