@@ -30,7 +30,11 @@ def ggnet_executable() -> str:
 def ggnet_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     """A clean environment: the data directory in tmp, no GGNET_* from the caller's shell."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("GGNET_")}
-    env.update(GGNET_DATA_DIR=str(tmp_path / "data"), HOME=str(tmp_path / "home"), **extra)
+    runtime = tmp_path / "run"  # `ggnet login` keeps its token here, as in a real $XDG_RUNTIME_DIR
+    runtime.mkdir(mode=0o700, exist_ok=True)
+    env.update(
+        GGNET_DATA_DIR=str(tmp_path / "data"), HOME=str(tmp_path / "home"), XDG_RUNTIME_DIR=str(runtime), **extra
+    )
     return env
 
 

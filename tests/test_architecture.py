@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.cli import ADMIN_PW
+from tests.cli import ADMIN_PW, ok, run_ggnet
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -62,6 +62,13 @@ def test_machine_list_loads_no_console_migrations_or_log_renderer(site: dict[str
     loaded = _modules_of_command(["machine", "list"], {**site, "GGNET_USER": "admin", "GGNET_PASSWORD": ADMIN_PW})
     assert "sqlalchemy" in loaded  # the probe sees what the command loaded
     assert loaded & NOT_FOR_COMMANDS == set()
+
+
+def test_machine_list_after_ggnet_login_loads_no_password_hashing(site: dict[str, str]) -> None:
+    ok(run_ggnet(["login"], site, GGNET_USER="admin", GGNET_PASSWORD=ADMIN_PW))
+    loaded = _modules_of_command(["machine", "list"], site)
+    assert "sqlalchemy" in loaded
+    assert loaded & (NOT_FOR_COMMANDS | {"passlib", "bcrypt"}) == set()
 
 
 def test_core_services_do_not_load_the_ui_or_rtslib() -> None:

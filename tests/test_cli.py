@@ -189,7 +189,9 @@ def test_wrong_password_and_missing_credentials(site: dict[str, str]) -> None:
         run_ggnet(["machine", "list"], site, GGNET_USER="admin", GGNET_PASSWORD="wrong-pass"),
         "wrong user name or password",
     )
-    one_error(run_ggnet(["machine", "list"], site), "user: is required: pass --user NAME or set GGNET_USER")
+    one_error(
+        run_ggnet(["machine", "list"], site), "user: is required: pass --user NAME, set GGNET_USER or run 'ggnet login'"
+    )
     # no terminal to ask on: a clear error, never a hang
     one_error(run_ggnet(["machine", "list"], site, GGNET_USER="admin"), "password: is required: set GGNET_PASSWORD")
     one_error(

@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from . import audit, boot, doctor, images, machines, serve, sessions, users
+from . import audit, boot, doctor, images, login, machines, serve, sessions, users
 from .base import State, fail, not_utf8
 
 
@@ -42,6 +42,8 @@ def main(ctx: click.Context, config_file: str | None, user: str | None) -> None:
 
 
 main.add_command(users.init)
+main.add_command(login.login)
+main.add_command(login.logout)
 main.add_command(users.user)
 main.add_command(machines.machine)
 main.add_command(audit.audit)

@@ -14,13 +14,14 @@ import os
 import sys
 import uuid
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 from functools import wraps
 from pathlib import Path
 from typing import Any
 
 import click
 
-from core.errors import GgnetError, Invalid
+from core.errors import AuthenticationFailed, GgnetError, Invalid
 
 NEW_PASSWORD_ENV = "GGNET_NEW_PASSWORD"
 
@@ -86,18 +87,52 @@ class State:
             raise GgnetError(f"no ggnet database at {self.core.db.safe_url}: run ggnet init")
 
     async def login(self) -> Any:
+        """The acting user: by the token of ``ggnet login`` when there is one for this user, else by
+        password (GGNET_PASSWORD or a prompt; each such login costs a bcrypt check)."""
         from core.services import users
 
         core = await self.open()
         username = self.user_option or core.settings.user
+        by_token = await self._token_login(core, username)
+        if isinstance(by_token, tuple):
+            return by_token
+        no_password = core.settings.password is None and not sys.stdin.isatty()
+        if by_token is not None and (not username or no_password):
+            raise by_token  # why the saved login no longer works (its file is gone now)
         if not username:
-            raise Invalid("user", "is required: pass --user NAME or set GGNET_USER")
-        password = core.settings.password
+            raise Invalid("user", "is required: pass --user NAME, set GGNET_USER or run 'ggnet login'")
+        password = self.password(username, "set GGNET_PASSWORD, run 'ggnet login', or run from a terminal to be asked")
+        return core, await users.login(core, username, password)
+
+    def password(self, username: str, how: str = "set GGNET_PASSWORD or run from a terminal to be asked") -> str:
+        """GGNET_PASSWORD, else a prompt without echo on a terminal (never argv)."""
+        password: str | None = self.core.settings.password
         if password is None:
             if not sys.stdin.isatty():
-                raise Invalid("password", "is required: set GGNET_PASSWORD or run from a terminal to be asked")
+                raise Invalid("password", f"is required: {how}")
             password = getpass.getpass(f"password for {username}: ")
-        return core, await users.login(core, username, password)
+        return password
+
+    async def _token_login(self, core: Any, username: str | None) -> tuple[Any, Any] | AuthenticationFailed | None:
+        """(core, actor) by the saved token; else why the saved token no longer works, or None."""
+        from core.models import TokenKind
+        from core.services import tokens
+
+        from . import token_file
+
+        path = token_file.token_path(core.db.safe_url)
+        saved = token_file.read(path)
+        if saved is None or (username and username.strip().lower() != saved.user):
+            return None
+        idle = timedelta(minutes=core.settings.idle_lock_minutes) if core.settings.idle_lock_minutes > 0 else None
+        try:
+            return core, await tokens.authenticate(core, saved.token, TokenKind.CLI, idle=idle)
+        except tokens.LoginEnded as exc:
+            token_file.remove(path)
+            return AuthenticationFailed(f"{exc.message}; run 'ggnet login' again")
+        except AuthenticationFailed as exc:  # a disabled account: logging in again will not help
+            token_file.remove(path)
+            return exc
 
     async def login_or_local(self, local: bool) -> Any:
         """``--local``: the server's root acts without a ggnet login (break-glass, audited)."""
