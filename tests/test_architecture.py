@@ -33,10 +33,12 @@ def test_command_line_does_not_load_the_console_or_rtslib() -> None:
 
 
 def _modules_of_command(args: list[str], env: dict[str, str]) -> set[str]:
-    """Top-level packages loaded by the whole run of a ggnet command (in a fresh interpreter)."""
+    """Top-level packages loaded by the whole run of a ggnet command (in a fresh interpreter).
+    Also checks that the command left garbage collection on (it is off only during start-up)."""
     code = (
-        "import atexit, json, sys\n"
-        "atexit.register(lambda: print(json.dumps(sorted({m.split('.')[0] for m in sys.modules})), file=sys.stderr))\n"
+        "import atexit, gc, json, sys\n"
+        "atexit.register(lambda: print(json.dumps([gc.isenabled(), sorted({m.split('.')[0] for m in sys.modules})]),"
+        " file=sys.stderr))\n"
         f"sys.argv = ['ggnet', *{args!r}]\n"
         "from ggnet_tui.cli import main\n"
         "main()\n"
@@ -51,7 +53,9 @@ def _modules_of_command(args: list[str], env: dict[str, str]) -> set[str]:
         stdin=subprocess.DEVNULL,
     )
     assert result.returncode == 0, result.stderr
-    return set(json.loads(result.stderr.splitlines()[-1]))
+    gc_enabled, modules = json.loads(result.stderr.splitlines()[-1])
+    assert gc_enabled
+    return set(modules)
 
 
 # loaded by a command only at a cost and for no use: the console, migrations, the development log renderer

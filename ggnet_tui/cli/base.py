@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import getpass
 import json
 import os
@@ -64,6 +65,9 @@ class State:
         if not create:
             await self._require_database()
         await self.core.db.upgrade()
+        if not gc.isenabled():  # start-up is over (see main): what exists now stays, so leave it out of collections
+            gc.freeze()
+            gc.enable()
         return self.core
 
     async def _require_database(self) -> None:
