@@ -192,10 +192,13 @@ _ci_skips: list[str] = []
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Booting QEMU clients is slow by nature: -m 'not slow' leaves the e2e tests out too."""
+    """Booting QEMU clients is slow by nature: -m 'not slow' leaves the e2e tests out too. A test
+    given a PostgreSQL database by a fixture named pg_url is a pg test (db_kind marks its own)."""
     for item in items:
         if item.get_closest_marker("e2e") is not None:
             item.add_marker(pytest.mark.slow)
+        if "pg_url" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.pg)
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:

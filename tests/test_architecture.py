@@ -59,7 +59,7 @@ def _modules_of_command(args: list[str], env: dict[str, str]) -> set[str]:
 
 
 # loaded by a command only at a cost and for no use: the console, migrations, the development log renderer
-NOT_FOR_COMMANDS = {"textual", "rich", "pygments", "alembic", "mako", "rtslib_fb"}
+NOT_FOR_COMMANDS = {"textual", "rich", "pygments", "alembic", "mako", "rtslib_fb", "fastapi", "starlette", "uvicorn"}
 
 
 def test_machine_list_loads_no_console_migrations_or_log_renderer(site: dict[str, str]) -> None:

@@ -70,7 +70,6 @@ def pg_url() -> Iterator[str]:
     asyncio.run(_pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
-@pytest.mark.pg
 def test_init_add_and_list_on_postgresql(tmp_path: Path, pg_url: str) -> None:
     env = ggnet_env(tmp_path, GGNET_DATABASE_URL=pg_url)
     _happy_path(env)
