@@ -14,17 +14,15 @@ The signing key is ``<data dir>/api-signing.key`` (mode 0600), made on first use
 
 from __future__ import annotations
 
-import hashlib
 import os
 import secrets
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import jwt
-from sqlalchemy import exists, select, update
+from sqlalchemy import exists, select
 
 from ..auth import Actor
 from ..config import Settings
@@ -34,6 +32,7 @@ from ..log import get_logger
 from ..models import AuthToken, Outcome, Role, TokenKind, User, utcnow
 from . import users
 from .base import Operation
+from .tokens import revoke_family, token_hash  # shared with the CLI's login tokens
 
 KEY_FILE = "api-signing.key"
 ALGORITHM = "HS256"
@@ -53,10 +52,6 @@ class Tokens:
     refresh_token: str
     refresh_expires_in: int
     user: Actor
-
-
-def token_hash(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
 
 
 def signing_key(settings: Settings) -> bytes:
@@ -145,7 +140,7 @@ async def refresh(core: Core, key: bytes, token: str, client: str | None) -> Tok
         user = await session.get(User, row.user_id)
         if row.used_at is not None or row.revoked_at is not None:
             reused = row
-            await _revoke_family(session, row.family, now)
+            await revoke_family(session, row.family, now)
             if user is not None:
                 Operation(session, Actor(user.id, user.username, Role(user.role), client=client), "auth.refresh").audit(
                     "user",
@@ -155,7 +150,7 @@ async def refresh(core: Core, key: bytes, token: str, client: str | None) -> Tok
                     outcome=Outcome.DENIED,
                 )
         elif user is None or user.disabled or user.password_changed_at > row.created_at:
-            await _revoke_family(session, row.family, now)
+            await revoke_family(session, row.family, now)
             raise AuthenticationFailed(ENDED)
         else:
             row.used_at = now
@@ -164,12 +159,6 @@ async def refresh(core: Core, key: bytes, token: str, client: str | None) -> Tok
         get_logger().warning("refresh token reused; its family is revoked", user_id=reused.user_id, client=client)
         raise AuthenticationFailed(REFRESH_INVALID)
     return await _issue(core, key, user_id, family, client)
-
-
-async def _revoke_family(session: Any, family: str, now: datetime) -> None:
-    await session.execute(
-        update(AuthToken).where(AuthToken.family == family, AuthToken.revoked_at.is_(None)).values(revoked_at=now)
-    )
 
 
 @dataclass(frozen=True)
@@ -219,5 +208,5 @@ async def authenticate(core: Core, key: bytes, token: str, client: str | None) -
 async def logout(core: Core, actor: Actor, family: str) -> None:
     """End this login: every token of its family stops working at once."""
     async with core.db.transaction() as session:
-        await _revoke_family(session, family, utcnow())
+        await revoke_family(session, family)
         Operation(session, actor, "auth.logout").audit("user", actor.user_id, actor.username)

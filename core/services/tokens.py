@@ -1,11 +1,12 @@
-"""Login tokens: ``ggnet login`` for the command line (and the HTTP API's refresh tokens to come).
+"""Login tokens: ``ggnet login`` for the command line, and what the HTTP API's tokens share with it
+(``api_tokens.py``: the hash, the family revocation; ``users.revoke_tokens`` ends all of an account's).
 
 A token is 32 random bytes, handed to its holder once; the database keeps only its sha256, so a copy
 of the database logs nobody in. A token stands for its user while all of these hold, checked against
 the database on every use (so the role is always the current one):
 
 * it was not revoked (``ggnet logout``, or a refresh token's family revoked on reuse);
-* it has not expired: ``expires_at`` is past;
+* it has not expired (``expires_at`` is still ahead);
 * its user still exists (deleting a user deletes the tokens), is not disabled, and has not changed
   password since the token was issued (disabling an account or setting its password also revokes
   its tokens: ``users.revoke_tokens``).
@@ -13,8 +14,8 @@ the database on every use (so the role is always the current one):
 Expiry of CLI tokens slides, like sudo's: a token expires after ``idle`` without use, and at the latest
 ``max_age`` after the login. A use moves ``expires_at`` forward and records ``used_at`` (the last use),
 at most once per ``SLIDE_EVERY``, so a script's burst of commands writes once, not per command.
-For refresh tokens ``used_at`` means "rotated" (the API decides); ``family`` groups the tokens of
-one login, and ``revoke_family`` ends them all.
+For the API's refresh tokens ``used_at`` means "rotated"; ``family`` groups the tokens of one login,
+and ``revoke_family`` ends them all.
 
 Issuing and revoking are audited (``auth.token.issue``, ``auth.logout``); a use is not, as a use of a
 console's login is not. The password check that precedes an issue is ``users.login``'s, audited there.
@@ -159,8 +160,10 @@ async def revoke(core: Core, token: str) -> Actor | None:
         return actor
 
 
-async def revoke_family(session: AsyncSession, family: str) -> None:
+async def revoke_family(session: AsyncSession, family: str, now: datetime | None = None) -> None:
     """Revoke every live token of one login (``logout``; a refresh token used twice), in the caller's transaction."""
     await session.execute(
-        update(AuthToken).where(AuthToken.family == family, AuthToken.revoked_at.is_(None)).values(revoked_at=utcnow())
+        update(AuthToken)
+        .where(AuthToken.family == family, AuthToken.revoked_at.is_(None))
+        .values(revoked_at=now or utcnow())
     )
