@@ -12,7 +12,7 @@ from .config import Settings
 from .db import Database, sqlite_file
 from .errors import Invalid, UnsafePath
 from .events import EventBus
-from .storage.writeback import IMAGES_DIR, WRITEBACK_DIR
+from .storage import IMAGES_DIR, WRITEBACK_DIR
 
 if TYPE_CHECKING:
     from .iscsi.base import BackendHealth, TargetBackend

@@ -269,12 +269,12 @@ class Preparer:
                 machine, writebacks, efi_loader = await self._claim(boot_id)
                 if machine is None:
                     return await self._reload(boot_id)
+                backend = self.engine.backend
+                if backend is None:  # before any clone: a boot that cannot be served costs no disk work
+                    raise BackendUnavailable(self.engine.backend_detail or "no iSCSI target stack")
                 for row in writebacks:
                     await self._ensure_writeback(row)
                 spec = await self.spec_for_boot(boot_id)
-                backend = self.engine.backend
-                if backend is None:
-                    raise BackendUnavailable(self.engine.backend_detail or "no iSCSI target stack")
                 async with self.engine.target_lock(spec.iqn):
                     # the last pass's view (tgtd can only show every target at once); a stale one is re-read
                     await backend.apply(spec, self.engine.view.get(spec.iqn.lower()))

@@ -30,13 +30,12 @@ from ..context import Core
 from ..errors import Conflict, Invalid, NotFound
 from ..log import get_logger
 from ..models import CURRENT_BOOT_STATES, Boot, Image, ImageKind, ImageVersion, Machine, utcnow
-from ..storage import qemu_img, temps
+from ..storage import IMAGES_DIR, qemu_img, temps
 from ..storage.untrusted import quoted
 from ..validation import ImageName, Notes, StrictInput, parse, shown
 from .base import Operation, operation, reading, snapshot
 from .views import MachineView, View
 
-IMAGES_DIR = "images"
 DIGEST_HELP = (
     "ggnet-disk-v1 digest of the raw disk: SHA-256 over its size and its non-zero 1 MiB leaves (not sha256sum)"
 )

@@ -24,12 +24,10 @@ from ..config import Settings
 from ..errors import BackendUnavailable, DiskFull, GgnetError, Invalid
 from ..files import create_private, private_dir
 from ..log import get_logger
-from . import temps
+from . import IMAGES_DIR, WRITEBACK_DIR, temps
 from .qemu_img import Cancelled, settle
 
 FICLONE = 0x40049409  # _IOW(0x94, 9, int) from linux/fs.h
-WRITEBACK_DIR = "writebacks"
-IMAGES_DIR = "images"
 COPY_CHUNK = 8 << 20
 
 ProgressCallback = Callable[[float], Any]
