@@ -33,6 +33,19 @@ LOG_LINES = [
 ]
 
 
+CSV_TEXT = "name,mac,ip\npc06,52:54:00:aa:00:06,10.0.0.26\npc07,nonsense,\npc01,52:54:00:aa:00:08,\n"
+
+
+def _import_files() -> None:
+    """The fixed directory holds exactly these files (whichever test ran before, in any worktree)."""
+    import shutil as _shutil
+
+    _shutil.rmtree(IMPORT_DIR, ignore_errors=True)
+    IMPORT_DIR.mkdir()
+    (IMPORT_DIR / "game.vhdx").write_bytes(b"")
+    (IMPORT_DIR / "machines.csv").write_text(CSV_TEXT)
+
+
 _seeded_template: dict[str, Path] = {}
 
 
@@ -195,8 +208,7 @@ async def _help(pilot: Any) -> None:
 
 async def _csv_preview(pilot: Any) -> None:
     csv = IMPORT_DIR / "machines.csv"
-    IMPORT_DIR.mkdir(exist_ok=True)
-    csv.write_text("name,mac,ip\npc06,52:54:00:aa:00:06,10.0.0.26\npc07,nonsense,\npc01,52:54:00:aa:00:08,\n")
+    _import_files()
     await _press(pilot, "c", ready="#path")
     await fill(pilot, "#path", str(csv))
     await pilot.press("enter")
@@ -223,8 +235,7 @@ async def _audit_event(pilot: Any) -> None:
 
 
 async def _import_dialog(pilot: Any) -> None:
-    IMPORT_DIR.mkdir(exist_ok=True)
-    (IMPORT_DIR / "game.vhdx").write_bytes(b"")
+    _import_files()
     pilot.app.import_root = IMPORT_DIR
     await _press(pilot, "a", ready="#tree")
     await pilot.pause(0.3)
