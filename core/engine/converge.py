@@ -268,15 +268,23 @@ async def _end_boots(engine: Engine, state: _State, served: set[Path], report: P
                 continue
             machine = state.machines.get(boot.machine_id or -1)
             keep_policy = machine is not None and machine.writeback_policy != WritebackPolicy.FRESH.value
+            still_served = False
             for wid in (boot.system_writeback_id, boot.game_writeback_id):
                 row = await session.get(WritebackRow, wid) if wid else None
                 if row is None or wid in in_use:
                     continue
                 path = disks.writeback_file(engine.core.settings, row.file_name)
                 if path in served:
-                    continue  # still served by a target that could not be changed: next pass
+                    # a target still serves it (one being changed for the next boot, or one that could
+                    # not be changed): the boot stays ending, and a later pass gives the writeback up
+                    still_served = True
+                    continue
                 if not (row.retained and keep_policy and boot.end_reason != "reset"):
                     row.state = WritebackState.DISCARD.value
+                    if wid in state.writebacks:  # so that this pass removes it (below, in _files)
+                        state.writebacks[wid].state = WritebackState.DISCARD.value
+            if still_served:
+                continue
             boot.state = BootState.ENDED.value
             boot.ended_at = boot.ended_at or utcnow()
             report.boots_ended += 1
