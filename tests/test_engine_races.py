@@ -112,6 +112,30 @@ async def converged(built: Site) -> None:
     assert await convergence_problems_async(built.env, built.tgtd) == []
 
 
+async def test_a_superseded_preparation_does_not_overwrite_the_newer_boots_target(
+    site: tuple[Site, Snapshot], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Boot A of pc03 is being prepared (its clone is slow) when the PC asks again: boot B is
+    recorded and prepared at once. A then finishes its clone: it must not set the target to its
+    own writeback and secret (B's client would be refused, or get A's disk)."""
+    built = await opened(site)
+    engine = built.engine
+    assert engine is not None
+    gate = hold_first_clone(monkeypatch)
+    boot_a, _, _ = await engine.preparer.record(await built.machine_id("pc03"), "pc", "pc", None)
+    assert boot_a is not None
+    preparing_a = asyncio.ensure_future(engine.preparer.prepare(boot_a))
+    await gate.entered.wait()
+    answer = await engine.boot_request(mac_of(3), "127.0.0.1")
+    assert answer.state == "ready"
+    b = await current(built, "pc03")
+    gate.release.set()
+    a_row, _, _ = await preparing_a
+    assert a_row.state == "ending"
+    assert served(built, "pc03") == str(b["path"]), "the target serves the superseded boot's writeback"
+    await converged(built)
+
+
 async def test_a_pass_does_not_recreate_the_target_of_a_boot_superseded_meanwhile(
     site: tuple[Site, Snapshot], monkeypatch: pytest.MonkeyPatch
 ) -> None:
