@@ -198,6 +198,35 @@ async def test_a_pass_does_not_take_a_new_boots_writeback_for_a_stray_file(
     await converged(built)
 
 
+async def test_a_pass_does_not_remove_a_kept_writeback_a_boot_took_up_meanwhile(
+    site: tuple[Site, Snapshot], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pc04 keeps its disk. Its boot A died while cloning (its writeback is left ``creating``) and
+    was taken offline: for a pass, an orphan. Before the pass removes it, pc04 boots and boot B
+    takes that kept writeback up (and finishes its clone). The pass must leave it to B."""
+    from core.services import boots, machines
+
+    built = await opened(site)
+    engine, core, admin = built.engine, built.core, built.admin
+    assert engine is not None and core is not None and admin is not None
+    await machines.update_machine(core, admin, "pc04", keep_writeback=True)
+    boot_a, _, _ = await engine.preparer.record(await built.machine_id("pc04"), "pc", "pc", None)
+    assert boot_a is not None
+    _, rows, _ = await engine.preparer._claim(boot_a)  # claimed, then the process died before cloning
+    (kept,) = rows
+    await boots.take_offline(core, admin, ["pc04"], force=True)
+    gate = hold_pass_after_observing(monkeypatch, built)
+    passing = asyncio.ensure_future(engine.run_pass())
+    await gate.entered.wait()
+    assert (await engine.boot_request(mac_of(4), "127.0.0.1")).state == "ready"
+    b = await current(built, "pc04")
+    assert b["path"] is not None and b["path"].name == kept.file_name  # B took the kept writeback up
+    gate.release.set()
+    await passing
+    assert b["path"].is_file(), "the pass removed the writeback the new boot serves"
+    await converged(built)
+
+
 async def test_session_start_prepares_the_version_the_machine_boots(site: tuple[Site, Snapshot]) -> None:
     """`ggnet session start` (boots.prepare) then one pass: the machine's boot is ready, serving a
     clone of its image's active version."""

@@ -15,7 +15,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 
 from ..boot.ipxe import BOOT_SCRIPT, boot_url, sync_tftp_root, tftp_files
 from ..errors import GgnetError
@@ -338,7 +338,8 @@ async def _files(
     ]
     removed_rows: list[int] = []
     if targets_known:  # never remove a file while we do not know whether a target serves it
-        for row in discard + creating_orphans:
+        given_up = await _give_up_orphans(engine, creating_orphans) if creating_orphans and not dry_run else []
+        for row in discard + given_up:
             path = disks.writeback_file(settings, row.file_name)
             if path in served or path in engine.in_flight_files:
                 continue
@@ -385,6 +386,27 @@ async def _files(
     if not dry_run:
         await _orphan_temporaries(engine, report)
         await _boot_files(engine, report)
+
+
+async def _give_up_orphans(engine: Engine, rows: list[WritebackRow]) -> list[WritebackRow]:
+    """Orphans go to ``discard`` first, each checked again in the database: a boot request may have
+    taken one up since this pass loaded its state (a keep machine takes up its kept writeback even
+    when a clone that died left it ``creating``), and a discarded writeback is never taken up again."""
+    given_up: list[WritebackRow] = []
+    async with engine.core.db.transaction() as session:
+        for stale in rows:
+            row = await session.get(WritebackRow, stale.id)
+            if row is None or not (row.state == WritebackState.CREATING.value or row.machine_id is None):
+                continue
+            users = select(Boot.id).where(
+                Boot.state.in_(list(_CURRENT)),
+                or_(Boot.system_writeback_id == row.id, Boot.game_writeback_id == row.id),
+            )
+            if (await session.execute(users.limit(1))).first() is not None:
+                continue
+            row.state = WritebackState.DISCARD.value
+            given_up.append(stale)
+    return given_up
 
 
 async def _orphan_temporaries(engine: Engine, report: PassReport) -> None:
