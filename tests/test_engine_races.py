@@ -227,6 +227,48 @@ async def test_a_pass_does_not_remove_a_kept_writeback_a_boot_took_up_meanwhile(
     await converged(built)
 
 
+async def test_a_cancelled_pass_returns_only_once_its_preparations_stopped(
+    site: tuple[Site, Snapshot], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pass prepares two boots at once and is cancelled (a shutdown). One preparation stops at
+    once, the other takes a moment (a clone's thread finishing its chunk). The pass must not return
+    before both stopped: a pass started right after would find the second boot still "in flight",
+    skip it, and leave it requested."""
+    from core.services import boots
+
+    built = await opened(site)
+    engine, core, admin = built.engine, built.core, built.admin
+    assert engine is not None and core is not None and admin is not None
+    started = asyncio.Event()
+    calls = 0
+    original = writeback_mod._FileDriver.create
+
+    async def create(self: Any, *args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        slow = calls == 2
+        if calls == 2:
+            started.set()
+        try:
+            await asyncio.Event().wait()  # until cancelled
+        finally:
+            if slow:
+                await asyncio.shield(asyncio.sleep(0.3))
+        return await original(self, *args, **kwargs)
+
+    monkeypatch.setattr(writeback_mod._FileDriver, "create", create)
+    await boots.prepare(core, admin, ["pc03", "pc04"])
+    passing = asyncio.ensure_future(engine.run_pass())
+    await started.wait()
+    passing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await passing
+    assert engine.in_flight_boots == set(), "the cancelled pass returned while a preparation was still running"
+    monkeypatch.setattr(writeback_mod._FileDriver, "create", original)
+    await converged(built)
+    assert (await current(built, "pc03"))["state"] == (await current(built, "pc04"))["state"] == "ready"
+
+
 async def test_session_start_prepares_the_version_the_machine_boots(site: tuple[Site, Snapshot]) -> None:
     """`ggnet session start` (boots.prepare) then one pass: the machine's boot is ready, serving a
     clone of its image's active version."""

@@ -134,7 +134,14 @@ async def _finish_orphan_boots(engine: Engine, report: PassReport) -> None:
             elif boot.state == BootState.FAILED.value:
                 report.errors.append(f"boot {boot_id} of {boot.machine_name}: {boot.error}")
 
-    await asyncio.gather(*(one(i) for i in todo))
+    tasks = [asyncio.ensure_future(one(i)) for i in todo]
+    try:
+        await asyncio.gather(*tasks)
+    finally:
+        # gather returns (cancelled) at its first cancelled child; the others are still cancelling.
+        # A pass returns only once its preparations stopped, or the next pass would find their boots
+        # "in flight", skip them and leave them requested.
+        await asyncio.wait(tasks)
 
 
 async def _current_boot_id(engine: Engine, iqn: str) -> int | None:
