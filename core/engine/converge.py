@@ -76,7 +76,9 @@ async def _load(engine: Engine) -> _State:
     return state
 
 
-async def run_pass(engine: Engine, *, dry_run: bool = False) -> PassReport:
+async def run_pass(engine: Engine, *, dry_run: bool = False, probe_chap: bool = False) -> PassReport:
+    """One pass; ``probe_chap``: check every target's CHAP secret by a login now (an operator's
+    reconcile), not only the targets whose periodic check is due."""
     started = time.monotonic()
     report = PassReport(dry_run=dry_run)
     await engine.refresh_backend()
@@ -95,7 +97,7 @@ async def run_pass(engine: Engine, *, dry_run: bool = False) -> PassReport:
         report.errors.append(engine.backend_detail or "no iSCSI target stack")
     served: set[Path] = set()  # writeback files a target serves after this pass
     if observed is not None:
-        served = await _converge_targets(engine, state, observed, report, dry_run)
+        served = await _converge_targets(engine, state, observed, report, dry_run, probe_chap)
     if not dry_run:
         await _end_boots(engine, state, served, report)
         await _idle_boots(engine, state, observed, report)
@@ -177,7 +179,12 @@ def _desired(engine: Engine, state: _State) -> dict[str, tuple[Boot, TargetSpec 
 
 
 async def _converge_targets(
-    engine: Engine, state: _State, observed: dict[str, ObservedTarget], report: PassReport, dry_run: bool
+    engine: Engine,
+    state: _State,
+    observed: dict[str, ObservedTarget],
+    report: PassReport,
+    dry_run: bool,
+    probe_chap: bool = False,
 ) -> set[Path]:
     backend = engine.backend
     assert backend is not None
@@ -198,7 +205,7 @@ async def _converge_targets(
             )
         current = observed.get(iqn)
         # tgtd cannot show a secret: a login probe checks it now and then (about 1 ms a target)
-        diffs = await find_drift(backend, spec, current, probe_chap=engine.chap_check_due(iqn))
+        diffs = await find_drift(backend, spec, current, probe_chap=probe_chap or engine.chap_check_due(iqn))
         if diffs:
             report.drift.append(
                 Drift("target", spec.iqn, boot.machine_name, tuple(diffs), "make the target match the boot")
