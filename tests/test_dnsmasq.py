@@ -18,8 +18,11 @@ from core.context import Core
 from core.errors import Invalid, PermissionDenied
 from core.models import AuditEvent
 from core.services import boot, machines
+from tests.e2e.tgtd import TgtDaemon, tgtd_daemon
 
 from .test_boot_files import assert_golden
+
+__all__ = ["tgtd_daemon"]  # the fixture, imported for the end-to-end test
 
 TFTP = Path("/srv/ggnet/tftp")
 HOSTS = [
@@ -234,6 +237,9 @@ def test_cli_boot_commands(tmp_path: Path) -> None:
 
 
 # --- for real: dnsmasq serving ggnet's configuration to diskless iPXE clients -----------------
+# Everything with an address other than loopback lives in a network namespace this test creates
+# (ip netns add): the bridge, the clients' tap devices, dnsmasq, `ggnet serve` and the QEMU clients.
+# The host's own network never sees 192.168.77.x. The namespace is deleted whatever happens.
 
 
 def _network_unavailable() -> str | None:
@@ -242,7 +248,7 @@ def _network_unavailable() -> str | None:
     from tests.e2e import qemu_client
 
     if os.geteuid() != 0:
-        return "creating a bridge and tap devices needs root"
+        return "creating a network namespace, a bridge and tap devices needs root"
     if not Path("/dev/net/tun").exists() or shutil.which("ip") is None:
         return "no /dev/net/tun or no ip command"
     if shutil.which("dnsmasq") is None and not Path("/usr/sbin/dnsmasq").exists():
@@ -254,65 +260,99 @@ def _ip(*args: str) -> None:
     subprocess.run(["ip", *args], check=True, capture_output=True, timeout=30)
 
 
-async def _start_dnsmasq(conf: Path, work: Path, name: str, *extra: str) -> asyncio.subprocess.Process:
+def _start_dnsmasq(inside: list[str], conf: Path, work: Path, name: str, *extra: str) -> subprocess.Popen[bytes]:
+    import time
+
     log = work / f"{name}.log"
-    proc = await asyncio.create_subprocess_exec(
-        "dnsmasq",
-        "--keep-in-foreground",
-        f"--conf-file={conf}",
-        "--user=root",
-        "--pid-file=",
-        *extra,
-        f"--dhcp-leasefile={work / (name + '.leases')}",
-        f"--log-facility={log}",
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
+    proc = subprocess.Popen(
+        [
+            *inside,
+            "dnsmasq",
+            "--keep-in-foreground",
+            f"--conf-file={conf}",
+            "--user=root",
+            "--pid-file=",
+            *extra,
+            f"--dhcp-leasefile={work / (name + '.leases')}",
+            f"--log-facility={log}",
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     for _ in range(200):
-        if log.exists() and "started" in log.read_text():
+        if (log.exists() and "started" in log.read_text()) or proc.poll() is not None:
             break
-        if proc.returncode is not None:
-            break
-        await asyncio.sleep(0.05)
-    if proc.returncode is not None:
+        time.sleep(0.05)
+    if proc.poll() is not None:
         pytest.fail(f"dnsmasq ({name}) exited with {proc.returncode}: {log.read_text() if log.exists() else ''}")
     return proc
 
 
+def _get_inside(inside: list[str], url: str) -> tuple[int, str]:
+    """An HTTP GET from inside the namespace (this process stays in the host's)."""
+    import sys
+
+    probe = (
+        "import sys, urllib.request, urllib.error\n"
+        "try:\n    r = urllib.request.urlopen(sys.argv[1], timeout=5); print(r.status); print(r.read().decode())\n"
+        "except urllib.error.HTTPError as e:\n    print(e.code)\n"
+    )
+    result = subprocess.run([*inside, sys.executable, "-c", probe, url], capture_output=True, text=True, timeout=30)
+    status, _, body = result.stdout.partition("\n")
+    return (int(status) if status.strip().isdigit() else 0), body
+
+
 @pytest.mark.e2e
 @pytest.mark.parametrize("mode", ["full", "proxy"])
-async def test_real_dnsmasq_serves_real_ipxe_clients(
-    mode: str, sqlite_core: Core, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_real_dnsmasq_serves_real_ipxe_clients(
+    mode: str, tmp_path: Path, tgtd_daemon: TgtDaemon, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """ggnet's file run by a real dnsmasq on a bridge, two diskless QEMU clients with iPXE ROMs.
+    """ggnet's file run by a real dnsmasq, `ggnet serve` and two diskless QEMU clients with stock
+    iPXE ROMs, all in a network namespace of this test's own.
 
     full: dnsmasq gives pc01 its reservation and an unknown MAC an address from the pool.
     proxy: a second, plain dnsmasq (no boot options) gives the addresses, as the LAN's router
-    would; ggnet's proxy-DHCP adds the boot file. Either way pc01 loads boot.ipxe and then its own
-    script over ggnet's TFTP, and the unknown MAC is told it is not registered.
+    would; ggnet's proxy-DHCP adds the boot file. Either way each client loads boot.ipxe over
+    ggnet's TFTP, which chains `ggnet serve`'s /boot/<mac>: pc01 (registered, no image) is told so
+    on its screen, the unknown MAC is told it is not registered, and the engine records both.
     """
+    import json
     import secrets
+    import time
 
-    from tests.conftest import make_user
     from tests.e2e import qemu_client
+    from tests.e2e.engine_site import engine_env, ggnet, settings_of
     from tests.e2e.qemu_client import ClientSpec
+    from tests.e2e.serve import GgnetServe
 
     why = _network_unavailable()
     if why:
         pytest.skip(why)
-    tag = secrets.token_hex(3)
-    bridge, taps = f"ggbr{tag}", {"52:54:00:77:00:01": f"ggta{tag}", "52:54:00:77:00:99": f"ggtb{tag}"}
-    sqlite_core.settings.tftp_root = tmp_path / "tftp"
-    admin = await make_user(sqlite_core, "root-admin", "admin")
-    await machines.add_machine(sqlite_core, admin, name="pc01", mac="52:54:00:77:00:01", ip="192.168.77.21")
-    await boot.render_boot_files(sqlite_core, admin)
-    conf = tmp_path / "ggnet.conf"
-    pool = {"range": "192.168.77.100-192.168.77.150"} if mode == "full" else {}
-    written = await boot.write_dnsmasq_config(
-        sqlite_core, admin, conf, mode=mode, subnet="192.168.77.0/24", interface=bridge, **pool
-    )
-    assert written.tested
+    namespace = f"ggnet-dnsmasq-{secrets.token_hex(3)}"
+    inside = ["ip", "netns", "exec", namespace]
+    bridge, taps = "ggbr0", {"52:54:00:77:00:01": "ggtap1", "52:54:00:77:00:99": "ggtap2"}
+    env = engine_env(tmp_path, tgtd_daemon, GGNET_HTTP_ADDRESS="192.168.77.1:8067", GGNET_BOOT_ADDRESS="192.168.77.1")
+
+    async def setup() -> None:
+        from core.services import users
+        from tests.e2e.engine_site import PASSWORD
+
+        core = Core.open(settings_of(env))
+        try:
+            await core.db.upgrade()
+            await users.create_first_admin(core, "admin", PASSWORD)  # the user env's commands log in as
+            admin = await users.login(core, "admin", PASSWORD)
+            await machines.add_machine(core, admin, name="pc01", mac="52:54:00:77:00:01", ip="192.168.77.21")
+            pool = {"range": "192.168.77.100-192.168.77.150"} if mode == "full" else {}
+            written = await boot.write_dnsmasq_config(
+                core, admin, tmp_path / "ggnet.conf", mode=mode, subnet="192.168.77.0/24", interface=bridge, **pool
+            )
+            assert written.tested
+        finally:
+            await core.close()
+
+    asyncio.run(setup())
     lan_conf = tmp_path / "lan.conf"  # proxy mode: the LAN's own DHCP server, knowing nothing of booting
     lan_conf.write_text(
         f"port=0\ninterface={bridge}\nbind-interfaces\nlog-dhcp\n"
@@ -322,63 +362,88 @@ async def test_real_dnsmasq_serves_real_ipxe_clients(
 
     original = qemu_client.qemu_command
 
-    def on_tap(spec: ClientSpec, *rest: Path) -> list[str]:
+    def in_namespace_on_tap(spec: ClientSpec, *rest: Path) -> list[str]:
         command = original(spec, *rest)
         at = command.index("-nic")
         command[at + 1] = f"tap,ifname={taps[spec.mac]},script=no,downscript=no,model=e1000,mac={spec.mac}"
-        return command
+        return [*inside, *command]
 
-    monkeypatch.setattr(qemu_client, "qemu_command", on_tap)
-    servers = []
+    monkeypatch.setattr(qemu_client, "qemu_command", in_namespace_on_tap)
+    servers: list[subprocess.Popen[bytes]] = []
+    serve = GgnetServe(env, tmp_path / "serve.log", prefix=inside)
+    _ip("netns", "add", namespace)
     try:
-        _ip("link", "add", bridge, "type", "bridge")
-        _ip("addr", "add", "192.168.77.1/24", "dev", bridge)
-        _ip("-6", "addr", "add", "fd77::1/64", "dev", bridge, "nodad")
-        _ip("link", "set", bridge, "up")
+        _ip("-n", namespace, "link", "set", "lo", "up")
+        _ip("-n", namespace, "link", "add", bridge, "type", "bridge")
+        _ip("-n", namespace, "addr", "add", "192.168.77.1/24", "dev", bridge)
+        _ip("-n", namespace, "-6", "addr", "add", "fd77::1/64", "dev", bridge, "nodad")
+        _ip("-n", namespace, "link", "set", bridge, "up")
         for tap in taps.values():
-            _ip("tuntap", "add", "dev", tap, "mode", "tap")
-            _ip("link", "set", tap, "master", bridge)
-            _ip("link", "set", tap, "up")
-        # as root, dnsmasq's TFTP serves only world-readable files: the 0644 scripts must get through
-        # router advertisements on the side (what the generated file's comment suggests): without one
-        # iPXE waits about 13 s for IPv6 before it fetches boot.ipxe
-        servers.append(await _start_dnsmasq(conf, tmp_path, "ggnet", "--enable-ra", "--dhcp-range=fd77::,ra-only"))
+            _ip("-n", namespace, "tuntap", "add", "dev", tap, "mode", "tap")
+            _ip("-n", namespace, "link", "set", tap, "master", bridge)
+            _ip("-n", namespace, "link", "set", tap, "up")
+        host_addresses = subprocess.run(["ip", "-o", "addr"], capture_output=True, text=True, timeout=30).stdout
+        assert "192.168.77." not in host_addresses and bridge not in host_addresses  # all in the namespace
+        serve.start(wait=False)
+        deadline = time.monotonic() + 60
+        while _get_inside(inside, "http://192.168.77.1:8067/healthz")[0] != 200:
+            assert time.monotonic() < deadline, f"ggnet serve not healthy: {serve.log_path.read_text()[-2000:]}"
+            time.sleep(0.3)
+        # the engine wrote boot.ipxe; router advertisements on the side (what the generated file's
+        # comment suggests): without one iPXE waits about 13 s for IPv6 before it fetches boot.ipxe
+        assert "http://192.168.77.1:8067/boot/${mac:hexhyp}" in (tmp_path / "tftp" / "boot.ipxe").read_text()
+        servers.append(
+            _start_dnsmasq(
+                inside, tmp_path / "ggnet.conf", tmp_path, "ggnet", "--enable-ra", "--dhcp-range=fd77::,ra-only"
+            )
+        )
         if mode == "proxy":
-            servers.append(await _start_dnsmasq(lan_conf, tmp_path, "lan"))
+            servers.append(_start_dnsmasq(inside, lan_conf, tmp_path, "lan"))
         # the screen copy wraps at 80 columns: each phrase waited for fits on its first line
-        no_image = "GGNET-NO-SESSION: no image is assigned to pc01"
-        unknown = "GGNET-CHAIN-FAILED: could not load 52-54-00-77-00-99.ipxe"
-        registered, stranger = await qemu_client.boot_clients(
-            [
-                ClientSpec(
-                    tmp_path / "pc01",
-                    "52:54:00:77:00:01",
-                    tmp_path / "tftp",
-                    fail=(no_image, "GGNET-CHAIN-FAILED", "GGNET-SANBOOT-FAILED"),
-                    timeout=90,
-                ),
-                ClientSpec(
-                    tmp_path / "stranger",
-                    "52:54:00:77:00:99",
-                    tmp_path / "tftp",
-                    fail=(unknown, "GGNET-NO-SESSION", "GGNET-SANBOOT-FAILED"),
-                    timeout=90,
-                ),
-            ]
+        no_image = "GGNET-NOT-BOOTING: no image is assigned to pc01"
+        unknown = "GGNET-NOT-BOOTING: the PC with MAC 52:54:00:77:00:99 is not registered"
+        failures = ("GGNET-CHAIN-FAILED", "GGNET-SANBOOT-FAILED")
+        registered, stranger = asyncio.run(
+            qemu_client.boot_clients(
+                [
+                    ClientSpec(
+                        tmp_path / "pc01",
+                        "52:54:00:77:00:01",
+                        tmp_path / "tftp",
+                        fail=(no_image, *failures),
+                        timeout=120,
+                    ),
+                    ClientSpec(
+                        tmp_path / "stranger",
+                        "52:54:00:77:00:99",
+                        tmp_path / "tftp",
+                        fail=(unknown, *failures),
+                        timeout=120,
+                    ),
+                ]
+            )
         )
     finally:
+        serve.stop()
         for proc in servers:
-            if proc.returncode is None:
+            if proc.poll() is None:
                 proc.terminate()  # by its own handle: only the dnsmasq this test started
-                await proc.wait()
-        for device in (*taps.values(), bridge):
-            subprocess.run(["ip", "link", "del", device], capture_output=True, timeout=30, check=False)
+                proc.wait(10)
+        subprocess.run(["ip", "netns", "del", namespace], capture_output=True, timeout=30, check=False)
+    assert namespace not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     served = (tmp_path / "ggnet.log").read_text()
-    assert registered.reason == f"fail: {no_image}", (registered.reason, registered.com2_text[-2000:], served[-3000:])
-    assert stranger.reason == f"fail: {unknown}", (stranger.reason, stranger.com2_text[-2000:], served[-3000:])
-    assert "sent " in served and "52-54-00-77-00-01.ipxe to 192.168.77.21" in served  # over ggnet's TFTP
+    context = (served[-3000:], serve.log_path.read_text()[-2000:])
+    assert registered.reason == f"fail: {no_image}", (registered.reason, registered.com2_text[-2000:], context)
+    assert stranger.reason == f"fail: {unknown}", (stranger.reason, stranger.com2_text[-2000:], context)
+    assert "sent " in served and "boot.ipxe to 192.168.77.21" in served  # over ggnet's TFTP
     if mode == "full":
         assert "DHCPACK(" in served and "192.168.77.21 52:54:00:77:00:01 pc01" in served
     else:
         assert "DHCPACK(" not in served  # addresses came from the LAN's server
         assert "192.168.77.21 52:54:00:77:00:01" in (tmp_path / "lan.log").read_text()
+    # the engine recorded both requests, with where they came from
+    history = json.loads(ggnet(env, "boot", "history", "pc01", "--json").stdout)
+    assert [(b["state"], b["client_address"]) for b in history][:1] == [("refused", "192.168.77.21")]
+    discovered = json.loads(ggnet(env, "machine", "discovered", "--json").stdout)
+    assert [d["mac"] for d in discovered] == ["52:54:00:77:00:99"]
+    assert discovered[0]["last_address"].startswith("192.168.77.1")

@@ -15,7 +15,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 
 from ..boot.ipxe import BOOT_SCRIPT, boot_url, sync_tftp_root, tftp_files
 from ..errors import GgnetError
@@ -76,7 +76,9 @@ async def _load(engine: Engine) -> _State:
     return state
 
 
-async def run_pass(engine: Engine, *, dry_run: bool = False) -> PassReport:
+async def run_pass(engine: Engine, *, dry_run: bool = False, probe_chap: bool = False) -> PassReport:
+    """One pass; ``probe_chap``: check every target's CHAP secret by a login now (an operator's
+    reconcile), not only the targets whose periodic check is due."""
     started = time.monotonic()
     report = PassReport(dry_run=dry_run)
     await engine.refresh_backend()
@@ -95,7 +97,7 @@ async def run_pass(engine: Engine, *, dry_run: bool = False) -> PassReport:
         report.errors.append(engine.backend_detail or "no iSCSI target stack")
     served: set[Path] = set()  # writeback files a target serves after this pass
     if observed is not None:
-        served = await _converge_targets(engine, state, observed, report, dry_run)
+        served = await _converge_targets(engine, state, observed, report, dry_run, probe_chap)
     if not dry_run:
         await _end_boots(engine, state, served, report)
         await _idle_boots(engine, state, observed, report)
@@ -134,7 +136,14 @@ async def _finish_orphan_boots(engine: Engine, report: PassReport) -> None:
             elif boot.state == BootState.FAILED.value:
                 report.errors.append(f"boot {boot_id} of {boot.machine_name}: {boot.error}")
 
-    await asyncio.gather(*(one(i) for i in todo))
+    tasks = [asyncio.ensure_future(one(i)) for i in todo]
+    try:
+        await asyncio.gather(*tasks)
+    finally:
+        # gather returns (cancelled) at its first cancelled child; the others are still cancelling.
+        # A pass returns only once its preparations stopped, or the next pass would find their boots
+        # "in flight", skip them and leave them requested.
+        await asyncio.wait(tasks)
 
 
 async def _current_boot_id(engine: Engine, iqn: str) -> int | None:
@@ -170,7 +179,12 @@ def _desired(engine: Engine, state: _State) -> dict[str, tuple[Boot, TargetSpec 
 
 
 async def _converge_targets(
-    engine: Engine, state: _State, observed: dict[str, ObservedTarget], report: PassReport, dry_run: bool
+    engine: Engine,
+    state: _State,
+    observed: dict[str, ObservedTarget],
+    report: PassReport,
+    dry_run: bool,
+    probe_chap: bool = False,
 ) -> set[Path]:
     backend = engine.backend
     assert backend is not None
@@ -191,7 +205,7 @@ async def _converge_targets(
             )
         current = observed.get(iqn)
         # tgtd cannot show a secret: a login probe checks it now and then (about 1 ms a target)
-        diffs = await find_drift(backend, spec, current, probe_chap=engine.chap_check_due(iqn))
+        diffs = await find_drift(backend, spec, current, probe_chap=probe_chap or engine.chap_check_due(iqn))
         if diffs:
             report.drift.append(
                 Drift("target", spec.iqn, boot.machine_name, tuple(diffs), "make the target match the boot")
@@ -268,15 +282,23 @@ async def _end_boots(engine: Engine, state: _State, served: set[Path], report: P
                 continue
             machine = state.machines.get(boot.machine_id or -1)
             keep_policy = machine is not None and machine.writeback_policy != WritebackPolicy.FRESH.value
+            still_served = False
             for wid in (boot.system_writeback_id, boot.game_writeback_id):
                 row = await session.get(WritebackRow, wid) if wid else None
                 if row is None or wid in in_use:
                     continue
                 path = disks.writeback_file(engine.core.settings, row.file_name)
                 if path in served:
-                    continue  # still served by a target that could not be changed: next pass
+                    # a target still serves it (one being changed for the next boot, or one that could
+                    # not be changed): the boot stays ending, and a later pass gives the writeback up
+                    still_served = True
+                    continue
                 if not (row.retained and keep_policy and boot.end_reason != "reset"):
                     row.state = WritebackState.DISCARD.value
+                    if wid in state.writebacks:  # so that this pass removes it (below, in _files)
+                        state.writebacks[wid].state = WritebackState.DISCARD.value
+            if still_served:
+                continue
             boot.state = BootState.ENDED.value
             boot.ended_at = boot.ended_at or utcnow()
             report.boots_ended += 1
@@ -330,7 +352,8 @@ async def _files(
     ]
     removed_rows: list[int] = []
     if targets_known:  # never remove a file while we do not know whether a target serves it
-        for row in discard + creating_orphans:
+        given_up = await _give_up_orphans(engine, creating_orphans) if creating_orphans and not dry_run else []
+        for row in discard + given_up:
             path = disks.writeback_file(settings, row.file_name)
             if path in served or path in engine.in_flight_files:
                 continue
@@ -377,6 +400,27 @@ async def _files(
     if not dry_run:
         await _orphan_temporaries(engine, report)
         await _boot_files(engine, report)
+
+
+async def _give_up_orphans(engine: Engine, rows: list[WritebackRow]) -> list[WritebackRow]:
+    """Orphans go to ``discard`` first, each checked again in the database: a boot request may have
+    taken one up since this pass loaded its state (a keep machine takes up its kept writeback even
+    when a clone that died left it ``creating``), and a discarded writeback is never taken up again."""
+    given_up: list[WritebackRow] = []
+    async with engine.core.db.transaction() as session:
+        for stale in rows:
+            row = await session.get(WritebackRow, stale.id)
+            if row is None or not (row.state == WritebackState.CREATING.value or row.machine_id is None):
+                continue
+            users = select(Boot.id).where(
+                Boot.state.in_(list(_CURRENT)),
+                or_(Boot.system_writeback_id == row.id, Boot.game_writeback_id == row.id),
+            )
+            if (await session.execute(users.limit(1))).first() is not None:
+                continue
+            row.state = WritebackState.DISCARD.value
+            given_up.append(stale)
+    return given_up
 
 
 async def _orphan_temporaries(engine: Engine, report: PassReport) -> None:

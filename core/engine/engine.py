@@ -192,10 +192,10 @@ class Engine:
     def pass_running(self) -> bool:
         return self._pass_lock.locked()
 
-    async def run_pass(self, *, dry_run: bool = False, audit: bool = True) -> PassReport:
+    async def run_pass(self, *, dry_run: bool = False, audit: bool = True, probe_chap: bool = False) -> PassReport:
         async with self._pass_lock:
             try:
-                report = await run_pass(self, dry_run=dry_run)
+                report = await run_pass(self, dry_run=dry_run, probe_chap=probe_chap)
             except (GgnetError, OSError) as exc:
                 report = PassReport(dry_run=dry_run, errors=[str(exc)])
             self.last_report = report

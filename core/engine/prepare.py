@@ -276,10 +276,13 @@ class Preparer:
                     await self._ensure_writeback(row)
                 spec = await self.spec_for_boot(boot_id)
                 async with self.engine.target_lock(spec.iqn):
-                    # the last pass's view (tgtd can only show every target at once); a stale one is re-read
-                    await backend.apply(spec, self.engine.view.get(spec.iqn.lower()))
-                    self.engine.remember(spec)
-                await self._mark_ready(boot_id, int((time.monotonic() - started) * 1000))
+                    # a newer boot of the machine (or an operator's stop) may have come while this one
+                    # cloned: then the target is the newer boot's to set, and this one must not overwrite it
+                    if await self._still_preparing(boot_id):
+                        # the last pass's view (tgtd can only show every target at once); a stale one is re-read
+                        await backend.apply(spec, self.engine.view.get(spec.iqn.lower()))
+                        self.engine.remember(spec)
+                        await self._mark_ready(boot_id, int((time.monotonic() - started) * 1000))
             except (GgnetError, OSError) as exc:
                 reason = exc.message if isinstance(exc, GgnetError) else f"{exc.strerror or exc}"
                 get_logger().warning("boot could not be prepared", boot=boot_id, reason=reason)
@@ -417,6 +420,11 @@ class Preparer:
                 for slot, wid in (("system", boot.system_writeback_id), ("game", boot.game_writeback_id))
             }
         return self.engine.spec(boot, machine, rows["system"], rows["game"])
+
+    async def _still_preparing(self, boot_id: int) -> bool:
+        async with self.core.db.session() as session:
+            state = (await session.execute(select(Boot.state).where(Boot.id == boot_id))).scalar_one_or_none()
+        return state == BootState.PREPARING.value
 
     async def _mark_ready(self, boot_id: int, ms: int) -> None:
         async with self.core.db.transaction() as session:

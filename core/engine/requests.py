@@ -37,7 +37,9 @@ async def carry_out(engine: Engine, request: EngineRequest) -> None:
     error: str | None = None
     try:
         if request.kind == EngineRequestKind.PASS.value:
-            report = await engine.run_pass(dry_run=bool(request.params.get("dry_run")))
+            # an operator asked: every target's CHAP secret is checked now (a login each, about 1 ms),
+            # not only those whose periodic check is due, so a changed secret is found at once
+            report = await engine.run_pass(dry_run=bool(request.params.get("dry_run")), probe_chap=True)
             result = report.to_json()
         elif request.kind == EngineRequestKind.APPLY.value:
             result = await _apply(engine, request)

@@ -23,6 +23,7 @@ class GgnetServe:
     env: dict[str, str]
     log_path: Path
     process: subprocess.Popen[bytes] | None = None
+    prefix: list[str] = field(default_factory=list)  # e.g. ["ip", "netns", "exec", NAME]: run it elsewhere
     stopped: list[int] = field(default_factory=list)
 
     @property
@@ -34,7 +35,7 @@ class GgnetServe:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                [ggnet_executable(), "serve"],
+                [*self.prefix, ggnet_executable(), "serve"],
                 env=self.env,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
