@@ -307,7 +307,10 @@ class TgtBackend:
     async def observe(self, iqns: Collection[str] | None = None) -> dict[str, ObservedTarget]:
         targets = await self._read(iqns)
         portals = await self._portals()
-        io = await self._io(None if iqns is None else [t.tid for t in targets.values()])
+        # one system-wide stats request beats one per target beyond a few (the engine's login watch asks
+        # for every target answered in a boot storm)
+        tids = None if iqns is None or len(targets) > 4 else [t.tid for t in targets.values()]
+        io = await self._io(tids)
         return {key: to_observed(t, portals, io) for key, t in targets.items()}
 
     async def verify_chap(self, spec: TargetSpec) -> bool | None:
