@@ -143,7 +143,9 @@ class Engine:
             self._poke_pending = loop.call_later(POKE_SOON_SECONDS, poke)
 
     def remember(self, spec: TargetSpec) -> None:
-        """After an apply: the target is now as ``spec`` says (the secret too: we just set it)."""
+        """After an apply: the target is now as ``spec`` says (the secret too: we just set it, so no
+        pass needs a login to check it for a while)."""
+        self._chap_checked[spec.iqn.lower()] = time.monotonic()
         previous = self.view.get(spec.iqn.lower())
         self.view[spec.iqn.lower()] = ObservedTarget(
             iqn=spec.iqn,
