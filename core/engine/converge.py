@@ -15,7 +15,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from ..boot.ipxe import BOOT_SCRIPT, boot_url, sync_tftp_root, tftp_files
 from ..errors import GgnetError
@@ -24,6 +25,7 @@ from ..iscsi.diff import find_drift
 from ..models import (
     CURRENT_BOOT_STATES,
     OPEN_BOOT_STATES,
+    Base,
     Boot,
     BootState,
     Machine,
@@ -544,22 +546,22 @@ async def _observe(engine: Engine, state: _State, observed: dict[str, ObservedTa
     if not (changes or boot_updates or wb_logout or sizes_changed):
         return
     events = engine.core.events
+    # one statement per kind of change (executemany), not a read and a write per row: after a boot
+    # storm every machine's status changes at once
+    table = MachineObservation.__table__
+    rows = [{c.name: getattr(obs, c.name) for c in table.columns} for obs in changes]
     async with engine.core.db.transaction() as session:
-        for obs in changes:
-            await session.merge(obs)
-        for boot_id, values in boot_updates.items():
-            boot = await session.get(Boot, boot_id)
-            if boot is not None:
-                for key, value in values.items():
-                    setattr(boot, key, value)
-        for wid in wb_logout:
-            row = await session.get(WritebackRow, wid)
-            if row is not None:
-                row.last_used_at = now
-        for wid, size in sizes_changed:
-            row = await session.get(WritebackRow, wid)
-            if row is not None:
-                row.allocated_bytes = size
+        new_rows = [r for r in rows if r["machine_id"] not in existing]
+        if new_rows:
+            await session.execute(table.insert(), new_rows)  # type: ignore[attr-defined]
+        await _update_by_id(session, MachineObservation, "machine_id", [r for r in rows if r["machine_id"] in existing])
+        await _update_by_id(
+            session, Boot, "id", [{"id": boot_id, **values} for boot_id, values in boot_updates.items()]
+        )
+        if wb_logout:
+            await session.execute(update(WritebackRow).where(WritebackRow.id.in_(wb_logout)).values(last_used_at=now))
+        await _update_by_id(session, WritebackRow, "id", [{"id": w, "allocated_bytes": n} for w, n in sizes_changed])
+
     # committed: tell the live listeners what changed
     for obs in changes:
         old = existing.get(obs.machine_id)
@@ -579,3 +581,18 @@ async def _observe(engine: Engine, state: _State, observed: dict[str, ObservedTa
             events.publish("machine.login", boot_id=boot_id, machine=name, address=values["login_address"])
         elif values.get("logout_at") is not None:
             events.publish("machine.logout", boot_id=boot_id, machine=name)
+
+
+async def _update_by_id(session: AsyncSession, model: type[Base], key: str, rows: list[dict[str, object]]) -> None:
+    """UPDATE rows by their key, one executemany per set of columns; a row deleted meanwhile is skipped."""
+    table = model.__table__
+    groups: dict[tuple[str, ...], list[dict[str, object]]] = {}
+    for row in rows:
+        groups.setdefault(tuple(sorted(k for k in row if k != key)), []).append(row)
+    for columns, group in groups.items():
+        statement = (
+            table.update()  # type: ignore[attr-defined]
+            .where(table.c[key] == bindparam("key_"))  # type: ignore[attr-defined]
+            .values({c: bindparam(f"v_{c}") for c in columns})
+        )
+        await session.execute(statement, [{"key_": r[key], **{f"v_{c}": r[c] for c in columns}} for r in group])
