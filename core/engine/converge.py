@@ -125,7 +125,7 @@ async def _finish_orphan_boots(engine: Engine, report: PassReport) -> None:
     todo = [i for i in ids if i not in engine.in_flight_boots]
     if not todo:
         return
-    gate = asyncio.Semaphore(4)
+    gate = asyncio.Semaphore(16)  # the work waits on tgtd and SQLite: more in flight, less waiting
 
     async def one(boot_id: int) -> None:
         async with gate:
