@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -27,12 +28,15 @@ IQN = "iqn.2024-01.lan.ggnet:pc01"
 
 def boot_all(site: LioGgnet, tmp_path: Path, run: str, names: list[str]) -> dict[str, str]:
     specs = [
-        ClientSpec(tmp_path / f"{name}-{run}", MACS[name], site.tftp_root, fail=FAIL, timeout=240) for name in names
-    ]
+        ClientSpec(tmp_path / f"{name}-{run}", MACS[name], site.tftp_root, fail=FAIL, timeout=240,
+                   while_booted=partial(site.logged_in, name))
+        for name in names
+    ]  # fmt: skip
     results = asyncio.run(boot_clients(specs))
     com1 = {}
     for name, result in zip(names, results, strict=True):
         assert result.ok, f"{run} {name}: {result.reason}\n{result.com2_text[-2000:]}\n{site.log_tail()}"
+        assert result.while_booted_result, f"{run} {name}: its login was not recorded"
         com1[name] = result.com1_text
     return com1
 
@@ -69,7 +73,8 @@ def test_pcs_boot_from_lio_fresh_keep_and_a_new_version(lio_ggnet: LioGgnet, tmp
     assert site.vm.call("read", path=f"{tpg}/attrib/generate_node_acls").strip() == "0"
     history = json.loads(site.ggnet("boot", "history", "pc01", "--json").stdout)
     assert [b["image_version"] for b in history] == [2, 1, 1]  # newest first
-    assert any(b["login_at"] for b in history)
+    # the client reaches the VM through QEMU's user network, from its gateway
+    assert all(b["login_at"] and b["login_address"] == "10.0.2.2" for b in history)
 
 
 # what a pass must undo, each written straight into configfs through the agent (no ggnet involved)

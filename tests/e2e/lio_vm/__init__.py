@@ -25,6 +25,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -179,6 +180,7 @@ class LioVm:
         self._proc: subprocess.Popen[bytes] | None = None
         self._sock: socket.socket | None = None
         self._pending = b""
+        self._calls = threading.Lock()  # one request at a time on the control channel, whichever thread asks
 
     def __enter__(self) -> LioVm:
         self.start()
@@ -261,6 +263,10 @@ class LioVm:
 
     def call(self, op: str, timeout: float = 60, **args: Any) -> Any:
         """Run one agent operation in the VM; its error (as ``LioVmError``) if it failed."""
+        with self._calls:
+            return self._call(op, timeout, **args)
+
+    def _call(self, op: str, timeout: float, **args: Any) -> Any:
         if self._sock is None:
             raise LioVmError("the LIO VM is not running")
         self._sock.sendall(json.dumps({"op": op, **args}, default=str).encode() + b"\n")

@@ -26,6 +26,7 @@ Usage (one VM per module; the fixture ``lio_ggnet`` in tests/e2e/conftest.py doe
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import time
@@ -156,6 +157,25 @@ class LioGgnet:
     def boot_script(self, mac: str, timeout: float = 120.0) -> str:
         with urllib.request.urlopen(f"{self.url}/boot/{mac.replace(':', '-')}", timeout=timeout) as answer:
             return answer.read().decode()
+
+    async def logged_in(self, machine: str, timeout: float = 60.0) -> bool:
+        """Wait (while the client runs) until the engine recorded its latest boot's iSCSI login (read in
+        the VM's database by the agent). A boot-sector client is done in moments; a real PC stays
+        logged in for hours."""
+        code = (
+            "import sqlite3\n"
+            f"with sqlite3.connect('file:{DATA_DIR}/ggnet.db?mode=ro', uri=True) as conn:\n"
+            "    row = conn.execute('SELECT login_at FROM boots WHERE machine_name = ? ORDER BY id DESC LIMIT 1',"
+            f" ({machine!r},)).fetchone()\n"
+            "result = bool(row and row[0])\n"
+        )
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while loop.time() < deadline:
+            if await asyncio.to_thread(self.vm.call, "exec", code=code):
+                return True
+            await asyncio.sleep(0.3)
+        return False
 
     def log_tail(self, chars: int = 3000) -> str:
         try:
