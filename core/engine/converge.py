@@ -15,7 +15,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sqlalchemy import or_, select
+from sqlalchemy import bindparam, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from ..boot.ipxe import BOOT_SCRIPT, boot_url, sync_tftp_root, tftp_files
 from ..errors import GgnetError
@@ -24,6 +25,7 @@ from ..iscsi.diff import find_drift
 from ..models import (
     CURRENT_BOOT_STATES,
     OPEN_BOOT_STATES,
+    Base,
     Boot,
     BootState,
     Machine,
@@ -125,7 +127,7 @@ async def _finish_orphan_boots(engine: Engine, report: PassReport) -> None:
     todo = [i for i in ids if i not in engine.in_flight_boots]
     if not todo:
         return
-    gate = asyncio.Semaphore(4)
+    gate = asyncio.Semaphore(16)  # the work waits on tgtd and SQLite: more in flight, less waiting
 
     async def one(boot_id: int) -> None:
         async with gate:
@@ -491,10 +493,12 @@ async def _observe(engine: Engine, state: _State, observed: dict[str, ObservedTa
     settings = engine.core.settings
     now = utcnow()
     current_by_machine = {b.machine_id: b for b in state.boots if b.state in _CURRENT}
+    table = MachineObservation.__table__
+    # plain rows, not ORM objects: this runs every pass and every session watch, for every machine
     async with engine.core.db.session() as session:
         latest = (
             await session.execute(
-                select(Boot)
+                select(Boot.machine_id, Boot.state, Boot.error)
                 .where(
                     Boot.server == settings.server_name,
                     Boot.id.in_(
@@ -506,18 +510,13 @@ async def _observe(engine: Engine, state: _State, observed: dict[str, ObservedTa
                 )
                 .order_by(Boot.id)
             )
-        ).scalars()
+        ).all()
         last_by_machine = {b.machine_id: b for b in latest}
         existing = {
             o.machine_id: o
-            for o in (
-                await session.execute(
-                    select(MachineObservation).where(MachineObservation.server == settings.server_name)
-                )
-            ).scalars()
+            for o in (await session.execute(select(*table.columns).where(table.c.server == settings.server_name))).all()
         }
-        session.expunge_all()
-    changes: list[MachineObservation] = []
+    changes: list[dict[str, object]] = []
     boot_updates: dict[int, dict[str, object]] = {}
     wb_logout: list[int] = []
     for machine_id, machine in state.machines.items():
@@ -555,29 +554,25 @@ async def _observe(engine: Engine, state: _State, observed: dict[str, ObservedTa
             for w in ((boot.system_writeback_id, boot.game_writeback_id) if boot else ())
             if w in state.writebacks
         ]
-        new = MachineObservation(
-            machine_id=machine_id,
-            server=settings.server_name,
-            status=status.value,
-            detail=detail,
-            logged_in=session_ is not None,
-            client_address=session_.address if session_ else None,
-            target_present=target is not None,
-            read_bytes=read,
-            written_bytes=written,
-            writeback_bytes=sum(s for s in sizes if s is not None) if sizes else None,
-            last_seen_at=now
-            if session_ is not None
-            else (existing[machine_id].last_seen_at if machine_id in existing else None),
-            observed_at=now,
-        )
         old = existing.get(machine_id)
-        if old is None or any(
-            getattr(old, k) != getattr(new, k)
-            for k in ("status", "detail", "logged_in", "client_address", "target_present", "read_bytes",
-                      "written_bytes", "writeback_bytes")
-        ) or (session_ is not None and (old.last_seen_at is None or now - old.last_seen_at > timedelta(seconds=60))):  # fmt: skip
-            changes.append(new)
+        new = {
+            "status": status.value,
+            "detail": detail,
+            "logged_in": session_ is not None,
+            "client_address": session_.address if session_ else None,
+            "target_present": target is not None,
+            "read_bytes": read,
+            "written_bytes": written,
+            "writeback_bytes": sum(s for s in sizes if s is not None) if sizes else None,
+        }
+        if (
+            old is None
+            or any(getattr(old, k) != v for k, v in new.items())
+            or (session_ is not None and (old.last_seen_at is None or now - old.last_seen_at > timedelta(seconds=60)))
+        ):
+            last_seen = now if session_ is not None else (old.last_seen_at if old is not None else None)
+            changes.append({"machine_id": machine_id, "server": settings.server_name, **new,
+                            "last_seen_at": last_seen, "observed_at": now})  # fmt: skip
     sizes_changed = []
     for row in state.writebacks.values():
         if row.state != WritebackState.READY.value:
@@ -587,39 +582,54 @@ async def _observe(engine: Engine, state: _State, observed: dict[str, ObservedTa
             sizes_changed.append((row.id, size))
     if not (changes or boot_updates or wb_logout or sizes_changed):
         return
-    events = engine.core.events
+    # one statement per kind of change (executemany), not a read and a write per row: after a boot
+    # storm every machine's status changes at once
     async with engine.core.db.transaction() as session:
-        for obs in changes:
-            await session.merge(obs)
-        for boot_id, values in boot_updates.items():
-            boot = await session.get(Boot, boot_id)
-            if boot is not None:
-                for key, value in values.items():
-                    setattr(boot, key, value)
-        for wid in wb_logout:
-            row = await session.get(WritebackRow, wid)
-            if row is not None:
-                row.last_used_at = now
-        for wid, size in sizes_changed:
-            row = await session.get(WritebackRow, wid)
-            if row is not None:
-                row.allocated_bytes = size
+        new_rows = [r for r in changes if r["machine_id"] not in existing]
+        if new_rows:
+            await session.execute(table.insert(), new_rows)  # type: ignore[attr-defined]
+        await _update_by_id(
+            session, MachineObservation, "machine_id", [r for r in changes if r["machine_id"] in existing]
+        )
+        await _update_by_id(
+            session, Boot, "id", [{"id": boot_id, **values} for boot_id, values in boot_updates.items()]
+        )
+        if wb_logout:
+            await session.execute(update(WritebackRow).where(WritebackRow.id.in_(wb_logout)).values(last_used_at=now))
+        await _update_by_id(session, WritebackRow, "id", [{"id": w, "allocated_bytes": n} for w, n in sizes_changed])
     # committed: tell the live listeners what changed
+    events = engine.core.events
     for obs in changes:
-        old = existing.get(obs.machine_id)
-        if old is None or old.status != obs.status:
-            machine = state.machines[obs.machine_id]
+        old = existing.get(obs["machine_id"])
+        if old is None or old.status != obs["status"]:
             events.publish(
                 "machine.status",
-                machine=machine.name,
-                status=obs.status,
+                machine=state.machines[obs["machine_id"]].name,  # type: ignore[index]
+                status=obs["status"],
                 previous=old.status if old is not None else None,
-                detail=obs.detail,
-                client_address=obs.client_address,
+                detail=obs["detail"],
+                client_address=obs["client_address"],
             )
+    names = {b.id: b.machine_name for b in state.boots}
     for boot_id, values in boot_updates.items():
-        name = next((b.machine_name for b in state.boots if b.id == boot_id), None)
         if values.get("logout_at") is None and "login_address" in values:
-            events.publish("machine.login", boot_id=boot_id, machine=name, address=values["login_address"])
+            events.publish(
+                "machine.login", boot_id=boot_id, machine=names.get(boot_id), address=values["login_address"]
+            )
         elif values.get("logout_at") is not None:
-            events.publish("machine.logout", boot_id=boot_id, machine=name)
+            events.publish("machine.logout", boot_id=boot_id, machine=names.get(boot_id))
+
+
+async def _update_by_id(session: AsyncSession, model: type[Base], key: str, rows: list[dict[str, object]]) -> None:
+    """UPDATE rows by their key, one executemany per set of columns; a row deleted meanwhile is skipped."""
+    table = model.__table__
+    groups: dict[tuple[str, ...], list[dict[str, object]]] = {}
+    for row in rows:
+        groups.setdefault(tuple(sorted(k for k in row if k != key)), []).append(row)
+    for columns, group in groups.items():
+        statement = (
+            table.update()  # type: ignore[attr-defined]
+            .where(table.c[key] == bindparam("key_"))
+            .values({c: bindparam(f"v_{c}") for c in columns})
+        )
+        await session.execute(statement, [{"key_": r[key], **{f"v_{c}": r[c] for c in columns}} for r in group])

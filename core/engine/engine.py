@@ -41,6 +41,7 @@ from .signals import IntentWatcher
 CHAP_CHECK_SECONDS = 15 * 60  # tgtd cannot show a secret: each target's is verified by a login this often
 LOGIN_WATCH_SECONDS = 120  # after answering a boot, how long to look for its client's login
 LOGIN_WATCH_INTERVAL = 0.5
+POKE_SOON_SECONDS = 1.0  # a pass after boot requests: at most this late, and at most one per this while
 
 
 class Engine:
@@ -63,6 +64,9 @@ class Engine:
         self._chap_checked: dict[str, float] = {}
         self._stopping = asyncio.Event()
         self._watchers: set[asyncio.Future[None]] = set()
+        self._logins_due: dict[int, tuple[str, str, float]] = {}  # boot id -> target, initiator, watched until
+        self._login_watcher: asyncio.Future[None] | None = None
+        self._poke_pending: asyncio.TimerHandle | None = None
         self.log = get_logger("ggnet.engine").bind(server=core.settings.server_name)
 
     @property
@@ -126,8 +130,22 @@ class Engine:
     def poke(self) -> None:
         self.watcher.poke()
 
+    def poke_soon(self) -> None:
+        """A pass within POKE_SOON_SECONDS (one for every boot answered meanwhile): what it does for
+        a boot (end the one it superseded) can wait, and back-to-back passes would slow a boot storm."""
+        if self._poke_pending is None or self._poke_pending.cancelled():
+            loop = asyncio.get_running_loop()
+
+            def poke() -> None:
+                self._poke_pending = None
+                self.poke()
+
+            self._poke_pending = loop.call_later(POKE_SOON_SECONDS, poke)
+
     def remember(self, spec: TargetSpec) -> None:
-        """After an apply: the target is now as ``spec`` says (the secret too: we just set it)."""
+        """After an apply: the target is now as ``spec`` says (the secret too: we just set it, so no
+        pass needs a login to check it for a while)."""
+        self._chap_checked[spec.iqn.lower()] = time.monotonic()
         previous = self.view.get(spec.iqn.lower())
         self.view[spec.iqn.lower()] = ObservedTarget(
             iqn=spec.iqn,
@@ -145,39 +163,48 @@ class Engine:
 
     def watch_login(self, boot_id: int, iqn: str, initiator_iqn: str) -> None:
         """Right after a boot is answered, look often for its client's login (a pass may be 30 s away),
-        so its boot history says when and from where it logged in."""
-        task = asyncio.ensure_future(self._watch_login(boot_id, iqn, initiator_iqn))
-        self._watchers.add(task)
-        task.add_done_callback(self._watchers.discard)
+        so its boot history says when and from where it logged in. One watcher for every boot
+        answered: in a boot storm one read of the target stack serves them all."""
+        self._logins_due[boot_id] = (iqn, initiator_iqn, time.monotonic() + LOGIN_WATCH_SECONDS)
+        if self._login_watcher is None or self._login_watcher.done():
+            self._login_watcher = asyncio.ensure_future(self._watch_logins())
+            self._watchers.add(self._login_watcher)
+            self._login_watcher.add_done_callback(self._watchers.discard)
 
-    async def _watch_login(self, boot_id: int, iqn: str, initiator_iqn: str) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + LOGIN_WATCH_SECONDS
-        while loop.time() < deadline and not self._stopping.is_set():
+    async def _watch_logins(self) -> None:
+        while self._logins_due and not self._stopping.is_set():
             await asyncio.sleep(LOGIN_WATCH_INTERVAL)
+            now = time.monotonic()
+            for boot_id in [b for b, (_, _, until) in self._logins_due.items() if until < now]:
+                del self._logins_due[boot_id]
             backend = self.backend
-            if backend is None:
+            if backend is None or not self._logins_due:
                 continue
+            due = dict(self._logins_due)
             try:
-                target = (await backend.observe([iqn])).get(iqn.lower())
+                view = await backend.observe(sorted({iqn.lower() for iqn, _, _ in due.values()}))
             except GgnetError:
                 continue
-            session = next(
-                (s for s in (target.sessions if target else []) if s.initiator_iqn.lower() == initiator_iqn.lower()),
-                None,
-            )
-            if session is None:
+            found: dict[int, str | None] = {}
+            for boot_id, (iqn, initiator_iqn, _) in due.items():
+                target = view.get(iqn.lower())
+                for session in target.sessions if target else []:
+                    if session.initiator_iqn.lower() == initiator_iqn.lower():
+                        found[boot_id] = session.address
+            if not found:
                 continue
-            seen = False
+            seen: list[tuple[int, str, str | None]] = []
             async with self.core.db.transaction() as db:
-                boot = await db.get(Boot, boot_id)
-                if boot is not None and boot.login_at is None:
-                    boot.login_at, boot.login_address = utcnow(), session.address
-                    seen, name = True, boot.machine_name
-            if seen:
-                self.core.events.publish("machine.login", boot_id=boot_id, machine=name, address=session.address)
-            self.poke()  # the pass records the machine as booted
-            return
+                for boot_id, address in found.items():
+                    boot = await db.get(Boot, boot_id)
+                    if boot is not None and boot.login_at is None:
+                        boot.login_at, boot.login_address = utcnow(), address
+                        seen.append((boot_id, boot.machine_name, address))
+            for boot_id, name, address in seen:
+                self.core.events.publish("machine.login", boot_id=boot_id, machine=name, address=address)
+            for boot_id in found:
+                self._logins_due.pop(boot_id, None)
+            self.poke()  # the pass records the machines as booted
 
     # --- the PC's request ---------------------------------------------------------------
 
@@ -320,6 +347,8 @@ class Engine:
         self._stopping.set()
 
     async def close(self) -> None:
+        if self._poke_pending is not None:
+            self._poke_pending.cancel()
         for task in list(self._watchers):
             task.cancel()
         await self.watcher.close()

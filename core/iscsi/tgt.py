@@ -48,6 +48,7 @@ log = get_logger("ggnet.iscsi.tgt")
 
 DISK_LUN = 1
 DELETE_DRAIN_SECONDS = 10.0  # how long delete waits for a logged-in client's last commands
+ABSENT_TRUST_SECONDS = 10.0  # a target missing from a show this recent is created without reading again
 
 
 # --------------------------------------------------------------------------- parsing (pure)
@@ -238,6 +239,8 @@ class TgtBackend:
         self._show_lock = asyncio.Lock()
         self._reads_started = 0
         self._last_read: tuple[int, dict[str, tuple[int, str]]] = (0, {})
+        self._last_read_at = float("-inf")  # loop time of the latest show
+        self._portals_seen: list[str] | None = None  # from the latest show of the portals
 
     def _lock(self, iqn: str) -> asyncio.Lock:
         return self._locks.setdefault(iqn.lower(), asyncio.Lock())
@@ -267,6 +270,7 @@ class TgtBackend:
                 started = self._reads_started
                 blocks = split_targets(await self._call(Mode.TARGET, Op.SHOW))
                 self._last_read = (started, blocks)
+                self._last_read_at = asyncio.get_running_loop().time()
                 self._tids = {iqn: tid for iqn, (tid, _) in blocks.items()}
             return self._last_read[1]
 
@@ -277,7 +281,8 @@ class TgtBackend:
         return {t.iqn.lower(): t for t in targets}
 
     async def _portals(self) -> list[str]:
-        return parse_show_portal(await self._call(Mode.PORTAL, Op.SHOW))
+        self._portals_seen = parse_show_portal(await self._call(Mode.PORTAL, Op.SHOW))
+        return self._portals_seen
 
     async def _io(self, tids: list[int] | None) -> dict[tuple[int, int], LunIO]:
         if tids is None:
@@ -307,7 +312,10 @@ class TgtBackend:
     async def observe(self, iqns: Collection[str] | None = None) -> dict[str, ObservedTarget]:
         targets = await self._read(iqns)
         portals = await self._portals()
-        io = await self._io(None if iqns is None else [t.tid for t in targets.values()])
+        # one system-wide stats request beats one per target beyond a few (the engine's login watch asks
+        # for every target answered in a boot storm)
+        tids = None if iqns is None or len(targets) > 4 else [t.tid for t in targets.values()]
+        io = await self._io(tids)
         return {key: to_observed(t, portals, io) for key, t in targets.items()}
 
     async def verify_chap(self, spec: TargetSpec) -> bool | None:
@@ -317,7 +325,11 @@ class TgtBackend:
     async def apply(self, spec: TargetSpec, observed: ObservedTarget | None = None) -> list[str]:
         """See ``TargetBackend.apply``. With ``observed`` (the engine's last pass) no show is read: the
         target's tid comes from this backend's latest read, and a refusal from tgtd (the view was stale)
-        makes it read and start over. Without, one ``show`` of tgtd (shared with concurrent callers)."""
+        makes it read and start over. Without, one ``show`` of tgtd (shared with concurrent callers) —
+        unless a show of the last ABSENT_TRUST_SECONDS lacked the target: then it is created at once
+        (tgtd refuses a second target of the same name, so a stale show costs a read, nothing more).
+        The whole show grows with the fleet: reading it before each of 300 creations was a third of
+        a pass after tgtd restarted."""
         check_spec(spec)
         for lun in spec.luns:  # before anything changes
             if not Path(lun.backing_file).exists():
@@ -329,14 +341,28 @@ class TgtBackend:
                     return await self._apply(spec, tid, observed)
                 except TgtdRefused as exc:  # the caller's view was stale: read and try again
                     log.info("tgt_apply_retry", iqn=spec.iqn, reason=exc.reason)
+            recent = asyncio.get_running_loop().time() - self._last_read_at < ABSENT_TRUST_SECONDS
+            if observed is None and recent and spec.iqn.lower() not in self._tids:
+                made = await self._create(spec)
+                if made is not None:
+                    return made
             current = (await self._read([spec.iqn])).get(spec.iqn.lower())
             if current is None:
-                return await self._create(spec)
+                made = await self._create(spec)
+                if made is not None:
+                    return made
+                current = (await self._read([spec.iqn])).get(spec.iqn.lower())  # made by someone else meanwhile
+                if current is None:
+                    raise BackendUnavailable(f"tgtd neither creates nor shows target {spec.iqn}")
             return await self._apply(spec, current.tid, to_observed(current, await self._portals(), {}))
 
-    async def _create(self, spec: TargetSpec) -> list[str]:
+    async def _create(self, spec: TargetSpec) -> list[str] | None:
+        """Make the target; None (nothing done) when tgtd already has one of that name."""
         tid = await self._new_target(spec.iqn)
-        empty = ObservedTarget(spec.iqn, {}, [], [], None, await self._portals(), True)
+        if tid is None:
+            return None
+        portals = self._portals_seen if self._portals_seen is not None else await self._portals()
+        empty = ObservedTarget(spec.iqn, {}, [], [], None, portals, True)
         try:
             await self._apply(spec, tid, empty, created=True)
         except BaseException:
@@ -363,7 +389,7 @@ class TgtBackend:
             for user in observed.chap_users:
                 if user != spec.chap_username:
                     await self._ok_if((Err.NO_USER,), Mode.ACCOUNT, Op.UNBIND, tid=tid, body=params(user=user))
-            await self._set_account(tid, spec)
+            await self._set_account(tid, spec, bound_here=spec.chap_username in observed.chap_users)
             await self._call(Mode.TARGET, Op.BIND, tid=tid, body=params(initiator_name=spec.initiator_iqn))
         if "enabled" in diffs:
             await self._call(Mode.TARGET, Op.UPDATE, tid=tid, body=params(name="state", value="ready"))
@@ -379,10 +405,15 @@ class TgtBackend:
             log.info("tgt_target_changed", iqn=spec.iqn, tid=tid, changed=changed)
         return changed
 
-    async def _set_account(self, tid: int, spec: TargetSpec) -> None:
-        """(Re)create the spec's account with its secret and bind it: tgtd cannot change a password."""
-        await self._ok_if((Err.NO_USER,), Mode.ACCOUNT, Op.DELETE, body=params(user=spec.chap_username))
-        await self._call(Mode.ACCOUNT, Op.NEW, body=params(user=spec.chap_username, password=spec.chap_secret))
+    async def _set_account(self, tid: int, spec: TargetSpec, bound_here: bool = True) -> None:
+        """(Re)create the spec's account with its secret and bind it: tgtd cannot change a password.
+        ``bound_here``: the account is bound to this target (it surely exists: delete it first);
+        otherwise it is usually new, and deleted only when tgtd says it exists."""
+        new = (Mode.ACCOUNT, Op.NEW)
+        password = params(user=spec.chap_username, password=spec.chap_secret)
+        if bound_here or not await self._ok_if((Err.USER_EXIST,), *new, body=password):
+            await self._ok_if((Err.NO_USER,), Mode.ACCOUNT, Op.DELETE, body=params(user=spec.chap_username))
+            await self._call(*new, body=password)
         await self._call(Mode.ACCOUNT, Op.BIND, tid=tid, body=params(user=spec.chap_username))
 
     async def _ensure_luns(self, tid: int, spec: TargetSpec, current: dict[int, str | None]) -> None:
@@ -415,8 +446,9 @@ class TgtBackend:
                 ) from None
             raise
 
-    async def _new_target(self, iqn: str) -> int:
-        """Create the target under the lowest free tid (another tgtd user may race us: retry)."""
+    async def _new_target(self, iqn: str) -> int | None:
+        """Create the target under the lowest free tid (another tgtd user may race us: retry); None
+        when tgtd has a target of that name already (it is not ours to fill as new)."""
         async with self._tid_lock:
             for _ in range(100):
                 used = set(self._tids.values())
@@ -430,7 +462,7 @@ class TgtBackend:
                         raise
                 await self._show()  # the tid or the IQN appeared meanwhile: look again
                 if iqn.lower() in self._tids:
-                    return self._tids[iqn.lower()]
+                    return None
         raise BackendUnavailable(f"could not find a free tid on tgtd (control port {self.control_port})")
 
     async def _undo_new(self, tid: int, chap_username: str) -> None:
