@@ -32,6 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, AsyncSessionTransaction
 
 from core.auth import Actor
 from core.context import Core
+from core.engine.prepare import Claimed
 from core.iscsi.tgtd_socket import TgtdClient
 from core.storage import writeback as writeback_mod
 from tests.e2e.engine_site import STRANGER, Site, Snapshot, mac_of, shared_tgtd, site
@@ -63,7 +64,7 @@ class CancelAt:
             return
         task = asyncio.current_task()
         coro = task.get_coro() if task is not None else None
-        if getattr(coro, "__qualname__", "") == "Engine._watch_login":
+        if getattr(coro, "__qualname__", "") == "Engine._watch_logins":
             return  # the login watcher runs beside the step, not in it
         self.count += 1
         if self.count == self.target:
@@ -286,7 +287,6 @@ async def test_engine_steps_cancelled_at_every_await_are_completed_or_undone_by_
     assert engine is not None and core is not None and admin is not None
     hook = CancelAt()
     install(monkeypatch, hook)
-    pc03 = await built.machine_id("pc03")
 
     async def current_boot(machine: str) -> tuple[int, str] | None:
         async with core.db.engine.connect() as conn:
@@ -309,15 +309,15 @@ async def test_engine_steps_cancelled_at_every_await_are_completed_or_undone_by_
 
     scenarios: dict[str, tuple[Any, Any, Any]] = {}
     # record: one transaction (the boot before and the new one change together)
-    scenarios["record"] = (nothing, lambda _: engine.preparer.record(pc03, "pc", "pc", "127.0.0.1"), None)
+    scenarios["record"] = (nothing, lambda _: engine.preparer.record(mac_of(3), "pc", "pc", "127.0.0.1"), None)
 
-    # prepare (claim, clone, target, mark ready) of a recorded boot: the next pass completes it
-    async def recorded() -> int:
-        boot_id, refusal, _ = await engine.preparer.record(pc03, "pc", "pc", "127.0.0.1")
-        assert refusal is None and boot_id is not None
-        return boot_id
+    # prepare (clone, target, mark ready) of a recorded and claimed boot: the next pass completes it
+    async def recorded() -> Claimed:
+        claimed = await engine.preparer.record(mac_of(3), "pc", "pc", "127.0.0.1")
+        assert isinstance(claimed, Claimed), claimed
+        return claimed
 
-    scenarios["prepare"] = (recorded, lambda boot_id: engine.preparer.prepare(boot_id), ready_now)
+    scenarios["prepare"] = (recorded, lambda claimed: engine.preparer.prepare(claimed.boot.id, claimed), ready_now)
 
     # a PC's boot request, from the top
     async def ready_if_recorded(_context: Any) -> None:  # cancelled before its record: no boot, as before

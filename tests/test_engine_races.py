@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
+from core.engine.prepare import Claimed
 from core.storage import writeback as writeback_mod
 from tests.e2e.engine_site import (
     IQN_BASE,
@@ -122,9 +123,9 @@ async def test_a_superseded_preparation_does_not_overwrite_the_newer_boots_targe
     engine = built.engine
     assert engine is not None
     gate = hold_first_clone(monkeypatch)
-    boot_a, _, _ = await engine.preparer.record(await built.machine_id("pc03"), "pc", "pc", None)
-    assert boot_a is not None
-    preparing_a = asyncio.ensure_future(engine.preparer.prepare(boot_a))
+    claimed_a = await engine.preparer.record(mac_of(3), "pc", "pc", None)
+    assert isinstance(claimed_a, Claimed), claimed_a
+    preparing_a = asyncio.ensure_future(engine.preparer.prepare(claimed_a.boot.id, claimed_a))
     await gate.entered.wait()
     answer = await engine.boot_request(mac_of(3), "127.0.0.1")
     assert answer.state == "ready"
@@ -210,10 +211,10 @@ async def test_a_pass_does_not_remove_a_kept_writeback_a_boot_took_up_meanwhile(
     engine, core, admin = built.engine, built.core, built.admin
     assert engine is not None and core is not None and admin is not None
     await machines.update_machine(core, admin, "pc04", keep_writeback=True)
-    boot_a, _, _ = await engine.preparer.record(await built.machine_id("pc04"), "pc", "pc", None)
-    assert boot_a is not None
-    _, rows, _ = await engine.preparer._claim(boot_a)  # claimed, then the process died before cloning
-    (kept,) = rows
+    # recorded and claimed, then the process died before cloning
+    claimed_a = await engine.preparer.record(mac_of(4), "pc", "pc", None)
+    assert isinstance(claimed_a, Claimed), claimed_a
+    (kept,) = claimed_a.writebacks
     await boots.take_offline(core, admin, ["pc04"], force=True)
     gate = hold_pass_after_observing(monkeypatch, built)
     passing = asyncio.ensure_future(engine.run_pass())

@@ -21,9 +21,10 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
@@ -50,6 +51,8 @@ from ..models import Writeback as WritebackRow
 from ..services.machines import new_chap_secret
 from ..validation import normalize_mac
 from . import disks
+
+T = TypeVar("T")
 
 if TYPE_CHECKING:
     from .engine import Engine
@@ -105,6 +108,18 @@ async def resolve_version(session: object, machine: Machine, disk: Disk) -> Imag
         label = image.name if image else str(image_id)
         raise Refusal(Why.NO_VERSION, f"image {label} has no active version (ggnet image activate {label} N)")
     return version
+
+
+async def uninterrupted(step: Coroutine[Any, Any, T]) -> T:
+    """Run one short database transaction to its end even if the caller is cancelled meanwhile (the
+    cancellation is raised once it ended). A transaction cancelled inside the driver's call leaves
+    its connection to be closed later, holding SQLite's write lock, and the next pass waits."""
+    task = asyncio.ensure_future(step)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await asyncio.wait([task])
+        raise
 
 
 @dataclass
@@ -278,7 +293,7 @@ class Preparer:
         try:
             try:
                 if claimed is None:
-                    claimed = await self._claim(boot_id)
+                    claimed = await uninterrupted(self._claim(boot_id))
                     if claimed is None:
                         return await self._reload(boot_id)
                 backend = self.engine.backend
@@ -306,7 +321,7 @@ class Preparer:
                         await backend.apply(spec, observed)
                         self.engine.remember(spec)
                 ms = int((time.monotonic() - started) * 1000)
-                if await self._mark_ready(boot_id, ms, claimed.writebacks):
+                if await uninterrupted(self._mark_ready(boot_id, ms, claimed.writebacks)):
                     boot.state = BootState.READY.value
                     self.core.events.publish("boot.ready", boot_id=boot_id, machine=boot.machine_name, mac=boot.mac,
                                              origin=boot.origin, prepare_ms=ms)  # fmt: skip
@@ -314,7 +329,7 @@ class Preparer:
             except (GgnetError, OSError) as exc:
                 reason = exc.message if isinstance(exc, GgnetError) else f"{exc.strerror or exc}"
                 get_logger().warning("boot could not be prepared", boot=boot_id, reason=reason)
-                await self._mark_failed(boot_id, reason)
+                await uninterrupted(self._mark_failed(boot_id, reason))
             boot, machine, _ = await self._reload(boot_id)
             efi_loader = claimed.efi_loader if claimed is not None else None
             return boot, machine, efi_loader if boot.state == BootState.READY.value else None
