@@ -179,7 +179,9 @@ class Preparer:
     ) -> tuple[int | None, Refusal | None, str]:
         """Record a boot of the machine (superseding its current one); a Refusal is recorded as such."""
         async with self.core.db.transaction() as session:
-            machine = await session.get(Machine, machine_id)
+            # locked: an operator's disable (which ends the current boot) commits before or after this
+            # boot, never beside it (PostgreSQL; SQLite serialises writers anyway)
+            machine = await session.get(Machine, machine_id, with_for_update=True)
             if machine is None:
                 return None, Refusal(Why.FAILED, "the machine was removed meanwhile"), "unknown"
             now = utcnow()
