@@ -26,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -165,10 +166,13 @@ def free_port() -> int:
 class LioVm:
     """One LIO VM. ``start()``, then ``call("create", spec=...)`` etc., then ``stop()`` (or use ``with``)."""
 
-    def __init__(self, workdir: Path, port: int | None = None, memory_mib: int = 384) -> None:
+    def __init__(
+        self, workdir: Path, port: int | None = None, memory_mib: int = 384, forward: Sequence[int] = ()
+    ) -> None:
         self.workdir = Path(workdir).resolve()
         self.port = port or free_port()
         self.memory_mib = memory_mib
+        self.forward = tuple(forward)  # more host ports forwarded to the same port in the VM (ggnet serve's)
         self.console = self.workdir / "console.log"
         self.timings: dict[str, float] = {}
         self.last_elapsed = 0.0
@@ -199,7 +203,8 @@ class LioVm:
             QEMU, "-accel", "tcg", "-m", str(self.memory_mib), "-smp", "1",
             "-display", "none", "-monitor", "none", "-no-reboot",
             "-kernel", str(kernel.vmlinuz), "-initrd", str(initramfs), "-append", append,
-            "-nic", f"user,model=virtio-net-pci,hostfwd=tcp:127.0.0.1:{self.port}-:3260",
+            "-nic", f"user,model=virtio-net-pci,hostfwd=tcp:127.0.0.1:{self.port}-:3260"
+            + "".join(f",hostfwd=tcp:127.0.0.1:{p}-:{p}" for p in self.forward),
             "-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
             "-virtfs", f"local,path={self.workdir},mount_tag=ggnetwork,security_model=none,multidevs=remap",
             "-device", "virtio-serial-pci",
