@@ -536,3 +536,52 @@ def test_machine_set_usage_errors(site: dict[str, str]) -> None:
 def test_image_import_usage(site: dict[str, str], disks: dict[str, Path]) -> None:
     assert as_admin(["image", "import", str(disks["raw"])], site).returncode == 2
     assert as_admin(["image", "import", str(disks["raw"]), "--name", "a", "--no-activate"], site).returncode == 2
+
+
+# --- the Secure Boot loader of an image --------------------------------------------------------
+
+
+async def test_efi_loader_set_checked_and_cleared(core: Core, admin: Actor, disks: dict[str, Path]) -> None:
+    await images.import_image(core, admin, disks["raw"], name="win")
+    await images.import_image(core, admin, disks["raw"], name="games", kind="game")
+    assert (await images.get_image(core, admin, "win")).efi_loader is None
+    view = await images.set_efi_loader(core, admin, "win", " \\EFI\\BOOT\\shimx64.efi ")
+    assert view.efi_loader == "\\EFI\\BOOT\\shimx64.efi"
+    assert [i.efi_loader for i in await images.list_images(core, admin)] == [None, "\\EFI\\BOOT\\shimx64.efi"]
+    # the rule the boot script applies: nothing iPXE reads as a separator, comment or expansion
+    for bad in ("\\EFI\\x.efi || shell", "${x}", "\\EFI\\x.efi #", "", "\\EFI\\" + "a" * 300, "\\EFI\\x\n.efi"):
+        with pytest.raises(Invalid, match="efi_loader: must be a path on the disk"):
+            await images.set_efi_loader(core, admin, "win", bad)
+    with pytest.raises(Invalid, match="efi_loader: 'games' is a game image"):
+        await images.set_efi_loader(core, admin, "games", "\\EFI\\BOOT\\shimx64.efi")
+    with pytest.raises(NotFound, match="no image named 'nope'"):
+        await images.set_efi_loader(core, admin, "nope", None)
+    assert (
+        await images.get_image(core, admin, "win")
+    ).efi_loader == "\\EFI\\BOOT\\shimx64.efi"  # refusals changed nothing
+    assert (await images.set_efi_loader(core, admin, "win", None)).efi_loader is None
+    async with core.db.session() as session:
+        events = (
+            await session.execute(
+                sql_select(AuditEvent).where(AuditEvent.action == "image.update").order_by(AuditEvent.id)
+            )
+        ).scalars()
+        assert [(e.before, e.after) for e in events] == [
+            ({"efi_loader": None}, {"efi_loader": "\\EFI\\BOOT\\shimx64.efi"}),
+            ({"efi_loader": "\\EFI\\BOOT\\shimx64.efi"}, {"efi_loader": None}),
+        ]
+
+
+def test_cli_image_set_efi_loader(site: dict[str, str], disks: dict[str, Path]) -> None:
+    ok(as_admin(["image", "import", str(disks["raw"]), "--name", "win11"], site))
+    done = ok(as_admin(["image", "set", "win11", "--efi-loader", "\\EFI\\Microsoft\\Boot\\bootmgfw.efi"], site))
+    assert done.stdout == "image 'win11': uefi-secure machines start \\EFI\\Microsoft\\Boot\\bootmgfw.efi\n"
+    assert "\\EFI\\Microsoft\\Boot\\bootmgfw.efi" in ok(as_admin(["image", "list"], site)).stdout
+    shown = json.loads(ok(as_admin(["image", "show", "win11", "--json"], site)).stdout)
+    assert shown["efi_loader"] == "\\EFI\\Microsoft\\Boot\\bootmgfw.efi"
+    one_error(as_admin(["image", "set", "win11", "--efi-loader", "a b"], site), "efi_loader: must be a path")
+    for args in ([], ["--efi-loader", "\\EFI\\x.efi", "--no-efi-loader"]):
+        result = as_admin(["image", "set", "win11", *args], site)
+        assert result.returncode == 2 and "--no-efi-loader" in result.stderr, result.stderr
+    assert "the disk's default loader" in ok(as_admin(["image", "set", "win11", "--no-efi-loader"], site)).stdout
+    assert json.loads(ok(as_admin(["image", "show", "win11", "--json"], site)).stdout)["efi_loader"] is None

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+from sqlalchemy import select
 
 from core.auth import Actor
 from core.context import Core
 from core.errors import Conflict, Invalid, NotFound
-from core.services import machines
+from core.models import Boot
+from core.services import images, machines
 
 
 async def test_add_normalises_and_generates_credentials(core: Core, admin: Actor) -> None:
@@ -125,3 +129,62 @@ async def test_set_is_all_or_nothing(core: Core, admin: Actor) -> None:
         await machines.update_machine(core, admin, "pc02", name="pc99", mac="52:54:00:00:00:99", image="nope")
     kept = await machines.get_machine(core, admin, "pc02")
     assert (kept.name, kept.mac, kept.row_version) == ("pc02", "52:54:00:12:34:56", 1)
+
+
+async def test_csv_import_gives_machines_their_game_image(core: Core, admin: Actor, tmp_path: Path) -> None:
+    disk = tmp_path / "disk.raw"
+    disk.write_bytes(b"ggnet".ljust(1 << 20, b"\0"))
+    await images.import_image(core, admin, disk, name="win")
+    await images.import_image(core, admin, disk, name="games", kind="game")
+    bad = (
+        "name,mac,game_image\n"
+        "pc01,52:54:00:00:00:01,games\n"
+        "pc02,52:54:00:00:00:02,win\n"
+        "pc03,52:54:00:00:00:03,nope\n"
+        "pc04,52:54:00:00:00:04,\n"
+        "pc05,52:54:00:00:00:05,nope\n"
+        "pc06,52:54:00:00:00:06,bad name\n"
+    )
+    expected = [
+        (3, "game_image: 'win' is a system image; it must be a game image"),
+        (4, "game_image: no image named 'nope'"),
+        (6, "game_image: no image named 'nope'"),
+        (7, "game_image: must be 1-64 characters: letters, digits, '.', '_' and '-', starting with a letter or digit"),
+    ]
+    for check in (machines.check_csv, machines.import_csv):
+        with pytest.raises(machines.CsvRowError) as caught:
+            await check(core, admin, bad, source="lab.csv")
+        assert caught.value.rows == expected
+    assert await machines.list_machines(core, admin) == []  # all or nothing
+    good = "name,mac,boot_mode,game_image\npc01,52:54:00:00:00:01,uefi,games\npc02,52:54:00:00:00:02,,\n"
+    assert await machines.import_csv(core, admin, good, source="lab.csv") == ["pc01", "pc02"]
+    listed = {m.name: m for m in await machines.list_machines(core, admin)}
+    assert (listed["pc01"].game_image, listed["pc01"].boot_mode, listed["pc01"].image) == ("games", "uefi", None)
+    assert listed["pc02"].game_image is None
+
+
+async def current_boot(core: Core, name: str) -> tuple[str, str | None, str | None] | None:
+    async with core.db.session() as session:
+        boot = (
+            (await session.execute(select(Boot).where(Boot.machine_name == name).order_by(Boot.id.desc())))
+            .scalars()
+            .first()
+        )
+    return None if boot is None else (boot.state, boot.end_reason, boot.ended_by)
+
+
+async def test_disabling_a_machine_ends_its_current_boot(core: Core, admin: Actor) -> None:
+    """A machine that may no longer boot loses its running boot: the engine removes its target (its
+    client's next login, the OS's from the iBFT, is refused: tests/e2e/test_osphase_tgt.py)."""
+    for name, mac in (("pc01", "52:54:00:00:00:01"), ("pc02", "52:54:00:00:00:02")):
+        view = await machines.add_machine(core, admin, name=name, mac=mac)
+        async with core.db.transaction() as session:
+            session.add(Boot(server=core.settings.server_name, machine_id=view.id, machine_name=name, mac=mac,
+                             origin="pc", policy="fresh", state="ready", chap_secret=machines.new_chap_secret()))  # fmt: skip
+    await machines.update_machine(core, admin, "pc01", notes="nothing about booting")
+    assert await current_boot(core, "pc01") == ("ready", None, None)
+    await machines.update_machine(core, admin, "pc01", boot_enabled=False)
+    assert await current_boot(core, "pc01") == ("ending", "disabled", "root-admin")
+    assert await current_boot(core, "pc02") == ("ready", None, None)  # the others keep theirs
+    await machines.update_machine(core, admin, "pc01", boot_enabled=True)
+    assert await current_boot(core, "pc01") == ("ending", "disabled", "root-admin")  # enabling starts nothing

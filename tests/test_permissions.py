@@ -128,6 +128,7 @@ OPS: list[Op] = [
     Op("image.activate",   OPERATORS, lambda c, a, x: images.activate_version(c, a, x.image, 2), an_image_with_spare_version, "image", I2),
     Op("image.version.delete", OPERATORS, lambda c, a, x: images.remove_image(c, a, x.image, 2), an_image_with_spare_version, "image", I2),
     Op("image.delete",     OPERATORS, lambda c, a, x: images.remove_image(c, a, x.image), an_image, "image", I),
+    Op("image.update",     OPERATORS, lambda c, a, x: images.set_efi_loader(c, a, x.image, "\\EFI\\BOOT\\shimx64.efi"), an_image, "image", I),
     Op("machine.assign_image", OPERATORS, lambda c, a, x: images.assign_image(c, a, x.machine, x.image, 1), a_machine_and_image, "machine", M),
     Op("user.create",      ADMINS, lambda c, a, x: users.add_user(c, a, x.user, "operator", PASSWORD), None, "user", U),
     Op("user.set_role",    ADMINS, lambda c, a, x: users.set_role(c, a, x.user, "operator"), a_user, "user", U),

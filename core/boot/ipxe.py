@@ -57,6 +57,10 @@ _MAC_SCRIPT = re.compile(r"^[0-9a-f]{2}(-[0-9a-f]{2}){5}\.ipxe\Z")
 _SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]*\Z")
 _SECRET = re.compile(r"^[A-Za-z0-9]{1,64}\Z")
 _EFI_PATH = re.compile(r"^[A-Za-z0-9\\/][A-Za-z0-9._\\/-]{0,254}\Z")
+EFI_LOADER_RULE = (
+    "must be a path on the disk such as \\EFI\\BOOT\\shimx64.efi: letters, digits, '.', '_', '-', '\\' "
+    "and '/', at most 255 characters"
+)
 _HOSTNAME = re.compile(r"^(?=.{1,253}\Z)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*\Z")
 _SAY = re.compile(r"[^A-Za-z0-9 .,:;()'/_=+@-]")  # what a sentence may keep when echoed by iPXE
 _TMP_PREFIX = ".ggnet-"
@@ -176,6 +180,14 @@ def check_address(value: str) -> str:
     return str(address)
 
 
+def check_efi_loader(value: str, field_name: str = "efi_loader") -> str:
+    """The EFI file ``sanboot --filename`` starts: a path on the machine's disk, nothing iPXE would
+    read as a separator, comment or expansion. The one rule for an image's loader and a script."""
+    if not isinstance(value, str) or not _EFI_PATH.match(value):
+        raise _refuse(field_name, EFI_LOADER_RULE)
+    return value
+
+
 def _check(script: MachineScript) -> None:
     name = _name(script.name)
     _mac(script.mac, name)
@@ -184,8 +196,8 @@ def _check(script: MachineScript) -> None:
         if not isinstance(script.why, Why):
             raise _refuse(f"{name}.why", "must be one of the known reasons")
         return
-    if boot.efi_loader is not None and not _EFI_PATH.match(boot.efi_loader):
-        raise _refuse(f"{name}.efi_loader", "must be a path on the disk such as \\EFI\\BOOT\\shimx64.efi")
+    if boot.efi_loader is not None:
+        check_efi_loader(boot.efi_loader, f"{name}.efi_loader")
     check_address(boot.address)
     if not isinstance(boot.port, int) or not 1 <= boot.port <= 65535:
         raise _refuse(f"{name}.port", "must be a TCP port between 1 and 65535")

@@ -197,7 +197,11 @@ class Preparer:
         """In one transaction: the machine with this MAC gets a new boot (superseding its current one),
         claimed for preparing; or the answer for an unknown MAC or a refusal (recorded as such)."""
         async with self.core.db.transaction() as session:
-            machine = (await session.execute(select(Machine).where(Machine.mac == mac))).scalar_one_or_none()
+            # locked: an operator's disable (which ends the current boot) commits before or after this
+            # boot, never beside it (PostgreSQL; SQLite serialises writers anyway)
+            machine = (
+                await session.execute(select(Machine).where(Machine.mac == mac).with_for_update())
+            ).scalar_one_or_none()
             if machine is None:
                 await self._discovered(session, mac, client_address)
                 get_logger().info("boot request from an unregistered MAC", mac=mac, client=client_address)

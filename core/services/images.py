@@ -25,6 +25,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ..auth import Actor, Permission
+from ..boot.ipxe import check_efi_loader
 from ..config import Settings
 from ..context import Core
 from ..errors import Conflict, Invalid, NotFound
@@ -68,6 +69,7 @@ class ImageView(View):
     name: str
     kind: str
     description: str
+    efi_loader: str | None = None  # Secure Boot: the signed loader uefi-secure machines start
     active_version: int | None
     version_count: int
     virtual_size: int | None  # of the active version
@@ -231,6 +233,7 @@ def _image_view(
         name=image.name,
         kind=image.kind,
         description=image.description,
+        efi_loader=image.efi_loader,
         active_version=active.number if active else None,
         version_count=len(versions),
         virtual_size=active.virtual_size if active else None,
@@ -523,6 +526,27 @@ async def activate_version(core: Core, actor: Actor, name: str, number: int) -> 
         await op.flush(conflict=f"image '{image.name}' was changed by another console meanwhile; retry")
         op.audit("image", image.id, f"{image.name} v{number}", {"active_version": previous}, {"active_version": number})
         return _version_view(image, version)
+
+
+async def set_efi_loader(core: Core, actor: Actor, name: str, efi_loader: str | None) -> ImageView:
+    """The EFI file ``uefi-secure`` machines booting this system image start (``sanboot --filename``),
+    e.g. its Microsoft-signed shim; None: the firmware's default loader of the disk. Boots prepared
+    from now on use it (a running one keeps what it booted)."""
+    if efi_loader is not None:
+        efi_loader = check_efi_loader(efi_loader.strip() if isinstance(efi_loader, str) else efi_loader)
+    async with operation(core, actor, Permission.MANAGE_IMAGES, "image.update") as op:
+        image = await _image_row(op.session, name, lock=True)
+        if image.kind != ImageKind.SYSTEM.value and efi_loader is not None:
+            raise Invalid(
+                "efi_loader", f"'{image.name}' is a {image.kind} image; only a system image is started by firmware"
+            )
+        before = {"efi_loader": image.efi_loader}
+        image.efi_loader = efi_loader
+        op.stamp(image)
+        await op.flush(conflict=f"image '{image.name}' was changed by another console meanwhile; retry")
+        op.audit("image", image.id, image.name, before, {"efi_loader": efi_loader})
+        op.intent_changed()
+    return await get_image(core, actor, image.name)
 
 
 def _names(machines: list[str]) -> str:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import BeforeValidator
-from sqlalchemy import Select, func, insert, or_, select
+from sqlalchemy import Select, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -22,7 +22,9 @@ from ..models import (
     CURRENT_BOOT_STATES,
     Boot,
     BootMode,
+    BootState,
     Image,
+    ImageKind,
     ImageVersion,
     Machine,
     MachineObservation,
@@ -30,13 +32,24 @@ from ..models import (
     WritebackPolicy,
     utcnow,
 )
-from ..validation import IPv4Host, Iqn, MacAddress, MachineName, Notes, StrictInput, lookup_key, parse, shown
+from ..validation import (
+    ImageName,
+    IPv4Host,
+    Iqn,
+    MacAddress,
+    MachineName,
+    Notes,
+    StrictInput,
+    lookup_key,
+    parse,
+    shown,
+)
 from .base import Operation, check_version, may, operation, reading, snapshot
 from .views import MachineView
 
 CSV_MAX_ROWS = 10_000
-CSV_MAX_BYTES = 4 << 20  # 10,000 rows of name,mac,ip,boot_mode take under 1 MiB
-CSV_COLUMNS = ("name", "mac", "ip", "boot_mode")
+CSV_MAX_BYTES = 4 << 20  # 10,000 rows of name,mac,ip,boot_mode,game_image take about 1 MiB
+CSV_COLUMNS = ("name", "mac", "ip", "boot_mode", "game_image")
 _SECRET_ALPHABET = string.ascii_letters + string.digits
 
 
@@ -55,6 +68,12 @@ class MachineInput(StrictInput):
     boot_mode: BootModeInput = BootMode.BIOS
     initiator_iqn: Iqn | None = None
     notes: Notes = ""
+
+
+class CsvMachine(MachineInput):
+    """One row of a CSV import: a machine, and optionally the game image it gets as its second disk."""
+
+    game_image: ImageName | None = None
 
 
 class MachineChanges(StrictInput):
@@ -249,7 +268,8 @@ async def update_machine(
 ) -> MachineView:
     """Change only the fields given, all or nothing; ``ip=None`` clears the IP; ``name=`` renames
     (hence ``/``); ``image``, ``pin_version``, ``game_image``, ``game_pin_version`` as in
-    ``images.assign``."""
+    ``images.assign``. ``boot_enabled=False`` also ends the machine's current boot: its client loses
+    its disk (its next login is refused)."""
     from .images import assign
 
     assignment = {k: fields.pop(k) for k in _ASSIGNMENT if k in fields}
@@ -286,6 +306,7 @@ async def update_machine(
             machine.chap_username = given["name"]
         if given.get("writeback_policy") == WritebackPolicy.FRESH and machine.writeback_policy != "fresh":
             await _release_kept_writebacks(op, machine.id)
+        disabling = given.get("boot_enabled") is False and machine.boot_enabled
         for key, value in given.items():
             if key in ("boot_mode", "writeback_policy") and value is not None:
                 value = value.value
@@ -296,6 +317,8 @@ async def update_machine(
         await op.flush(
             conflict=f"machine '{machine.name}': that MAC, IP, IQN or name was just taken by another console"
         )
+        if disabling:  # after the flush, which holds the machine's row: a boot recorded meanwhile is seen
+            await _end_current_boot(op, machine.id, "disabled")
         if assignment:
             await assign(op, machine, **assignment)
         op.audit("machine", machine.id, machine.name, before, snapshot(machine))
@@ -319,6 +342,16 @@ async def _release_kept_writebacks(op: Operation, machine_id: int) -> None:
     )
     for row in rows.scalars():
         row.state = WritebackState.DISCARD.value
+
+
+async def _end_current_boot(op: Operation, machine_id: int, reason: str) -> None:
+    """A machine that may no longer boot loses its current boot too: the engine removes its target
+    (a running client's next login is refused) and, for a fresh machine, its writeback."""
+    await op.session.execute(
+        update(Boot)
+        .where(Boot.machine_id == machine_id, Boot.state.in_([s.value for s in CURRENT_BOOT_STATES]))
+        .values(state=BootState.ENDING.value, end_reason=reason, ended_by=op.actor.username)
+    )
 
 
 async def _has_live_session(session: AsyncSession, machine_id: int) -> bool:
@@ -451,7 +484,7 @@ class CsvRowError(Invalid):
         super().__init__({f"{source} line {line}": reason for line, reason in rows})
 
 
-CsvRows = list[tuple[int, MachineInput]]
+CsvRows = list[tuple[int, CsvMachine]]
 
 
 def parse_csv(text: str) -> tuple[CsvRows, list[tuple[int, str]]]:
@@ -494,7 +527,7 @@ def parse_csv(text: str) -> tuple[CsvRows, list[tuple[int, str]]]:
             values = {k: v.strip() for k, v in zip(header, record, strict=False)}
             values = {k: v for k, v in values.items() if v != "" or k in ("name", "mac")}
             try:
-                item = parse(MachineInput, values)
+                item = parse(CsvMachine, values)
             except Invalid as exc:
                 errors.append((line, exc.message))
                 continue
@@ -541,11 +574,37 @@ async def _db_clashes(session: AsyncSession, rows: CsvRows) -> list[tuple[int, s
     return sorted(errors)
 
 
+async def _game_images(session: AsyncSession, rows: CsvRows) -> tuple[dict[str, int], list[tuple[int, str]]]:
+    """The game images the rows name (name: id); a line naming an unknown image, or an image that
+    is not a game image, is an error of that line."""
+    lines: dict[str, list[int]] = {}
+    for line, item in rows:
+        if item.game_image is not None:
+            lines.setdefault(item.game_image, []).append(line)
+    kinds: dict[str, tuple[int, str]] = {}
+    names = list(lines)
+    for start in range(0, len(names), 500):
+        query = select(Image.name, Image.id, Image.kind).where(Image.name.in_(names[start : start + 500]))
+        kinds.update({name: (image_id, kind) for name, image_id, kind in (await session.execute(query)).all()})
+    found: dict[str, int] = {}
+    errors: list[tuple[int, str]] = []
+    for name, where in lines.items():
+        image_id, kind = kinds.get(name, (None, None))
+        if image_id is None:
+            errors += [(line, f"game_image: no image named '{name}'") for line in where]
+        elif kind != ImageKind.GAME.value:
+            errors += [(line, f"game_image: '{name}' is a {kind} image; it must be a game image") for line in where]
+        else:
+            found[name] = image_id
+    return found, errors
+
+
 async def check_csv(core: Core, actor: Actor, text: str, source: str = "CSV") -> list[MachineInput]:
     """Validate a CSV import without writing: the rows, or CsvRowError listing every bad row."""
     rows, errors = parse_csv(text)
     async with reading(core, actor) as session:
         errors += await _db_clashes(session, rows)
+        errors += (await _game_images(session, rows))[1]
     if errors:
         raise CsvRowError(source, sorted(errors))
     return [item for _line, item in rows]
@@ -556,16 +615,22 @@ async def import_csv(core: Core, actor: Actor, text: str, source: str = "CSV") -
     rows, errors = parse_csv(text)
     async with operation(core, actor, Permission.MANAGE_MACHINES, "machine.import") as op:
         errors += await _db_clashes(op.session, rows)
+        game_images, game_errors = await _game_images(op.session, rows)
+        errors += game_errors
         if errors:
             raise CsvRowError(source, sorted(errors))
         # one bulk INSERT (executemany) instead of a round trip per row through the unit of work
-        values = [_new_values(op, item, core.settings.iqn_base) for _line, item in rows]
+        values = [
+            {**_new_values(op, item, core.settings.iqn_base), "game_image_id": game_images.get(item.game_image or "")}
+            for _line, item in rows
+        ]
         try:
             if values:
                 await op.session.execute(insert(Machine), values)
         except IntegrityError:
             raise Conflict(
-                "another console added a machine with the same name, MAC, IP or IQN meanwhile; nothing imported"
+                "another console added a machine with the same name, MAC, IP or IQN (or removed a game image) "
+                "meanwhile; nothing imported"
             ) from None
         names = [item.name for _line, item in rows]
         op.audit("machine", None, f"{len(names)} machines from {shown(source, 200)}", None, {"names": names})

@@ -10,7 +10,7 @@ import click
 
 from .base import State, details, emit_json, json_option, run, table
 
-IMAGE_COLUMNS = ["name", "kind", "active_version", "version_count", "size", "assigned_to"]
+IMAGE_COLUMNS = ["name", "kind", "active_version", "version_count", "size", "efi_loader", "assigned_to"]
 VERSION_COLUMNS = ["number", "active", "source_format", "size", "sha256", "created_at", "created_by", "used_by"]
 
 
@@ -186,6 +186,32 @@ async def image_activate(state: State, name: str, version: int) -> None:
     core, actor = await state.login()
     done = await images.activate_version(core, actor, name, version)
     click.echo(f"image '{done.image}' version {done.number} is now active")
+
+
+@image.command("set")
+@click.argument("name")
+@click.option(
+    "--efi-loader",
+    metavar="PATH",
+    default=None,
+    help="The signed loader uefi-secure machines start from this image's disk, e.g. '\\EFI\\BOOT\\shimx64.efi'.",
+)
+@click.option("--no-efi-loader", is_flag=True, help="Start the disk's default loader (\\EFI\\BOOT\\BOOTX64.EFI).")
+@json_option
+@run
+async def image_set(state: State, name: str, efi_loader: str | None, no_efi_loader: bool, as_json: bool) -> None:
+    """Change an image; boots prepared from now on use the change."""
+    from core.services import images
+
+    if (efi_loader is None) == (not no_efi_loader):
+        raise click.UsageError("give --efi-loader PATH or --no-efi-loader")
+    core, actor = await state.login()
+    changed = await images.set_efi_loader(core, actor, name, None if no_efi_loader else efi_loader)
+    if as_json:
+        emit_json(changed.to_json())
+        return
+    loader = changed.efi_loader or "the disk's default loader"
+    click.echo(f"image '{changed.name}': uefi-secure machines start {loader}")
 
 
 @image.command("rm")

@@ -210,7 +210,7 @@ async def machine_rm(state: State, name: str) -> None:
 @click.argument("file", type=click.Path(path_type=Path))
 @run
 async def machine_import(state: State, file: Path) -> None:
-    """Add machines from a CSV file with a header (name,mac[,ip][,boot_mode]); all or nothing."""
+    """Add machines from a CSV file with a header (name,mac[,ip][,boot_mode][,game_image]); all or nothing."""
     from core.services import machines
 
     text = machines.read_csv_file(file)

@@ -1,4 +1,5 @@
-"""Real initiators from libiscsi-bin for tests: ``iscsi-perf`` keeps a session reading, ``iscsi-inq`` logs in once.
+"""Real initiators from libiscsi-bin for tests: ``iscsi-perf`` keeps a session reading, ``iscsi-inq`` logs in once,
+``iscsi-ls`` discovers.
 
 libiscsi (1.19, lib/init.c) takes CHAP credentials from ``LIBISCSI_CHAP_USERNAME`` and
 ``LIBISCSI_CHAP_PASSWORD`` when the URL names none, so secrets go through the environment (readable
@@ -8,7 +9,9 @@ its PID at the end of the ``with`` block (and, like the QEMU clients, when the t
 
 from __future__ import annotations
 
+import asyncio
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -40,6 +43,28 @@ def inquiry(host: str, port: int, target_iqn: str, lun: int, initiator: str, use
     """Log in, send a SCSI INQUIRY, log out: returncode 0 when the target let this initiator in."""
     return subprocess.run(["iscsi-inq", "-i", initiator, url(host, port, target_iqn, lun)], env=_env(username, secret),
                           capture_output=True, text=True, timeout=30, check=False)  # fmt: skip
+
+
+async def login(host: str, port: int, target_iqn: str, lun: int, initiator: str, username: str | None,
+                secret: str | None) -> tuple[int, str]:  # fmt: skip
+    """``inquiry`` from inside an event loop: (returncode, what iscsi-inq printed)."""
+    proc = await asyncio.create_subprocess_exec(
+        "iscsi-inq", "-i", initiator, url(host, port, target_iqn, lun), env=_env(username, secret),
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    out, _ = await asyncio.wait_for(proc.communicate(), 60)
+    return proc.returncode or 0, out.decode(errors="replace")
+
+
+async def discover(host: str, port: int, initiator: str, username: str | None, secret: str | None) -> list[str]:
+    """The targets a SendTargets discovery shows this initiator (``iscsi-ls``); [] when it shows none
+    or the discovery session is refused."""
+    proc = await asyncio.create_subprocess_exec(
+        "iscsi-ls", "-i", initiator, f"iscsi://{host}:{port}", env=_env(username, secret),
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    out, _ = await asyncio.wait_for(proc.communicate(), 60)
+    return re.findall(r"Target:(\S+)", out.decode(errors="replace"))
 
 
 class Reader:

@@ -34,6 +34,7 @@ Usage::
                                          hooks=[Hook("Linux version", change_the_target)]))
     result.milestones["kernel"]          # seconds from QEMU's start to the first "Linux version"
     result.hooks["Linux version"].text   # the serial text when the action had finished
+    Hook("Linux version", act, pause=True)  # the guest is stopped while ``act`` runs
 
 Firmware: ``bios`` is SeaBIOS with the NIC's stock iPXE ROM (``-nic``); ``uefi`` is OVMF with
 iPXE's EFI driver (``efi-e1000.rom``) on a q35 machine; ``uefi-secure`` is OVMF with Secure Boot
@@ -87,10 +88,13 @@ def _kill_leftovers() -> None:
 
 @dataclass(frozen=True)
 class Hook:
-    """Run ``action`` once, the moment ``marker`` first shows on a serial port (the client keeps running)."""
+    """Run ``action`` once, the moment ``marker`` first shows on a serial port. The client keeps
+    running meanwhile, unless ``pause``: then QEMU is stopped (SIGSTOP) until the action is done,
+    so the guest cannot get ahead of it (say, log in before a target is changed)."""
 
     marker: str
     action: Callable[[], Awaitable[Any]]
+    pause: bool = False
 
 
 @dataclass(frozen=True)
@@ -237,7 +241,13 @@ async def run_client(spec: ClientSpec) -> BootResult:
                     milestones[name] = round(now, 2)
             for hook in spec.hooks:
                 if hook.marker not in hooks and (hook.marker in text1 or hook.marker in text2):
-                    result = await hook.action()
+                    if hook.pause:
+                        os.kill(proc.pid, signal.SIGSTOP)
+                    try:
+                        result = await hook.action()
+                    finally:
+                        if hook.pause:
+                            os.kill(proc.pid, signal.SIGCONT)
                     hooks[hook.marker] = HookRun(
                         result, round(now, 2), round(time.monotonic() - start, 2), _read(com1) + _read(com2)
                     )

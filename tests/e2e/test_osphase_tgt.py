@@ -1,28 +1,29 @@
-"""The operating-system phase against tgtd: the client's OS logs in again from the iBFT and runs from its disk.
+"""The operating-system phase through ``ggnet serve`` on tgtd: the client's OS logs in again from the
+iBFT and runs from the disk the engine made for this boot, on BIOS, UEFI and Secure Boot.
 
 A diskless boot has two phases. The firmware's iPXE logs in to the machine's target and reads the
 boot loader and kernel through int 13h (BIOS) or EFI BlockIO (UEFI); then the OS reads the iBFT
-iPXE published and logs in again with the same values to keep its disk. These tests run the second
-phase for real (Debian's kernel and iscsistart, see tests/e2e/osphase/), on BIOS, UEFI and Secure
-Boot, with a game disk as the target's second LUN.
-
-The targets are made by hand, the way ggnet makes them (tests/e2e/osphase/handmade.py: TgtBackend
-makes the target with the writeback as LUN 1, tgtadm adds the game disk as LUN 2, the per-MAC
-script is written by hand). Once the boot engine (``ggnet serve``) exists these tests boot through
-it instead: ``make_machine``, ``renew_disks`` and ``write_script`` are the hand-made part.
+iPXE published and logs in again with the same values to keep its disk. Here registered machines
+boot a real Linux (Debian's kernel and iscsistart, see tests/e2e/osphase/) through the engine:
+``boot.ipxe`` (written by ggnet serve) chains ``/boot/<mac>``, whose answer is this boot's sanboot
+script with this boot's CHAP secret; the game image is the target's second LUN. Nothing is made by
+hand: the CLI records intent, the engine makes writebacks and targets.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
+import hashlib
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from core.iscsi.base import TargetSpec
-from core.iscsi.tgt import TgtBackend
-from tests.e2e import qemu_client
+from tests.e2e import libiscsi, qemu_client
 from tests.e2e.osphase.client import (
     KERNEL_START,
     LOGIN_FAILED,
@@ -31,12 +32,12 @@ from tests.e2e.osphase.client import (
     DiskVisit,
     OsReport,
     clean,
-    os_client,
 )
-from tests.e2e.osphase.disk import SECURE_BOOT_LOADER, OsPhaseDisk, boots_on_disk
-from tests.e2e.osphase.handmade import GAME_LUN, Machine, make_machine, renew_disks, tftp_root, write_script
+from tests.e2e.osphase.disk import OsPhaseDisk, boots_on_disk, build_game_disk
+from tests.e2e.osphase.site import OsSite, Pc, tgt_env
 from tests.e2e.qemu_client import BootResult, Hook, boot_clients
-from tests.e2e.tgtd import TgtDaemon
+from tests.e2e.tgtd import start_private_tgtd
+from tests.e2e.tgtd import unavailable as tgtd_unavailable
 
 pytestmark = [
     pytest.mark.e2e,
@@ -44,191 +45,277 @@ pytestmark = [
     pytest.mark.skipif(
         qemu_client.available("uefi-secure") is not None, reason=str(qemu_client.available("uefi-secure"))
     ),
+    pytest.mark.skipif(libiscsi.unavailable() is not None, reason=str(libiscsi.unavailable())),
 ]
 
 ROOT_WRITTEN = "OSPHASE-ROOT-WRITE-OK"
+PORTAL = "127.0.0.1"
 
 
-@pytest.fixture
-def tftp(tmp_path: Path) -> Path:
-    return tftp_root(tmp_path / "tftp")
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory, osphase_disk: OsPhaseDisk) -> Iterator[OsSite]:
+    """One boot server for the module (its tests register machines of their own): a private tgtd,
+    the database with the OS-phase disk as system image ``osdisk`` and game image ``games`` (v1),
+    and ``ggnet serve``."""
+    why = tgtd_unavailable()
+    if why:
+        pytest.skip(why)
+    root = tmp_path_factory.mktemp("osphase-site")
+    daemon = start_private_tgtd(root)
+    served = OsSite(root, tgt_env(root, daemon))
+    try:
+        served.setup(osphase_disk, games={"games": build_game_disk(root / "games-v1.img", "gamesv1")})
+        served.serve.start()
+        yield served
+    finally:
+        served.serve.stop()
+        daemon.stop()
 
 
 def explain(name: str, result: BootResult) -> str:
-    return f"{name}: {result.reason} after {result.elapsed:.1f} s\n--- COM1\n{clean(result.com1_text)[-6000:]}\n--- COM2\n{clean(result.com2_text)[-2000:]}"
+    return (
+        f"{name}: {result.reason} after {result.elapsed:.1f} s\n--- COM1\n{clean(result.com1_text)[-6000:]}\n"
+        f"--- COM2\n{clean(result.com2_text)[-2000:]}"
+    )
 
 
 def timings(name: str, result: BootResult) -> str:
     return f"{name}: " + ", ".join(f"{k} {v:.1f} s" for k, v in result.milestones.items())
 
 
-async def sessions_of(daemon: TgtDaemon, machine: Machine) -> list[str]:
-    """The initiators logged in to the machine's target now (one entry per session)."""
-    targets = await TgtBackend(daemon.control_port).list_targets()
-    return [s.initiator_iqn for t in targets if t.iqn == machine.spec.iqn for s in t.sessions]
+def sha16(secret: str) -> str:
+    """What the guest prints of the iBFT's CHAP secret (the start of its sha256)."""
+    return hashlib.sha256(secret.encode()).hexdigest()[:16]
 
 
-def session_hooks(daemon: TgtDaemon, machine: Machine) -> list[Hook]:
-    """Who is logged in when the kernel starts; and at the OS's first write, who is, and whether one
-    more login of the same initiator (libiscsi's iscsi-inq, on the host) is let in beside the OS's."""
-    spec = machine.spec
+async def boot(clients: dict[str, Any]) -> dict[str, BootResult]:
+    """Boot the clients at once (a boot storm); their results by name, their milestones printed."""
+    results = await boot_clients(list(clients.values()))
+    out = dict(zip(clients, results, strict=True))
+    for name, result in out.items():
+        print(timings(name, result))
+    return out
+
+
+@dataclass(frozen=True)
+class Seen:
+    """What the target showed while the client's OS ran (its guest paused meanwhile)."""
+
+    sessions: list[str]  # initiators logged in to the machine's target, one entry per session
+    second_login: tuple[int, str]  # one more login of the machine's initiator with this boot's secret
+    previous_secret_login: tuple[int, str] | None  # the same with the previous boot's secret
+
+
+async def sessions_of(site: OsSite, name: str) -> list[str]:
+    code, out, err = await site.aggnet("target", "list", "--json")
+    assert code == 0, err
+    return [i for t in json.loads(out) if t["machine"] == name for i in t["initiators"]]
+
+
+def watch(site: OsSite, name: str, previous_secret: str | None = None, at_kernel: bool = True) -> list[Hook]:
+    """Who is logged in when the kernel starts (iPXE's session: BIOS keeps it open); at the OS's first
+    write, who is, and whether the target lets one more login of the machine's initiator in beside
+    the OS's with this boot's secret, and with the previous boot's."""
 
     async def at_kernel_start() -> list[str]:
-        return await sessions_of(daemon, machine)
+        return await sessions_of(site, name)
 
-    async def at_first_write() -> tuple[list[str], int, str]:
-        sessions = await sessions_of(daemon, machine)
-        url = f"iscsi://{spec.chap_username}%{spec.chap_secret}@127.0.0.1:{daemon.portal_port}/{spec.iqn}/1"
-        proc = await asyncio.create_subprocess_exec(
-            "iscsi-inq", "-i", spec.initiator_iqn, url,
-            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-        )  # fmt: skip
-        out, _ = await asyncio.wait_for(proc.communicate(), 30)
-        return sessions, proc.returncode or 0, out.decode(errors="replace")
+    async def at_first_write() -> Seen:
+        code, out, err = await site.aggnet("machine", "show", name, "--json")
+        assert code == 0, err
+        machine = json.loads(out)
+        iqn = machine["boots"][0]["target_iqn"]
+        initiator, user = machine["initiator_iqn"], machine["chap_username"]
+        now = await libiscsi.login(
+            PORTAL, site.portal_port, iqn, site.first_lun, initiator, user, machine["chap_secret"]
+        )
+        old = None
+        if previous_secret is not None:
+            old = await libiscsi.login(PORTAL, site.portal_port, iqn, site.first_lun, initiator, user, previous_secret)
+        return Seen(await sessions_of(site, name), now, old)
 
-    return [Hook(KERNEL_START, at_kernel_start), Hook(ROOT_WRITTEN, at_first_write)]
+    hooks = [Hook(ROOT_WRITTEN, at_first_write, pause=True)]
+    return [Hook(KERNEL_START, at_kernel_start, pause=True), *hooks] if at_kernel else hooks
 
 
-async def test_bios_and_uefi_clients_run_their_os_from_their_own_disks(
-    tgtd_daemon: TgtDaemon, osphase_disk: OsPhaseDisk, tftp: Path, tmp_path: Path
+def wait_gone(paths: list[Path], timeout: float = 60) -> list[Path]:
+    """The files still there once they are gone or ``timeout`` passed (the engine removes them in a pass)."""
+    deadline = time.monotonic() + timeout
+    while any(p.exists() for p in paths) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return [p for p in paths if p.exists()]
+
+
+async def test_bios_uefi_and_secure_boot_clients_run_their_os_from_the_disks_ggnet_made(
+    site: OsSite, osphase_disk: OsPhaseDisk, tmp_path: Path
 ) -> None:
-    machines = {
-        "bios": await make_machine(tgtd_daemon, osphase_disk, tmp_path, "pcbios", "52:54:00:0e:00:01", "gamesbios"),
-        "uefi": await make_machine(tgtd_daemon, osphase_disk, tmp_path, "pcuefi", "52:54:00:0e:00:02", "gamesuefi"),
-    }
-    for machine in machines.values():
-        write_script(tftp, tgtd_daemon, machine)
+    site.add(
+        Pc("pcbios", "bios", game="games"),  # fresh: new disks at every boot
+        Pc("pcuefi", "uefi", keep=True, game="games"),  # keep: the same disks across boots
+        Pc("pcsecure", "uefi-secure"),  # its image names Debian's signed shim as its loader
+    )
 
-    first = dict(zip(machines, await boot_clients([
-        os_client(tmp_path / f"{firmware}-1", m.mac, tftp, firmware, hooks=session_hooks(tgtd_daemon, m))  # type: ignore[arg-type]
-        for firmware, m in machines.items()
-    ]), strict=True))  # fmt: skip
+    first = await boot({
+        "pcbios": site.client("pcbios", "1", hooks=watch(site, "pcbios")),
+        "pcuefi": site.client("pcuefi", "1", hooks=watch(site, "pcuefi", at_kernel=False)),
+        "pcsecure": site.client("pcsecure", "1"),
+    })  # fmt: skip
 
-    boot_ids = {}
-    for firmware, machine in machines.items():
-        result = first[firmware]
-        print(timings(f"{firmware} boot 1", result))
-        assert result.ok, explain(firmware, result)
+    shown, luns, boot_ids = {}, site.luns(), {}
+    for name, result in first.items():
+        assert result.ok, explain(name, result)
         report = OsReport.parse(result.com1_text)
-        # the OS logged in with what iPXE published: this machine's initiator, target and CHAP user
+        machine = shown[name] = site.machine(name)
+        current = machine["boots"][0]
+        # the OS logged in with what iPXE published: this machine's initiator, target, CHAP user and
+        # this boot's secret, at the address ggnet serve wrote into the script
         assert (report.ibft["initiator"], report.ibft["target"], report.ibft["chap"]) == (
-            machine.spec.initiator_iqn, machine.spec.iqn, machine.spec.chap_username)  # fmt: skip
-        assert report.ibft["addr"] == f"10.0.2.2:{tgtd_daemon.portal_port}"
-        # one login, both LUNs: the system disk (root mounted from it) and the game disk
-        assert sorted(report.disks) == [1, GAME_LUN] and report.root_mounted
+            machine["initiator_iqn"], current["target_iqn"], machine["chap_username"])  # fmt: skip
+        assert report.ibft["addr"] == f"10.0.2.2:{site.portal_port}"
+        assert report.ibft["secret_sha256"] == sha16(machine["chap_secret"])
         assert report.root == DiskVisit("fresh", 0, None, report.boot_id) and report.boot_id
-        assert boots_on_disk(machine.spec.luns[0].backing_file, osphase_disk.root_offset) == [report.boot_id]
-        assert report.game_content == f"games{firmware}"
-        assert report.game == DiskVisit("fresh", 0, None, report.boot_id)
-        assert machine.game is not None and boots_on_disk(machine.game) == [report.boot_id]
-        # Two sessions of one initiator: the target lets a second login of the machine's initiator in
-        # beside the OS's (the OS then still writes its game disk and finishes). iPXE's own session
-        # is such a second one while it lasts: iPXE never logs out; on BIOS it is still there when
-        # the kernel starts and stays until the target's TCP retransmits to the OS, whose network
-        # stack resets it (sometimes before, mostly after the OS's login); iPXE's EFI build closes
-        # its connection before the kernel starts.
-        sessions, inq_status, inq_out = result.hooks[ROOT_WRITTEN].result
-        assert sessions and set(sessions) == {machine.spec.initiator_iqn}, sessions
-        assert inq_status == 0 and "IET" in inq_out, inq_out
-        print(f"{firmware}: {len(sessions)} session(s) of {machine.spec.initiator_iqn} at the OS's first write")
-        if firmware == "bios":
-            assert result.hooks[KERNEL_START].result == [machine.spec.initiator_iqn]  # iPXE's, open
-        boot_ids[firmware] = report.boot_id
-    assert "SYSLINUX" in first["bios"].com2_text  # the boot loader came from the iSCSI disk
-    assert "GGNET-EFI-GRUB-START" in first["uefi"].com1_text and not OsReport.parse(first["uefi"].com1_text).secure_boot
+        # what the OS wrote is in the writeback the engine made for this boot, under the data directory
+        system = luns[name][site.first_lun]
+        assert system.parent == Path(site.env["GGNET_DATA_DIR"]) / "writebacks"
+        assert boots_on_disk(system, osphase_disk.root_offset) == [report.boot_id]
+        assert not boots_on_disk(osphase_disk.path, osphase_disk.root_offset)  # the image itself is untouched
+        assert current["state"] == "ready" and current["image"] == "osdisk" and current["image_version"] == 1
+        boot_ids[name] = report.boot_id
+    for name in ("pcbios", "pcuefi"):
+        report = OsReport.parse(first[name].com1_text)
+        # one login, both LUNs: the system disk (root mounted from it) and the game image's writeback
+        assert sorted(report.disks) == [site.first_lun, site.first_lun + 1] and report.root_mounted
+        assert report.game_content == "gamesv1" and report.game == DiskVisit("fresh", 0, None, report.boot_id)
+        assert boots_on_disk(luns[name][site.first_lun + 1]) == [report.boot_id]
+        assert (shown[name]["boots"][0]["game_image"], shown[name]["boots"][0]["game_version"]) == ("games", 1)
+        # Two sessions of one initiator: a second login of the machine's initiator is let in beside the
+        # OS's (the OS then still writes its game disk and finishes). iPXE's own session is such a
+        # second one while it lasts: iPXE never logs out; on BIOS it is still there when the kernel
+        # starts; iPXE's EFI build closes its connection before.
+        seen = first[name].hooks[ROOT_WRITTEN].result
+        initiator = shown[name]["initiator_iqn"]
+        assert seen.sessions and set(seen.sessions) == {initiator}, seen
+        assert seen.second_login[0] == 0 and "IET" in seen.second_login[1], seen.second_login
+        print(f"{name}: {len(seen.sessions)} session(s) of {initiator} at the OS's first write")
+    assert first["pcbios"].hooks[KERNEL_START].result == [shown["pcbios"]["initiator_iqn"]]  # iPXE's, open
+    assert "SYSLINUX" in first["pcbios"].com2_text  # the boot loader came from the iSCSI disk
+    uefi = OsReport.parse(first["pcuefi"].com1_text)
+    assert "GGNET-EFI-GRUB-START" in first["pcuefi"].com1_text and not uefi.secure_boot
+    secure = OsReport.parse(first["pcsecure"].com1_text)  # Debian's signed shim -> GRUB -> kernel
+    assert secure.secure_boot and "Kernel is locked down from EFI Secure Boot" in first["pcsecure"].com1_text
+    assert secure.lines.get("GAME-NONE") is not None and sorted(secure.disks) == [site.first_lun]
 
-    # Boot both again. The BIOS machine keeps its disks (the same writebacks); the UEFI machine gets
-    # fresh copies of the images, as a `fresh` machine does at every boot.
-    machines["uefi"] = uefi = await renew_disks(tgtd_daemon, osphase_disk, machines["uefi"], boot=2)
-    second = dict(zip(machines, await boot_clients([
-        os_client(tmp_path / f"{firmware}-2", m.mac, tftp, firmware) for firmware, m in machines.items()  # type: ignore[arg-type]
-    ]), strict=True))  # fmt: skip
-    for firmware, result in second.items():
-        print(timings(f"{firmware} boot 2", result))
-        assert result.ok, explain(firmware, result)
-    kept, fresh = OsReport.parse(second["bios"].com1_text), OsReport.parse(second["uefi"].com1_text)
-    assert kept.root == DiskVisit("kept", 1, boot_ids["bios"], kept.boot_id)
-    assert kept.game == DiskVisit("kept", 1, boot_ids["bios"], kept.boot_id)
-    assert boots_on_disk(machines["bios"].spec.luns[0].backing_file, osphase_disk.root_offset) == [
-        boot_ids["bios"],
-        kept.boot_id,
-    ]
-    assert fresh.root == DiskVisit("fresh", 0, None, fresh.boot_id)
-    assert fresh.game == DiskVisit("fresh", 0, None, fresh.boot_id)
-    assert boots_on_disk(uefi.spec.backing_file, osphase_disk.root_offset) == [fresh.boot_id]
-    assert uefi.game is not None and boots_on_disk(uefi.game) == [fresh.boot_id]
-    assert machines["bios"].game is not None
-    assert boots_on_disk(machines["bios"].game) == [boot_ids["bios"], kept.boot_id]
+    # A new game version becomes active; the image's Secure Boot loader is unset (its disk's default
+    # loader, \EFI\BOOT\BOOTX64.EFI, is an unsigned GRUB). Boot all three again.
+    site.ggnet(
+        "image", "import", str(build_game_disk(tmp_path / "games-v2.img", "gamesv2")), "--new-version-of", "games"
+    )
+    site.ggnet("image", "set", "osdisk", "--no-efi-loader")
+    old_secret = shown["pcbios"]["chap_secret"]
+    second = await boot({
+        "pcbios": site.client("pcbios", "2", hooks=watch(site, "pcbios", previous_secret=old_secret)),
+        "pcuefi": site.client("pcuefi", "2"),
+        "pcsecure": site.client("pcsecure", "2", expect=SANBOOT_FAILED),
+    })  # fmt: skip
+    for name, result in second.items():
+        assert result.ok, explain(name, result)
 
+    # the fresh machine: new disks from the images (the new game version), a new secret in its iBFT;
+    # during this boot its secret works, the previous boot's no longer does
+    fresh = OsReport.parse(second["pcbios"].com1_text)
+    machine = site.machine("pcbios")
+    assert machine["chap_secret"] != old_secret
+    assert fresh.ibft["secret_sha256"] == sha16(machine["chap_secret"]) != sha16(old_secret)
+    assert fresh.root == DiskVisit("fresh", 0, None, fresh.boot_id) and fresh.boot_id != boot_ids["pcbios"]
+    assert fresh.game_content == "gamesv2" and fresh.game == DiskVisit("fresh", 0, None, fresh.boot_id)
+    assert (machine["boots"][0]["game_version"], machine["boots"][1]["state"]) == (2, "ended")
+    seen = second["pcbios"].hooks[ROOT_WRITTEN].result
+    assert seen.second_login[0] == 0, seen.second_login
+    assert seen.previous_secret_login is not None and seen.previous_secret_login[0] != 0, seen.previous_secret_login
+    now = site.luns()
+    renewed = now["pcbios"]
+    assert set(renewed.values()).isdisjoint(luns["pcbios"].values())
+    assert boots_on_disk(renewed[site.first_lun], osphase_disk.root_offset) == [fresh.boot_id]
+    assert boots_on_disk(renewed[site.first_lun + 1]) == [fresh.boot_id]
+    assert wait_gone(list(luns["pcbios"].values())) == []  # the previous boot's writebacks are removed
 
-async def test_secure_boot_refuses_the_unsigned_loader_and_boots_the_signed_chain(
-    tgtd_daemon: TgtDaemon, osphase_disk: OsPhaseDisk, tftp: Path, tmp_path: Path
-) -> None:
-    unsigned = await make_machine(tgtd_daemon, osphase_disk, tmp_path, "pcunsigned", "52:54:00:0e:00:03")
-    signed = await make_machine(tgtd_daemon, osphase_disk, tmp_path, "pcsigned", "52:54:00:0e:00:04", "gamessb")
-    write_script(tftp, tgtd_daemon, unsigned)  # the disk's default loader, \EFI\BOOT\BOOTX64.EFI: unsigned GRUB
-    write_script(tftp, tgtd_daemon, signed, loader=SECURE_BOOT_LOADER)  # Debian's signed shim -> GRUB -> kernel
+    # the keep machine: the same disks, with what its first boot wrote (the game disk too, although
+    # a new game version is active: a kept disk is kept)
+    kept = OsReport.parse(second["pcuefi"].com1_text)
+    assert kept.root == DiskVisit("kept", 1, boot_ids["pcuefi"], kept.boot_id)
+    assert kept.game == DiskVisit("kept", 1, boot_ids["pcuefi"], kept.boot_id) and kept.game_content == "gamesv1"
+    assert now["pcuefi"] == luns["pcuefi"]
+    assert boots_on_disk(luns["pcuefi"][site.first_lun], osphase_disk.root_offset) == [boot_ids["pcuefi"], kept.boot_id]
 
-    refused, booted = await boot_clients([
-        os_client(tmp_path / "unsigned", unsigned.mac, tftp, "uefi-secure", expect=SANBOOT_FAILED),
-        os_client(tmp_path / "signed", signed.mac, tftp, "uefi-secure"),
-    ])  # fmt: skip
-
-    print(timings("uefi-secure unsigned", refused))
-    assert refused.ok, explain("unsigned", refused)
-    text = clean(refused.com1_text)
-    # iPXE opened the disk, OVMF refused to start the unsigned loader (the same disk boots without Secure Boot)
+    # Secure Boot without a signed loader: iPXE opened the disk, the firmware refused the unsigned one
+    text = clean(second["pcsecure"].com1_text)
     assert "Registered SAN device 0x80" in text and "Boot from SAN device 0x80 failed" in text, text[-3000:]
     assert "GGNET-EFI-GRUB-START" not in text and KERNEL_START not in text
-    assert boots_on_disk(unsigned.spec.backing_file, osphase_disk.root_offset) == []
-
-    print(timings("uefi-secure signed", booted))
-    assert booted.ok, explain("signed", booted)
-    report = OsReport.parse(booted.com1_text)
-    assert report.secure_boot and "Kernel is locked down from EFI Secure Boot" in booted.com1_text
-    assert report.root == DiskVisit("fresh", 0, None, report.boot_id) and report.boot_id
-    assert boots_on_disk(signed.spec.backing_file, osphase_disk.root_offset) == [report.boot_id]
-    assert report.game_content == "gamessb" and signed.game is not None
-    assert boots_on_disk(signed.game) == [report.boot_id]
+    assert boots_on_disk(now["pcsecure"][site.first_lun], osphase_disk.root_offset) == []
 
 
-async def test_os_phase_login_is_refused_when_the_target_changes_after_ipxe_logged_in(
-    tgtd_daemon: TgtDaemon, osphase_disk: OsPhaseDisk, tftp: Path, tmp_path: Path
-) -> None:
-    """The iBFT holds what iPXE logged in with. If the target's CHAP secret or ACL changes between the
-    two phases (a new per-boot secret, a machine taken offline), the OS's login must be refused."""
-    backend = TgtBackend(tgtd_daemon.control_port)
-    rotated = await make_machine(tgtd_daemon, osphase_disk, tmp_path, "pcrotated", "52:54:00:0e:00:05")
-    moved = await make_machine(tgtd_daemon, osphase_disk, tmp_path, "pcmoved", "52:54:00:0e:00:06")
-    for machine in (rotated, moved):
-        write_script(tftp, tgtd_daemon, machine)
-    changes = {  # applied the moment the kernel starts: iPXE's login is over, the OS's not begun
-        "secret": dataclasses.replace(rotated.spec, chap_secret="pcrotatednewsecret02"),
-        "acl": dataclasses.replace(moved.spec, initiator_iqn="iqn.2024-01.lan.ggnet.client:someoneelse"),
-    }
+def credentials(machine: dict[str, Any]) -> tuple[str, str, str, str]:
+    """(target IQN, initiator IQN, CHAP user, this boot's secret) of a machine's current boot."""
+    return machine["boots"][0]["target_iqn"], machine["initiator_iqn"], machine["chap_username"], machine["chap_secret"]
 
-    def change(spec: TargetSpec) -> Hook:
-        async def apply() -> None:
-            await backend.create_target(spec)  # what ggnet does to change a target: the same call
 
-        return Hook(KERNEL_START, apply)
+async def test_a_machine_taken_offline_or_disabled_while_it_runs_is_refused_its_os_login(site: OsSite) -> None:
+    """The moment its kernel starts (iPXE's login is over, the OS's not begun; the guest is paused
+    meanwhile), one machine is taken offline (``session stop --force``) and one disabled. The engine
+    removes their targets: the OS's login from the iBFT is refused, and what the iBFT holds opens
+    nothing else on the server — not the neighbour's target, not a discovery."""
+    site.add(Pc("pcoffline"), Pc("pcdisabled"), Pc("pcneighbour"))
+    site.ggnet("session", "start", "pcneighbour")  # prepared, its target ready; no client needed
+    neighbour = credentials(site.machine("pcneighbour"))
 
-    results = dict(zip(changes, await boot_clients([
-        os_client(tmp_path / name, machine.mac, tftp, "bios", expect=LOGIN_FAILED, hooks=[change(changes[name])])
-        for name, machine in (("secret", rotated), ("acl", moved))
-    ]), strict=True))  # fmt: skip
+    def act(name: str, *command: str) -> Hook:
+        async def action() -> dict[str, Any]:
+            code, out, err = await site.aggnet("machine", "show", name, "--json")
+            assert code == 0, err
+            iqn, initiator, user, secret = credentials(json.loads(out))
+            code, out, err = await site.aggnet(*command)
+            assert code == 0, err
+            deadline = time.monotonic() + 60
+            while iqn in [t["iqn"] for t in json.loads((await site.aggnet("target", "list", "--json"))[1])]:
+                assert time.monotonic() < deadline, f"the target of {name} is still there"
+                await asyncio.sleep(0.5)
+            port, lun = site.portal_port, site.first_lun
+            return {
+                "own": await libiscsi.login(PORTAL, port, iqn, lun, initiator, user, secret),
+                "neighbour": await libiscsi.login(PORTAL, port, neighbour[0], lun, initiator, user, secret),
+                "discovered": await libiscsi.discover(PORTAL, port, initiator, user, secret),
+            }
 
-    for name, machine in (("secret", rotated), ("acl", moved)):
-        result = results[name]
-        print(timings(f"refused ({name} changed)", result))
+        return Hook(KERNEL_START, action, pause=True)
+
+    results = await boot({
+        "pcoffline": site.client("pcoffline", "1", expect=LOGIN_FAILED,
+                                 hooks=[act("pcoffline", "session", "stop", "--force", "pcoffline")]),
+        "pcdisabled": site.client("pcdisabled", "1", expect=LOGIN_FAILED,
+                                  hooks=[act("pcdisabled", "machine", "set", "pcdisabled", "--disable")]),
+    })  # fmt: skip
+
+    for name, result in results.items():
         assert result.ok, explain(name, result)
         assert "Registered SAN device 0x80" in result.com2_text  # iPXE's own login had succeeded
-        # the target was changed before the OS started its login, and that login was refused
-        assert LOGIN_START not in result.hooks[KERNEL_START].text
+        hook = result.hooks[KERNEL_START]
+        assert LOGIN_START not in hook.text  # the target was gone before the OS began its login ...
         report = OsReport.parse(result.com1_text)
-        assert "LOGIN-START" in report.lines and not report.root_mounted
-        assert boots_on_disk(machine.spec.luns[0].backing_file, osphase_disk.root_offset) == []
-    # why, in tgtd's and iscsistart's words: the old secret fails CHAP; tgtd hides the target from an
-    # initiator its ACL no longer names
-    assert f"authentication of {rotated.spec.initiator_iqn} failed" in tgtd_daemon.log_path.read_text(errors="replace")
-    assert "login rejected: initiator error - target not found" in results["acl"].com1_text
+        assert "LOGIN-START" in report.lines and not report.root_mounted  # ... and that login was refused
+        assert "login rejected: initiator error - target not found" in result.com1_text
+        # with everything its iBFT held, the machine reaches nothing: its own target is gone, the
+        # neighbour's refuses it, a discovery shows it no target
+        assert hook.result["own"][0] != 0 and hook.result["neighbour"][0] != 0, hook.result
+        assert hook.result["discovered"] == [], hook.result
+        history = site.machine(name)["boots"]
+        assert history[0]["state"] == "ended" and history[0]["end_reason"] == (
+            "offline" if name == "pcoffline" else "disabled"
+        )
+    # the neighbour was never disturbed: its target is there and its own credentials open it
+    served = {t["machine"] for t in site.json("target", "list")}
+    assert "pcneighbour" in served and not served & {"pcoffline", "pcdisabled"}
+    iqn, initiator, user, secret = neighbour
+    assert (await libiscsi.login(PORTAL, site.portal_port, iqn, site.first_lun, initiator, user, secret))[0] == 0
+    assert await libiscsi.discover(PORTAL, site.portal_port, initiator, user, secret) == [iqn]
+    # the disabled machine's next boot request is refused with a sentence
+    assert "pcdisabled may not boot" in site.serve.boot_script(site.macs["pcdisabled"])

@@ -5,26 +5,26 @@ again from the iBFT and runs from its iSCSI disk, on BIOS, UEFI and Secure Boot.
                  disks, and reads back on the host what the guest wrote (``boots_on_disk``);
 - ``client.py``  the guest's serial markers, ``os_client`` (a ``ClientSpec`` for
                  tests/e2e/qemu_client.py) and ``OsReport`` (the serial text parsed into facts);
+- ``site.py``    a boot server for such clients: ``ggnet serve`` with the disk as its system image,
+                 machines registered through the CLI (on tgtd; test_osphase_lio.py runs LIO in its VM);
 - ``guest/``     the initramfs's /init, the root file system's /sbin/init, GRUB's configuration.
 
-A test boots a client like any other e2e client: put ``boot.ipxe`` (and whatever it chains) in a
-TFTP directory, give the client a writeback of the disk, and::
-
-    # boot.ipxe for ggnet serve (the host's 127.0.0.1:<port> is 10.0.2.2 inside QEMU's user network):
-    #   #!ipxe
-    #   chain http://10.0.2.2:<port>/boot/${mac} || goto failed ...
+A test registers machines and boots their clients through ``ggnet serve``::
 
     disk = osphase_disk                                   # session fixture: built once per run
-    writeback(disk.path, tmp_path / "pc01.img")           # serve this file as the machine's LUN
-    result = await run_client(os_client(tmp_path / "pc01", mac, tftp_root, "uefi"))
+    site = OsSite(tmp_path, tgt_env(tmp_path, tgtd_daemon))
+    site.setup(disk, games={"games": build_game_disk(tmp_path / "g.img", "gamesv1")})
+    site.serve.start()
+    site.add(Pc("pc01", "uefi", game="games"))
+    result = await run_client(site.client("pc01", "first"))
     report = OsReport.parse(result.com1_text)
     assert result.ok and report.root_mounted and report.root.previous == "fresh"
-    assert boots_on_disk(tmp_path / "pc01.img", disk.root_offset) == [report.boot_id]
+    assert boots_on_disk(site.luns()["pc01"][1], disk.root_offset) == [report.boot_id]
     result.milestones["root mounted"]                     # seconds from QEMU's start
 
-Under Secure Boot the script must start Debian's signed shim: ``sanboot --filename
-\\EFI\\ggnet-sb\\shimx64.efi iscsi:...`` (``disk.SECURE_BOOT_LOADER``); the default loader of the
-disk (``\\EFI\\BOOT\\BOOTX64.EFI``) is unsigned and refused.
+Under Secure Boot the script must start Debian's signed shim: the system image's EFI loader is
+``disk.SECURE_BOOT_LOADER`` (``ggnet image set osdisk --efi-loader '\\EFI\\ggnet-sb\\shimx64.efi'``);
+the disk's default loader (``\\EFI\\BOOT\\BOOTX64.EFI``) is unsigned and refused.
 """
 
 from __future__ import annotations

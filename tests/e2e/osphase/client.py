@@ -4,7 +4,7 @@ The guest (``guest/*.sh``, on the disk from ``disk.py``) prints lines starting w
 COM1, each ending with the guest's uptime (``[t=4.96]``):
 
     OSPHASE-INIT-START                      the initramfs runs (the kernel came from the iSCSI disk)
-    OSPHASE-IBFT initiator=.. target=.. addr=host:port lun=.. chap=<user> secret_len=N nic=.. ip=..
+    OSPHASE-IBFT initiator=.. target=.. addr=host:port lun=.. chap=<user> secret_len=N secret_sha256=<16 hex> nic=.. ip=..
     OSPHASE-LOGIN-START / OSPHASE-LOGIN-OK  the OS's own iSCSI login with the iBFT's values
     OSPHASE-DISKS lun1=sda lun2=sdb         every LUN this one login sees, with its device
     OSPHASE-ROOT-MOUNTED dev=/dev/sda2 ..   the root file system is mounted from the iSCSI disk

@@ -24,10 +24,12 @@ done
 I=/sys/firmware/ibft
 [ -d $I/target0 ] || fail "NO-IBFT (no iBFT table: did iPXE run sanboot with --no-describe?)"
 v() { cat $I/$1 2>/dev/null; }
-# the CHAP secret itself is never printed, only its length
+# the CHAP secret itself is never printed: its length, and the start of its sha256 (which boot's it is)
+secret() { v target0/chap-secret | tr -d '\n'; }
 say "IBFT initiator=$(v initiator/initiator-name) target=$(v target0/target-name)" \
     "addr=$(v target0/ip-addr):$(v target0/port) lun=$(v target0/lun) chap=$(v target0/chap-name)" \
-    "secret_len=$(v target0/chap-secret | tr -d '\n' | wc -c) nic=$(v ethernet0/mac) ip=$(v ethernet0/ip-addr)"
+    "secret_len=$(secret | wc -c) secret_sha256=$(secret | sha256sum | cut -c1-16)" \
+    "nic=$(v ethernet0/mac) ip=$(v ethernet0/ip-addr)"
 
 # the network from the iBFT (what initramfs-tools does with ISCSI_AUTO=true)
 iscsistart -N > /tmp/net.log 2>&1 || { cat /tmp/net.log > /dev/console; fail NET; }
