@@ -51,6 +51,7 @@ class DashboardScreen(GgnetScreen):
             yield Static("", id="counts", classes="panel")
             yield Static("", id="health", classes="panel")
         yield KeyedTable([Column("level", "", 4, 0), Column("alert", "Alerts", 20, 0, max_width=1000)], id="alerts")
+        yield Static("", id="alert-detail")  # the alert under the cursor in full: its fix is at its end
         yield Static("", id="recent", classes="panel")
 
     async def _optional(self, name: str, call: str, *args: Any, **kwargs: Any) -> tuple[Any, str | None]:
@@ -190,7 +191,8 @@ class DashboardScreen(GgnetScreen):
     def _show_alerts(self) -> None:
         acknowledged = self.app.acknowledged  # type: ignore[attr-defined]
         rows = []
-        for key, (level, sentence) in self.alerts.items():
+        by_level = sorted(self.alerts.items(), key=lambda item: list(LEVEL_STYLE).index(item[1][0]))
+        for key, (level, sentence) in by_level:
             if key in acknowledged:
                 continue
             rows.append(
@@ -211,6 +213,25 @@ class DashboardScreen(GgnetScreen):
         table.sync(rows)
         table.styles.height = min(len(rows), ALERT_ROWS) + 1
         self.sub_title = f"{hidden} alert(s) acknowledged" if hidden else ""
+        self._show_alert_detail()
+
+    def on_keyed_table_row_highlighted(self, event: KeyedTable.RowHighlighted) -> None:
+        self._show_alert_detail()
+
+    def _show_alert_detail(self) -> None:
+        key = self.query_one("#alerts", KeyedTable).cursor_key
+        alert = self.alerts.get(key or "")
+        detail = self.query_one("#alert-detail", Static)
+        if alert is None:
+            detail.update("")
+            detail.add_class("hidden")
+            return
+        level, sentence = alert
+        keymap = dict(self.core.settings.keys)
+        text = Text(" ".join(sentence.split()), style=LEVEL_STYLE.get(level, ""))
+        text.append(f"  ({key_of(BY_ID['dashboard.ack'], keymap)}: acknowledge)", style="dim")
+        detail.update(text)
+        detail.remove_class("hidden")
 
     def action_acknowledge(self) -> None:
         table = self.query_one("#alerts", KeyedTable)

@@ -284,7 +284,7 @@ class MachinesScreen(TableScreen):
         if live is not None and live.logged_in:
             login = f", iSCSI logged in from {live.client_address or '?'}"
         text.append(f"{state}{login}; changed by {m.updated_by or '-'} at {full_time(m.updated_at)}")
-        text.append(f"  Enter: boot history, disk and I/O{'  ' + m.notes if m.notes else ''}", style="dim")
+        text.append(f"  Enter: details{'  ' + m.notes if m.notes else ''}", style="dim")
         self._details(text)
 
     def _details(self, content: Text | str) -> None:

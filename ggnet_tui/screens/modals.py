@@ -241,7 +241,7 @@ class HelpScreen(ModalScreen[None]):
         actor = self.app.actor  # type: ignore[attr-defined]
         lines = Text()
         scopes = [self.scope] + (["table"] if self.scope not in ("dashboard", "logs", "") else []) + ["app"]
-        for command in commands_for(*scopes):
+        for command in [c for scope in scopes for c in commands_for(scope)]:  # this screen's keys first
             if command.permission is not None and not (actor and actor.can(command.permission)):
                 continue
             lines.append(f"{key_of(command, keymap):>8}  ", style="bold")
