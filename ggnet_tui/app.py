@@ -142,7 +142,7 @@ class CommandTable(Provider):
             mode = command.scope if command.scope in SCREENS and command.scope != here else None
             yield command, mode
 
-    def _runner(self, command: Command, mode: str | None) -> Callable[[], None]:
+    def _runner(self, command: Command, mode: str | None) -> Callable[[], Any]:
         app = self.app
 
         async def run() -> None:

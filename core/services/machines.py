@@ -226,7 +226,7 @@ async def add_machine(
     core: Core, actor: Actor, *, image: str | None = None, game_image: str | None = None, **fields: Any
 ) -> MachineView:
     """Register a machine, with its images if given: one change, all or nothing."""
-    from .images import assign
+    from .images import UNCHANGED, assign
 
     data = parse(MachineInput, fields)
     if data.writeback_policy == WritebackPolicy.MAINTENANCE:
@@ -240,9 +240,10 @@ async def add_machine(
             raise Conflict("; ".join(f"{k}: {v}" for k, v in clashes.items()))
         op.session.add(machine)
         await op.flush(conflict=f"machine '{data.name}' or its MAC, IP or IQN was just added by another console")
-        images = {k: v for k, v in (("image", image), ("game_image", game_image)) if v}
-        if images:
-            await assign(op, machine, **images)
+        if image or game_image:
+            await assign(
+                op, machine, image=image if image else UNCHANGED, game_image=game_image if game_image else UNCHANGED
+            )
         op.audit("machine", machine.id, machine.name, None, snapshot(machine))
         op.intent_changed()
         await _forget_discovered(op, [machine.mac])

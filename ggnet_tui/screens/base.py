@@ -41,8 +41,12 @@ class GgnetScreen(Screen):
     def actor(self) -> Any:
         return self.app.actor  # type: ignore[attr-defined]
 
+    @property
+    def header_title(self) -> str:
+        return self.TITLE
+
     def compose(self) -> ComposeResult:
-        yield StatusHeader(self.TITLE)
+        yield StatusHeader(self.header_title)
         with Vertical(id="body"):
             yield from self.compose_body()
         # compact, without the palette's key (? lists it): at 80 columns every key that matters shows

@@ -62,11 +62,14 @@ class MachineDetailsScreen(TableScreen):
     def __init__(self, name: str) -> None:
         super().__init__()
         self.machine_name = name
-        self.TITLE = f"Machine {name}"  # the header's title (the class's is the palette's)
         self.machine: Any = None
         self.boots: dict[str, Any] = {}
         self._rows: dict[str, tuple[Any, Cells]] = {}
         self.io: Throughput | None = None
+
+    @property
+    def header_title(self) -> str:
+        return f"Machine {self.machine_name}"
 
     def compose_body(self) -> ComposeResult:
         yield Static("loading ...", id="summary")
@@ -309,7 +312,7 @@ class MachineDetailsScreen(TableScreen):
                             yes=f"{yes} anyway",
                             type_to_confirm=self.machine_name,
                         ),
-                        lambda sure: self.run_worker(go(True), group="work") if sure else None,
+                        partial(self._if_sure, go(True)),
                     )
                 else:
                     self.notify(explain(self.app, exc), severity="error", timeout=8)
@@ -320,6 +323,10 @@ class MachineDetailsScreen(TableScreen):
             self.notify(str(said), timeout=6)
             self.action_refresh_now()
 
-        self.app.push_screen(
-            ConfirmScreen(question, yes=yes), lambda sure: self.run_worker(go(False), group="work") if sure else None
-        )
+        self.app.push_screen(ConfirmScreen(question, yes=yes), partial(self._if_sure, go(False)))
+
+    def _if_sure(self, work: Any, sure: bool | None) -> None:
+        if sure:
+            self.run_worker(work, group="work")
+        else:
+            work.close()  # the coroutine never runs

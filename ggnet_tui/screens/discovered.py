@@ -158,7 +158,9 @@ class DiscoveredScreen(TableScreen):
                 self.action_refresh_now()
 
         listing = ", ".join(macs[:6]) + (f" and {len(macs) - 6} more" if len(macs) > 6 else "")
-        self.app.push_screen(
-            ConfirmScreen(f"Forget {len(macs)} discovered PC(s): {listing}?", yes="Forget"),
-            lambda yes: self.run_worker(go(), group="work") if yes else None,
-        )
+
+        def answer(yes: bool | None) -> None:
+            if yes:
+                self.run_worker(go(), group="work")
+
+        self.app.push_screen(ConfirmScreen(f"Forget {len(macs)} discovered PC(s): {listing}?", yes="Forget"), answer)

@@ -668,3 +668,47 @@ async def test_failed_boot_then_good_boot_clears_it_added_machine_boots_deleted_
         await engine.close()
     history = await boots.boot_history(core, admin)
     assert "pc02" in {b.machine for b in history}
+
+
+async def test_details_prepare_offline_and_reset_a_kept_disk(fast_settings, tmp_path):
+    from sqlalchemy import select
+
+    from core.models import Writeback
+
+    core = fast_settings
+    admin = await make_user(core, "root-admin", Role.ADMIN)
+    await images.import_image(core, admin, random_disk(tmp_path / "d.raw", 1), name="desk")
+    await machines.add_machine(core, admin, name="pc01", mac="52:54:00:aa:00:01", image="desk", writeback_policy="keep")
+    view = await machines.get_machine(core, admin, "pc01")
+    async with core.db.transaction() as session:
+        session.add(
+            Writeback(
+                server=core.settings.server_name,
+                machine_id=view.id,
+                disk="system",
+                file_name="wb-kept.raw",
+                state="ready",
+                retained=True,
+            )
+        )
+    app = make_app(core)
+    shown = notes_of(app)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await logged_in(pilot)
+        await go(pilot, "2", "MachinesScreen")
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: screen_name(app) == "MachineDetailsScreen" and app.screen.refreshes)
+        details = app.screen
+        await pilot.press("s")
+        await wait_for(pilot, lambda: details.table.row_count == 1)
+        assert str(next(iter(details.table.rows_by_key.values()))["outcome"]) == "requested"
+        await pilot.press("x")
+        await wait_for(pilot, lambda: "taken offline 1" in shown)
+        await wait_for(pilot, lambda: "ending" in str(next(iter(details.table.rows_by_key.values()))["outcome"]))
+        await pilot.press("W")
+        await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        await pilot.press("y")
+        await wait_for(pilot, lambda: any("writeback reset (1 dropped)" in m for m in shown))
+    async with core.db.session() as session:
+        kept = (await session.execute(select(Writeback))).scalar_one()
+    assert kept.state == "discard"  # the engine removes it; the next boot starts from the image
