@@ -11,9 +11,10 @@
    Anchor for the refresh CPU: a bare Textual DataTable with the same rows and columns doing
    the same 50 updates (update_cell) and repaint, in the same process; the ratio of the two.
 3. A machine's details with 1,000 boots in its history (headless Pilot, 120x40, SQLite, in a
-   child process): wall and CPU time from opening the view to its first paint with the history
-   (the database read, the rows, the paint), median of 5. Anchor: a bare Textual screen with one
-   DataTable filled with the same 1,000 rows (add_rows) and painted, in the same process.
+   child process): wall and CPU time from Enter on Machines to the first paint with the history
+   (the database read, the rows, the paint): the first open and the median of 5 later ones.
+   Anchor: a bare Textual screen with one DataTable
+   filled with the same 1,000 rows (add_rows) and painted, in the same process.
 """
 
 from __future__ import annotations
@@ -227,7 +228,6 @@ async def _details(boots: int, rounds: int = 5) -> dict[str, float]:
     from core.log import configure_logging
     from core.models import Boot
     from core.services import machines, users
-    from ggnet_tui.screens.details import MachineDetailsScreen
     from tests.tui.helpers import make_app, wait_for
 
     auth.set_bcrypt_rounds(4)
@@ -270,11 +270,14 @@ async def _details(boots: int, rounds: int = 5) -> dict[str, float]:
         # the login's own work (site checks, first liveness poll) is over before anything is timed
         await wait_for(pilot, lambda: app.screen.refreshes >= 1 and app.site_checks and app.monitor.polled_at)
         await pilot.pause(0.5)
-        for _ in range(rounds):
+        machines_screen = app.screen
+        for _ in range(rounds + 1):
             wall, cpu = time.perf_counter(), time.process_time()
-            screen = MachineDetailsScreen("pc0001")
-            app.push_screen(screen)
-            await wait_for(pilot, lambda s=screen: s.refreshes >= 1, delay=0.001, steps=100000)
+            machines_screen.action_details()  # Enter on the row of pc0001
+            await wait_for(pilot, lambda: app.screen is not machines_screen, delay=0.001, steps=100000)
+            screen = app.screen
+            done = screen.refreshes
+            await wait_for(pilot, lambda s=screen, d=done: s.refreshes > d, delay=0.001, steps=100000)
             await pilot.pause()  # the paint
             walls.append((time.perf_counter() - wall) * 1000)
             cpus.append((time.process_time() - cpu) * 1000)
@@ -283,8 +286,10 @@ async def _details(boots: int, rounds: int = 5) -> dict[str, float]:
             await pilot.pause()
     await core.close()
     return {
-        "details_ms": statistics.median(walls),
-        "details_cpu_ms": statistics.median(cpus),
+        "first_details_ms": walls[0],
+        "first_details_cpu_ms": cpus[0],
+        "details_ms": statistics.median(walls[1:]),
+        "details_cpu_ms": statistics.median(cpus[1:]),
         "anchor_details_ms": await _bare_history(boots, rounds),
     }
 
@@ -376,8 +381,9 @@ def print_details(boots: int) -> None:
     ours, anchor = figures["details_ms"], figures["anchor_details_ms"]
     print(
         f"machine details with {boots} boots in its history: opens in {ours:.0f} ms "
-        f"(CPU {figures['details_cpu_ms']:.0f} ms; aim < 100 ms), a bare DataTable screen with the same rows "
-        f"{anchor:.0f} ms, ratio {ours / anchor:.2f}x (median of 5)"
+        f"(CPU {figures['details_cpu_ms']:.0f} ms; median of 5; aim < 100 ms), the first time "
+        f"{figures['first_details_ms']:.0f} ms (CPU {figures['first_details_cpu_ms']:.0f} ms); "
+        f"a bare DataTable screen with the same rows {anchor:.0f} ms, ratio {ours / anchor:.2f}x"
     )
 
 

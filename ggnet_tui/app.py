@@ -12,6 +12,7 @@ imported where they are first needed.
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import shutil
 import signal
@@ -268,6 +269,7 @@ class GgnetApp(IncidentOnCrash):
         if not anyone:
             await self.switch_mode("first_run")
         self.opened.set()
+        settle_heap()
 
     def _start_embedded_engine(self) -> None:
         from .embedded import EmbeddedEngine
@@ -330,6 +332,7 @@ class GgnetApp(IncidentOnCrash):
         self.run_worker(self._refresh_site_checks(), group="site")
         self.run_worker(self._monitor_loop(), group="monitor", exclusive=True)
         await self.switch_mode("dashboard")
+        settle_heap()
         self.notify(f"Logged in as {self.actor.username} ({self.actor.role.value}). Press ? for keys.", timeout=3)
 
     async def log_out(self, reason: str) -> None:
@@ -552,6 +555,16 @@ class GgnetApp(IncidentOnCrash):
             self.push_screen(ConfirmScreen(question, yes="Quit"), answer)
             return
         self.exit(0)
+
+
+def settle_heap() -> None:
+    """Move what the console has built so far (modules, Textual's widgets and styles, SQLAlchemy's
+    mappers: hundreds of thousands of objects that live as long as the process) out of the
+    garbage collector's reach. Without it each full collection walks them all, a pause of
+    100-300 ms that lands in whatever runs then (measured: one in every opened details view
+    with its 1,000 boots). Called once the database is open and once after login."""
+    gc.collect()
+    gc.freeze()
 
 
 def arm_exit_watchdog(seconds: float, code: int) -> None:

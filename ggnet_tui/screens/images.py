@@ -19,7 +19,7 @@ from textual.suggester import Suggester
 from textual.widgets import Button, DirectoryTree, Input, Label, Select, Static
 
 from core.enums import ImageKind
-from core.storage.qemu_img import DISK_IMAGE_SUFFIXES
+from core.storage.untrusted import DISK_IMAGE_SUFFIXES
 
 from ..commands import bindings
 from ..widgets.table import Cells, Column

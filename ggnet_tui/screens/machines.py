@@ -323,13 +323,13 @@ class MachinesScreen(TableScreen):
 
     # --- add, edit, delete -------------------------------------------------
 
-    def _saved(self, result: Any) -> None:
+    def _saved(self, result: Any, verb: str = "saved") -> None:
         if result and result is not True:
-            self.notify(f"Machine {result.name} saved.", timeout=3)
+            self.notify(f"Machine {result.name} {verb}.", timeout=3)
             self.after_change()
 
     def action_add(self) -> None:
-        open_machine_form(self, None, self._saved)
+        open_machine_form(self, None, partial(self._saved, verb="added"))
 
     def action_edit(self) -> None:
         m = self.machines.get(self.cursor_key or "")

@@ -6,6 +6,7 @@ dashboard alerts, asking before disabling a user, the whole machine form in one 
 from __future__ import annotations
 
 import asyncio
+import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
@@ -101,6 +102,7 @@ async def test_details_show_the_boot_history_disk_and_io_rates(fast_settings, tm
     await images.import_image(core, admin, random_disk(tmp_path / "d.raw", 1), name="desk")
     await machines.add_machine(core, admin, name="pc01", mac="52:54:00:aa:00:01", image="desk")
     await machines.update_machine(core, admin, "pc01", writeback_policy="keep")
+    await machines.add_machine(core, admin, name="pc02", mac="52:54:00:aa:00:02")
     await record_boots(
         core,
         admin,
@@ -163,6 +165,14 @@ async def test_details_show_the_boot_history_disk_and_io_rates(fast_settings, tm
         await pilot.press("escape")
         await pilot.press("escape")  # back to the machines
         await wait_for(pilot, lambda: screen_name(app) == "MachinesScreen")
+
+        # the next machine's details: pc02's (empty) history
+        await pilot.press("down", "enter")
+        await wait_for(pilot, lambda: screen_name(app) == "MachineDetailsScreen" and app.screen.machine is not None)
+        other = app.screen
+        assert other.machine.name == "pc02" and other.table.row_count == 0
+        assert "Machine pc02" in str(other.query_one("StatusHeader").render())
+        assert "no target" in str(other.query_one("#summary", Static).render())
 
 
 async def test_details_maintenance_apply_without_activating_with_a_note_then_discard(fast_settings, tmp_path):
@@ -355,16 +365,17 @@ async def test_import_runs_as_a_job_console_stays_usable_checksum_shown_cancel_l
     core.settings.import_dir = files
     source = random_disk(files / "win11.raw", 8)
     (files / "readme.txt").write_text("not a disk")
-    # hold the import in its checksum step until the test has looked
-    hashing, release = asyncio.Event(), asyncio.Event()
-    real_sha256 = qemu_img.sha256
+    # hold the import after 100 %, while it hashes the last part of the disk, until the test has
+    # looked (the hashing runs in a thread: a threading.Event holds it)
+    hashing, release = threading.Event(), threading.Event()
+    real_hash = qemu_img._hash_and_flush
 
-    async def held_sha256(path):
+    def held_hash(*args):
         hashing.set()
-        await release.wait()
-        return await real_sha256(path)
+        release.wait(60)
+        return real_hash(*args)
 
-    monkeypatch.setattr(qemu_img, "sha256", held_sha256)
+    monkeypatch.setattr(qemu_img, "_hash_and_flush", held_hash)
     app = make_app(core)
     shown = notes_of(app)
     async with app.run_test(size=(80, 24)) as pilot:
@@ -383,7 +394,7 @@ async def test_import_runs_as_a_job_console_stays_usable_checksum_shown_cancel_l
         await wait_for(pilot, lambda: screen_name(app) == "ImagesScreen" and app.jobs.all)
         job = app.jobs.all[0]
 
-        await wait_for(pilot, lambda: hashing.is_set())
+        await wait_for(pilot, lambda: hashing.is_set() and job.percent == 100)
         await go(pilot, "2", "MachinesScreen")  # the console goes on while the job runs
         await go(pilot, "0", "JobsScreen")
         row = lambda: app.screen.table.rows_by_key[str(job.id)]  # noqa: E731
