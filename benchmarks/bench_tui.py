@@ -10,6 +10,11 @@
    the repaint it causes) and the whole refresh including the database read; peak RSS.
    Anchor for the refresh CPU: a bare Textual DataTable with the same rows and columns doing
    the same 50 updates (update_cell) and repaint, in the same process; the ratio of the two.
+3. A machine's details with 1,000 boots in its history (headless Pilot, 120x40, SQLite, in a
+   child process): wall and CPU time from Enter on Machines to the first paint with the history
+   (the database read, the rows, the paint): the first open and the median of 5 later ones.
+   Anchor: a bare Textual screen with one DataTable
+   filled with the same 1,000 rows (add_rows) and painted, in the same process.
 """
 
 from __future__ import annotations
@@ -124,7 +129,7 @@ async def _machines(count: int) -> dict[str, float]:
 
         # 50 PCs change state: the monitor has the new statuses; one refresh shows them
         probe.online = set(names[::2]) ^ set(names[:50])  # the first 50 flip
-        await app.monitor.poll()
+        await app.monitor.poll(app.actor)
         changed_before = sum(
             1 for n in names if screen.table.rows_by_key[n]["status"].plain != app.monitor.statuses[n].state
         )
@@ -143,7 +148,7 @@ async def _machines(count: int) -> dict[str, float]:
         result["cells_changed"] = changed_before
         for round_ in range(4):  # more rounds of 50 changes, flipping back and forth (median)
             probe.online = set(names[::2]) ^ (set(names[:50]) if round_ % 2 else set())
-            await app.monitor.poll()
+            await app.monitor.poll(app.actor)
             cpu_start = time.process_time()
             screen.rebuild()
             await pilot.pause()
@@ -152,14 +157,14 @@ async def _machines(count: int) -> dict[str, float]:
 
         # for comparison: one status change (DataTable repaints every visible row after any change)
         probe.online = set(names[::2]) ^ {names[0]}
-        await app.monitor.poll()
+        await app.monitor.poll(app.actor)
         start = time.perf_counter()
         screen.rebuild()
         await pilot.pause()
         result["refresh_1_ui_ms"] = (time.perf_counter() - start - min(idle)) * 1000
 
         probe.online = set(names[::2])
-        await app.monitor.poll()
+        await app.monitor.poll(app.actor)
         done = screen.refreshes
         start = time.perf_counter()
         screen.action_refresh_now()  # database read of all machines + sessions, then the diff
@@ -211,21 +216,139 @@ async def _bare_datatable(count: int, rounds: int = 5) -> float:
     return statistics.median(figures)
 
 
+async def _details(boots: int, rounds: int = 5) -> dict[str, float]:
+    """Opening pc0001's details with ``boots`` boots in its history, and the bare anchor."""
+    from datetime import UTC, datetime, timedelta
+
+    from sqlalchemy import insert
+
+    from core import auth
+    from core.config import Settings
+    from core.context import Core
+    from core.log import configure_logging
+    from core.models import Boot
+    from core.services import machines, users
+    from tests.tui.helpers import make_app, wait_for
+
+    auth.set_bcrypt_rounds(4)
+    data = Path(tempfile.mkdtemp(prefix="ggnet-bench-"))
+    settings = Settings(data_dir=data, refresh_seconds=600, idle_lock_minutes=0)
+    configure_logging(settings.log_file)
+    core = Core.open(settings)
+    await core.db.upgrade()
+    await users.create_first_admin(core, "admin", "correct-horse-1")
+    admin = await users.login(core, "admin", "correct-horse-1")
+    machine = await machines.add_machine(core, admin, name="pc0001", mac="52:54:00:00:00:01")
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    rows = [
+        {
+            "server": settings.server_name,
+            "machine_id": machine.id,
+            "machine_name": "pc0001",
+            "mac": machine.mac,
+            "origin": "pc",
+            "requested_at": start + timedelta(minutes=i),
+            "requested_by": "pc",
+            "client_address": "10.0.0.21",
+            "policy": "fresh",
+            "state": "ended" if i % 10 else "refused",
+            "error": None if i % 10 else "12 MiB free, 10240 MiB reserved",
+            "login_at": start + timedelta(minutes=i, seconds=12) if i % 10 else None,
+            "login_address": "10.0.0.21",
+            "ended_at": start + timedelta(minutes=i, seconds=50),
+            "end_reason": "superseded" if i % 10 else "refused",
+        }
+        for i in range(boots)
+    ]
+    async with core.db.transaction() as session:
+        await session.execute(insert(Boot), rows)
+    app = make_app(core)
+    walls, cpus = [], []
+    async with app.run_test(size=(120, 40)) as pilot:
+        await app.log_in("admin", "correct-horse-1")
+        await app.action_go("machines")
+        # the login's own work (site checks, first liveness poll) is over before anything is timed
+        await wait_for(pilot, lambda: app.screen.refreshes >= 1 and app.site_checks and app.monitor.polled_at)
+        await pilot.pause(0.5)
+        machines_screen = app.screen
+        for _ in range(rounds + 1):
+            wall, cpu = time.perf_counter(), time.process_time()
+            machines_screen.action_details()  # Enter on the row of pc0001
+            await wait_for(pilot, lambda: app.screen is not machines_screen, delay=0.001, steps=100000)
+            screen = app.screen
+            done = screen.refreshes
+            await wait_for(pilot, lambda s=screen, d=done: s.refreshes > d, delay=0.001, steps=100000)
+            await pilot.pause()  # the paint
+            walls.append((time.perf_counter() - wall) * 1000)
+            cpus.append((time.process_time() - cpu) * 1000)
+            assert screen.table.row_count == min(boots, 1000)
+            app.pop_screen()
+            await pilot.pause()
+    await core.close()
+    return {
+        "first_details_ms": walls[0],
+        "first_details_cpu_ms": cpus[0],
+        "details_ms": statistics.median(walls[1:]),
+        "details_cpu_ms": statistics.median(cpus[1:]),
+        "anchor_details_ms": await _bare_history(boots, rounds),
+    }
+
+
+async def _bare_history(boots: int, rounds: int) -> float:
+    """A bare screen with one DataTable of ``boots`` rows of 7 columns: pushed, filled, painted."""
+    from textual.app import App, ComposeResult
+    from textual.screen import Screen
+    from textual.widgets import DataTable
+
+    class History(Screen[None]):
+        def compose(self) -> ComposeResult:
+            yield DataTable(cursor_type="row")
+
+        def on_mount(self) -> None:
+            table = self.query_one(DataTable)
+            table.add_columns("Requested", "Image", "Login", "Client", "Outcome", "By", "Games")
+            table.add_rows(
+                ("01-01 10:00", "win11 v3", "12 s", "10.0.0.21", "ended (superseded)", "pc", "-") for _ in range(boots)
+            )
+
+    class Bare(App[None]):
+        pass
+
+    app = Bare()
+    figures = []
+    async with app.run_test(size=(120, 40)) as pilot:
+        for _ in range(rounds):
+            start = time.perf_counter()
+            await app.push_screen(History())
+            await pilot.pause()
+            figures.append((time.perf_counter() - start) * 1000)
+            app.pop_screen()
+            await pilot.pause()
+    return statistics.median(figures)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--machines", type=int, default=1000)
+    parser.add_argument("--boots", type=int, default=1000)
     parser.add_argument("--child-machines", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--child-boots", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--skip-startup", action="store_true", help="leave out the tmux start-up figures")
     args = parser.parse_args()
     if args.child_machines:
         print(json.dumps(asyncio.run(_machines(args.child_machines))))
         return
-    startup = bench_startup(args.rounds)
-    print(
-        f"start-up to login screen: ggnet {startup['ggnet_login_s'] * 1000:.0f} ms, "
-        f"bare Textual+DataTable {startup['bare_datatable_s'] * 1000:.0f} ms, ratio {startup['ratio']:.2f}x "
-        f"(median of {args.rounds}; aim <= 2x)"
-    )
+    if args.child_boots:
+        print(json.dumps(asyncio.run(_details(args.child_boots))))
+        return
+    if not args.skip_startup:
+        startup = bench_startup(args.rounds)
+        print(
+            f"start-up to login screen: ggnet {startup['ggnet_login_s'] * 1000:.0f} ms, "
+            f"bare Textual+DataTable {startup['bare_datatable_s'] * 1000:.0f} ms, ratio {startup['ratio']:.2f}x "
+            f"(median of {args.rounds}; aim <= 2x)"
+        )
     child = subprocess.run(
         [sys.executable, __file__, "--child-machines", str(args.machines)],
         capture_output=True,
@@ -247,6 +370,21 @@ def main() -> None:
         f"bare DataTable doing the same 50 updates {anchor:.1f} ms, ratio {cpu / anchor:.2f}x"
     )
     print(f"peak memory (RSS) with {args.machines} machines: {figures['peak_rss_mb']:.0f} MB (aim < 150 MB)")
+    print_details(args.boots)
+
+
+def print_details(boots: int) -> None:
+    child = subprocess.run(
+        [sys.executable, __file__, "--child-boots", str(boots)], capture_output=True, text=True, check=True, cwd=ROOT
+    )
+    figures = json.loads(child.stdout.strip().splitlines()[-1])
+    ours, anchor = figures["details_ms"], figures["anchor_details_ms"]
+    print(
+        f"machine details with {boots} boots in its history: opens in {ours:.0f} ms "
+        f"(CPU {figures['details_cpu_ms']:.0f} ms; median of 5; aim < 100 ms), the first time "
+        f"{figures['first_details_ms']:.0f} ms (CPU {figures['first_details_cpu_ms']:.0f} ms); "
+        f"a bare DataTable screen with the same rows {anchor:.0f} ms, ratio {ours / anchor:.2f}x"
+    )
 
 
 if __name__ == "__main__":

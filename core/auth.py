@@ -20,14 +20,13 @@ who can try passwords already has a shell on the server; the lock slows them dow
 
 from __future__ import annotations
 
-import enum
 import hmac
 import os
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
-from .models import Role
+from .enums import Permission, Role
 
 if TYPE_CHECKING:
     from passlib.context import CryptContext
@@ -97,18 +96,6 @@ def throttle_wait(failures: int, last_failed_at: datetime | None, now: datetime)
     delay = min(2 ** (failures - FREE_FAILURES + 1), MAX_DELAY)
     remaining = (last_failed_at + timedelta(seconds=delay) - now).total_seconds()
     return max(0, int(remaining + 0.999))
-
-
-class Permission(str, enum.Enum):
-    READ = "read"  # everything but secrets
-    READ_SECRETS = "read_secrets"  # CHAP secrets
-    MANAGE_MACHINES = "manage_machines"
-    MANAGE_IMAGES = "manage_images"
-    MANAGE_SESSIONS = "manage_sessions"
-    MANAGE_TARGETS = "manage_targets"
-    WAKE_MACHINES = "wake_machines"
-    MANAGE_USERS = "manage_users"
-    MANAGE_SETTINGS = "manage_settings"
 
 
 _VIEWER = frozenset({Permission.READ})

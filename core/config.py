@@ -130,6 +130,7 @@ class Settings(BaseSettings):
     idle_lock_minutes: float = 15
     refresh_seconds: float = 2.0
     keys: dict[str, str] = Field(default_factory=dict)
+    import_dir: Path | None = None  # where the console's file picker starts before it has been used
 
     @model_validator(mode="after")
     def _derive_defaults(self) -> Settings:

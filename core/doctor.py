@@ -222,28 +222,28 @@ async def check_data_dir(settings: Settings) -> list[Check]:
             )
         )
     usage = shutil.disk_usage(data)
-    free = f"{usage.free / GIB:.1f} GiB free of {usage.total / GIB:.1f} GiB"
-    if usage.free < FREE_FAIL_BYTES:
-        checks.append(
-            Check(
-                "free space",
-                "fail",
-                f"{free} under {data}: imports and writebacks will fail; "
-                "free space or move GGNET_DATA_DIR to a larger file system",
-            )
-        )
-    elif usage.free < FREE_WARN_BYTES or usage.free < usage.total // 10:
-        checks.append(
-            Check(
-                "free space",
-                "warn",
-                f"{free} under {data}: little room for images and writebacks; "
-                "free space or move GGNET_DATA_DIR to a larger file system",
-            )
-        )
-    else:
-        checks.append(Check("free space", "ok", f"{free} under {data}"))
+    checks.append(free_space_check(data, usage.free, usage.total))
     return checks
+
+
+def free_space_check(data: Path, free_bytes: int, total_bytes: int) -> Check:
+    """What "low disk" means, for ``doctor`` and the console's dashboard alike."""
+    free = f"{free_bytes / GIB:.1f} GiB free of {total_bytes / GIB:.1f} GiB"
+    if free_bytes < FREE_FAIL_BYTES:
+        return Check(
+            "free space",
+            "fail",
+            f"{free} under {data}: imports and writebacks will fail; "
+            "free space or move GGNET_DATA_DIR to a larger file system",
+        )
+    if free_bytes < FREE_WARN_BYTES or free_bytes < total_bytes // 10:
+        return Check(
+            "free space",
+            "warn",
+            f"{free} under {data}: little room for images and writebacks; "
+            "free space or move GGNET_DATA_DIR to a larger file system",
+        )
+    return Check("free space", "ok", f"{free} under {data}")
 
 
 # --- boot files ------------------------------------------------------------------
@@ -495,6 +495,50 @@ def sqlite_write_lock(path: Path, wait: float = 1.0) -> str:
         connection.close()
 
 
+# --- the engine ----------------------------------------------------------------------
+
+
+def engine_check(running: bool) -> Check:
+    """Whether an engine serves this boot server: without one, no PC boots."""
+    if running:
+        return Check("engine", "ok", "the boot engine runs for this server (ggnet serve, or a console's own)")
+    return Check(  # a warning: the doctor is run while setting up, before the service is started
+        "engine",
+        "warn",
+        "no boot engine runs for this server, so PCs cannot boot: start it with systemctl start ggnet "
+        "(or run ggnet serve); a console run as root runs one itself while none does",
+    )
+
+
+def engine_target_check(backend: str | None, detail: str | None) -> Check:
+    """The target stack as the running engine last found it (the console reads this, never the stack)."""
+    if backend:
+        return Check("target stack", "ok", f"{backend}: {detail or 'answers'}")
+    return Check("target stack", "fail", f"sessions cannot start: {detail or 'no iSCSI target stack'}")
+
+
+def check_engine(settings: Settings) -> Check:
+    from .engine.lock import is_held
+
+    return engine_check(is_held(settings))
+
+
+async def console_checks(
+    settings: Settings, boot_modes: set[str] | None, engine_running: bool, backend: str | None, detail: str | None
+) -> list[Check]:
+    """The doctor's checks that the console shows on its dashboard: the target stack as the engine
+    last saw it (the console does not probe it), everything else as ``doctor`` finds it, except
+    free space, which the dashboard checks at every refresh with ``free_space_check``."""
+    checks = [await check_qemu_img(), engine_check(engine_running)]
+    if engine_running:
+        checks.append(engine_target_check(backend, detail))
+    checks += [c for c in await check_data_dir(settings) if c.name != "free space"]
+    checks += check_tftp_root(settings)
+    checks += check_boot_files(settings, boot_modes)
+    checks.append(check_boot_address(settings))
+    return checks
+
+
 async def run_checks(settings: Settings) -> list[Check]:
     """Every check, in the order an operator would fix things."""
     checks = [
@@ -502,6 +546,7 @@ async def run_checks(settings: Settings) -> list[Check]:
         check_lio(settings),
         await check_tgtd(settings),
         await check_target_stack(settings),
+        check_engine(settings),
     ]
     checks += await check_data_dir(settings)
     database, boot_modes = await check_database(settings)  # which boot modes are in use, for the boot files

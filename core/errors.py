@@ -1,17 +1,54 @@
 """Typed domain errors. Each carries one sentence an operator can act on.
 
-The CLI prints ``error: <sentence>`` and exits 1; the TUI shows the sentence.
+The CLI prints ``error: <sentence>`` and exits 1; the TUI shows the sentence. A refusal that the
+operator resolves with another action carries that action as a ``Fix``: core's sentence names no
+command line and no key, and each interface adds its own words for it (the CLI a command, the
+console its key), so neither has to guess from the other's.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+
+# what a Fix may name: the operator actions that resolve a refusal
+FIX_ACTIONS = frozenset(
+    {
+        "session.stop",  # take the machine offline
+        "force",  # the same action again, knowingly cutting a logged-in client off
+        "machine.enable",  # allow the machine to boot
+        "machine.assign",  # give the machines another image, or none
+        "machine.unpin",  # unpin the version
+        "maintenance.start",
+        "maintenance.finish",  # apply or discard the maintenance writeback
+        "maintenance.discard",
+        "image.new_version",  # import as a new version of the existing image
+        "image.activate",  # activate another version
+        "image.delete",  # delete the whole image
+    }
+)
+
+
+@dataclass(frozen=True)
+class Fix:
+    """The operator action that resolves a refusal, with what it acts on."""
+
+    action: str  # one of FIX_ACTIONS
+    machine: str | None = None
+    image: str | None = None
+    version: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.action not in FIX_ACTIONS:
+            raise ValueError(f"unknown fix action {self.action!r}")
 
 
 class GgnetError(Exception):
     """Base of every expected failure."""
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, fix: Fix | None = None) -> None:
         super().__init__(message)
         self.message = message
+        self.fix = fix
 
     def __str__(self) -> str:
         return self.message

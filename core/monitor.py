@@ -1,6 +1,7 @@
 """Liveness of client PCs: concurrent probes (ARP table, then ICMP through the system ``ping``)
-combined with the boot state and the iSCSI logins the engine recorded (the console never walks
-the target stack itself).
+combined with the boot state and the iSCSI logins the engine recorded (read through
+``machines.liveness`` as the console's user; the console never walks the target stack itself);
+and the throughput of a machine's disk from the engine's successive byte counts.
 
 The console polls ``Monitor.poll`` in a background worker and never waits on it. Tests replace
 the PC probe (``Monitor(core, probe=...)``): pinging PCs that do not exist cannot be reached.
@@ -13,12 +14,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Protocol
-
-from sqlalchemy import select
+from typing import TYPE_CHECKING, Protocol
 
 from .context import Core
-from .models import CURRENT_BOOT_STATES, Boot, BootState, Machine, MachineObservation, utcnow
+from .enums import BootState
+from .models import utcnow
+
+if TYPE_CHECKING:
+    from .auth import Actor
 
 OFFLINE, ONLINE, BOOTING, BOOTED = "offline", "online", "booting", "booted"
 PING_TIMEOUT_SECONDS = 1
@@ -127,30 +130,19 @@ class Monitor:
         self.polled_at: datetime | None = None
         self._lock = asyncio.Lock()
 
-    async def _rows(self) -> list[tuple[Host, str | None, bool | None, str | None]]:
+    async def _rows(self, actor: Actor) -> list[tuple[Host, str | None, bool | None, str | None]]:
         """Each machine with its current boot's state and the login the engine last saw."""
-        current = [s.value for s in CURRENT_BOOT_STATES]
-        async with self.core.db.session() as session:
-            query = (
-                select(
-                    Machine.name,
-                    Machine.ip,
-                    Machine.mac,
-                    Boot.state,
-                    MachineObservation.logged_in,
-                    MachineObservation.client_address,
-                )
-                .outerjoin(Boot, (Boot.machine_id == Machine.id) & Boot.state.in_(current))
-                .outerjoin(MachineObservation, MachineObservation.machine_id == Machine.id)
-            )
-            return [
-                (Host(n, ip, mac), state, logged_in, address)
-                for n, ip, mac, state, logged_in, address in (await session.execute(query)).all()
-            ]
+        from .services.machines import liveness
 
-    async def poll(self) -> dict[str, MachineStatus]:
+        return [
+            (Host(r.name, r.ip, r.mac), r.boot_state, r.logged_in, r.client_address)
+            for r in await liveness(self.core, actor)
+        ]
+
+    async def poll(self, actor: Actor) -> dict[str, MachineStatus]:
+        """Probe every machine, reading what the engine saw as ``actor`` (who must be allowed to read)."""
         async with self._lock:  # one poll at a time, whoever asks
-            rows = await self._rows()
+            rows = await self._rows(actor)
             reachable = await self.probe([h for h, *_ in rows])
             now = self.clock()
             statuses = {}
@@ -169,3 +161,33 @@ class Monitor:
             self.statuses = statuses
             self.polled_at = now
             return statuses
+
+
+class Throughput:
+    """Bytes per second read and written through a machine's target, from the engine's counters.
+
+    The engine records the counters when they change (at most every GGNET_OBSERVE_SECONDS), with
+    the time it saw them: a rate is the difference between two records over the time between them.
+    Counters that were not recorded again for ``idle_after`` seconds have not moved: the rate is 0.
+    A counter that went down belongs to a new target (a new boot): no rate until the next record."""
+
+    def __init__(self, idle_after: float) -> None:
+        self.idle_after = idle_after
+        self._last: tuple[int, int, datetime] | None = None
+        self.read_per_second: float | None = None
+        self.written_per_second: float | None = None
+
+    def update(self, read: int | None, written: int | None, observed_at: datetime | None, now: datetime) -> None:
+        if read is None or written is None or observed_at is None:
+            self._last, self.read_per_second, self.written_per_second = None, None, None
+            return
+        last, self._last = self._last, (read, written, observed_at)
+        if last is not None and observed_at > last[2]:
+            seconds = (observed_at - last[2]).total_seconds()
+            if read >= last[0] and written >= last[1]:
+                self.read_per_second = (read - last[0]) / seconds
+                self.written_per_second = (written - last[1]) / seconds
+            else:
+                self.read_per_second = self.written_per_second = None
+        elif (now - observed_at).total_seconds() >= self.idle_after:
+            self.read_per_second = self.written_per_second = 0.0

@@ -1,7 +1,8 @@
 """The operator console: a Textual app over core's services.
 
-Screens are App modes (1-7 and Logs) created after login; the console holds no business
-rules: every action is a core service call made as the logged-in Actor.
+Screens are App modes (1-9, 0) created after login; the console holds no business rules: every
+action is a core service call made as the logged-in Actor. Long work (an image import) runs as a
+job (ggnet_tui.jobs); what the console remembers between runs is in ggnet_tui.prefs.
 
 Start-up paints the login screen first and only then loads settings, SQLAlchemy and the
 database (about half a second), so the operator can start typing at once; heavy modules are
@@ -11,6 +12,7 @@ imported where they are first needed.
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import shutil
 import signal
@@ -30,9 +32,12 @@ from textual.binding import Binding
 from textual.command import CommandPalette, DiscoveryHit, Hit, Hits, Provider, SearchIcon
 from textual.scrollbar import ScrollBar, ScrollBarRender
 
+from core.enums import Permission
 from core.errors import AuthenticationFailed, GgnetError
 
 from .commands import Command, bindings, commands_for
+from .jobs import Jobs
+from .prefs import Prefs
 from .screens.auth import FirstRunScreen, LockScreen, LoginScreen
 from .screens.base import GgnetScreen, TableScreen
 from .screens.modals import ConfirmScreen, HelpScreen
@@ -44,6 +49,7 @@ if TYPE_CHECKING:
     from core.monitor import PcProbe
 
 HEALTH_EVERY_SECONDS = 15
+SITE_CHECK_EVERY_SECONDS = 60  # the doctor's checks: a qemu-img run and a reflink probe each time
 ACCOUNT_CHECK_SECONDS = 2  # a disabled user's console is logged out well within 5 s
 EXIT_GRACE_SECONDS = 3  # a console told to leave is gone within this, whatever it was doing
 LOGGED_OUT = "Logged out."
@@ -59,6 +65,21 @@ SCREENS = {  # mode -> (module, class); imported when first shown
     "users": ("users", "UsersScreen"),
     "audit": ("audit", "AuditScreen"),
     "logs": ("logs", "LogsScreen"),
+    "discovered": ("discovered", "DiscoveredScreen"),
+    "jobs": ("jobs", "JobsScreen"),
+}
+SCREEN_TITLES = {  # scope -> title, for the palette's "Machines: Add"
+    "dashboard": "Dashboard",
+    "machines": "Machines",
+    "images": "Images",
+    "sessions": "Boots",
+    "targets": "Targets",
+    "users": "Users",
+    "audit": "Audit",
+    "logs": "Logs",
+    "discovered": "Discovered",
+    "jobs": "Jobs",
+    "details": "Machine",
 }
 
 
@@ -97,34 +118,59 @@ class GgnetPalette(CommandPalette):
 
 
 class CommandTable(Provider):
-    """ctrl+p: every command of this screen and of the console, from the same table as the keys."""
+    """ctrl+p: every command of every screen, from the same table as the keys. A command of
+    another screen switches to that screen first; the table commands (filter, sort, columns) and
+    those of a machine's details act on the screen shown."""
 
-    def _commands(self) -> Iterable[Command]:
+    def _commands(self) -> Iterable[tuple[Command, str | None]]:
+        """Each command the user may run, with the mode to switch to first (None: here)."""
         app = self.app
         screen = self.screen
-        scope = getattr(screen, "SCOPE", "")
-        scopes = ["app", scope] + (["table"] if isinstance(screen, TableScreen) else [])
+        here = getattr(screen, "SCOPE", "")
         actor = getattr(app, "actor", None)
+        if actor is None:
+            return
+        scopes = ["app", *SCREENS, "table", "details"]
         for command in commands_for(*scopes):
-            if command.id == "app.palette" or actor is None:
+            if command.id == "app.palette":
                 continue
             if command.permission is not None and not actor.can(command.permission):
                 continue
-            yield command
+            if command.scope == "table" and not isinstance(screen, TableScreen):
+                continue
+            if command.scope == "details" and here != "details":
+                continue
+            mode = command.scope if command.scope in SCREENS and command.scope != here else None
+            yield command, mode
 
-    def _runner(self, command: Command) -> Callable[[], None]:
-        return partial(self.app.call_later, self.app.run_action, command.action)
+    def _runner(self, command: Command, mode: str | None) -> Callable[[], Any]:
+        app = self.app
+
+        async def run() -> None:
+            if mode is not None:
+                await app.action_go(mode)  # type: ignore[attr-defined]
+                if getattr(app.screen, "SCOPE", "") != mode:  # not allowed there
+                    return
+            await app.run_action(command.action)
+
+        return partial(app.call_later, run)
+
+    @staticmethod
+    def _label(command: Command) -> str:
+        title = SCREEN_TITLES.get(command.scope)
+        return f"{title}: {command.label}" if title else command.label
 
     async def discover(self) -> Hits:
-        for command in self._commands():
-            yield DiscoveryHit(command.label, self._runner(command), help=command.help)
+        for command, mode in self._commands():
+            yield DiscoveryHit(self._label(command), self._runner(command, mode), help=command.help)
 
     async def search(self, query: str) -> Hits:
         matcher = self.matcher(query)
-        for command in self._commands():
-            score = matcher.match(f"{command.label} {command.help}")
+        for command, mode in self._commands():
+            label = self._label(command)
+            score = matcher.match(f"{label} {command.help}")
             if score > 0:
-                yield Hit(score, matcher.highlight(command.label), self._runner(command), help=command.help)
+                yield Hit(score, matcher.highlight(label), self._runner(command, mode), help=command.help)
 
 
 class GgnetApp(IncidentOnCrash):
@@ -177,6 +223,11 @@ class GgnetApp(IncidentOnCrash):
         self.embedded: Any = None
         self.engine_text = "not checked yet"
         self._linux_console = (term if term is not None else os.environ.get("TERM", "")) == "linux"
+        self.prefs = Prefs()
+        self.jobs = Jobs()
+        self.site_checks: list[Any] = []  # the doctor's findings (core.doctor.Check), refreshed each minute
+        self.check_site: Callable[[], Any] = self._site_checks  # replaced in snapshot tests: hosts differ
+        self.acknowledged: set[str] = set()  # dashboard alerts the operator has seen (until they change)
         for mode in SCREENS:
             self.add_mode(mode, partial(_make_screen, mode))
 
@@ -218,6 +269,7 @@ class GgnetApp(IncidentOnCrash):
         if not anyone:
             await self.switch_mode("first_run")
         self.opened.set()
+        settle_heap()
 
     def _start_embedded_engine(self) -> None:
         from .embedded import EmbeddedEngine
@@ -274,10 +326,13 @@ class GgnetApp(IncidentOnCrash):
             self.set_interval(ACCOUNT_CHECK_SECONDS, self._check_account),
             self.set_interval(1, self._check_idle),
             self.set_interval(HEALTH_EVERY_SECONDS, self._check_health),
+            self.set_interval(SITE_CHECK_EVERY_SECONDS, self._refresh_site_checks),
         ]
         self.run_worker(self._check_health(), group="health")
+        self.run_worker(self._refresh_site_checks(), group="site")
         self.run_worker(self._monitor_loop(), group="monitor", exclusive=True)
         await self.switch_mode("dashboard")
+        settle_heap()
         self.notify(f"Logged in as {self.actor.username} ({self.actor.role.value}). Press ? for keys.", timeout=3)
 
     async def log_out(self, reason: str) -> None:
@@ -287,6 +342,8 @@ class GgnetApp(IncidentOnCrash):
         from core.services import users
 
         actor, self.actor = self.actor, None
+        self.jobs.cancel_all()  # the next user did not start them; core removes what they made
+        self.acknowledged.clear()
         for timer in self._session_timers:
             timer.stop()
         self._session_timers = []
@@ -365,8 +422,20 @@ class GgnetApp(IncidentOnCrash):
             self.pop_screen()
 
     def action_logout(self) -> None:
-        if self.actor is not None:
+        if self.actor is None:
+            return
+        running = len(self.jobs.running)
+        if not running:
             self.end_session(LOGGED_OUT)
+            return
+
+        def answer(yes: bool | None) -> None:
+            if yes:
+                self.end_session(LOGGED_OUT)
+
+        self.push_screen(
+            ConfirmScreen(f"{running} job(s) still running: logging out cancels them. Log out?", yes="Log out"), answer
+        )
 
     # --- background work ------------------------------------------------------
 
@@ -374,7 +443,7 @@ class GgnetApp(IncidentOnCrash):
         """Liveness probes, one round at a time; screens read ``monitor.statuses``, never wait."""
         while self.actor is not None:
             try:
-                await self.monitor.poll()
+                await self.monitor.poll(self.actor)
             except Exception as exc:
                 get_logger().warning("liveness poll failed", reason=str(exc))
             await asyncio.sleep(self.refresh_seconds)
@@ -404,6 +473,29 @@ class GgnetApp(IncidentOnCrash):
             self.backend_detail = engine.backend_detail or engine.last_error or ""
         self.refresh_header()
 
+    async def _site_checks(self) -> list[Any]:
+        """What ``ggnet doctor`` would say about this site, less what only the engine may probe."""
+        from core import doctor
+        from core.services import boots, machines
+
+        actor = self.actor
+        modes = await machines.boot_modes_in_use(self.core, actor)
+        engine = await boots.engine_status(self.core, actor)
+        return await doctor.console_checks(
+            self.core.settings, modes, engine.running, engine.backend, engine.backend_detail or engine.last_error
+        )
+
+    async def _refresh_site_checks(self) -> None:
+        if self.actor is None:
+            return
+        try:
+            self.site_checks = list(await self.check_site())
+        except Exception as exc:  # the dashboard says the checks could not run, not a traceback
+            from core.doctor import Check
+
+            reason = getattr(exc, "message", None) or self.incident(exc)
+            self.site_checks = [Check("checks", "warn", f"the site checks could not run: {reason}")]
+
     def refresh_header(self) -> None:
         for header in self.screen.query(StatusHeader):
             header.refresh()
@@ -423,13 +515,13 @@ class GgnetApp(IncidentOnCrash):
             if self.actor is None or self.locked:
                 return False
             if action == "go" and parameters and parameters[0] == "users":
-                return self.actor.can("manage_users")
+                return self.actor.can(Permission.MANAGE_USERS)
         return True
 
     async def action_go(self, mode: str) -> None:
         if self.actor is None or self.locked:
             return
-        if mode == "users" and not self.actor.can("manage_users"):
+        if mode == "users" and not self.actor.can(Permission.MANAGE_USERS):
             self.notify("Users is for admins.", severity="warning")
             return
         await self.switch_mode(mode)
@@ -454,9 +546,25 @@ class GgnetApp(IncidentOnCrash):
                 if yes:
                     self.exit(0)
 
-            self.push_screen(ConfirmScreen(f"{self.busy} task(s) still running. Quit anyway?", yes="Quit"), answer)
+            jobs = len(self.jobs.running)
+            question = (
+                f"{jobs} job(s) still running (Jobs, 0): quitting cancels them. Quit anyway?"
+                if jobs
+                else f"{self.busy} change(s) still running. Quit anyway?"
+            )
+            self.push_screen(ConfirmScreen(question, yes="Quit"), answer)
             return
         self.exit(0)
+
+
+def settle_heap() -> None:
+    """Move what the console has built so far (modules, Textual's widgets and styles, SQLAlchemy's
+    mappers: hundreds of thousands of objects that live as long as the process) out of the
+    garbage collector's reach. Without it each full collection walks them all, a pause of
+    100-300 ms that lands in whatever runs then (measured: one in every opened details view
+    with its 1,000 boots). Called once the database is open and once after login."""
+    gc.collect()
+    gc.freeze()
 
 
 def arm_exit_watchdog(seconds: float, code: int) -> None:

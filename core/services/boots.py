@@ -21,7 +21,7 @@ from sqlalchemy import func, select
 
 from ..auth import Actor, Permission
 from ..context import Core
-from ..errors import Conflict, Invalid, NotFound
+from ..errors import Conflict, Fix, Invalid, NotFound
 from ..models import (
     CURRENT_BOOT_STATES,
     Boot,
@@ -42,7 +42,7 @@ from ..models import (
 from ..models import Writeback as WritebackRow
 from ..validation import normalize_mac
 from .base import Operation, operation, reading, snapshot
-from .views import View
+from .views import MachineView, View
 
 _CURRENT = [s.value for s in CURRENT_BOOT_STATES]
 WAIT_SECONDS = 60.0
@@ -101,19 +101,57 @@ class EngineView(View):
 
 @dataclass(frozen=True)
 class BootResult:
+    """What a bulk action did to one machine: ``reason`` is a phrase without the machine's name
+    ("has no image"), so that a summary can group machines by it; ``fix`` resolves a refusal."""
+
     machine: str
     ok: bool
-    message: str
+    reason: str
+    fix: Fix | None = None
+
+    @property
+    def message(self) -> str:
+        return f"{self.machine}: {self.reason}"
 
 
 # --- reading ----------------------------------------------------------------------------------
 
 
+_BOOT_COLUMNS = (
+    Boot.id,
+    Boot.machine_name.label("machine"),
+    Boot.mac,
+    Boot.origin,
+    Boot.state,
+    Boot.policy,
+    Boot.requested_at,
+    Boot.requested_by,
+    Boot.client_address,
+    Boot.prepared_at,
+    Boot.prepare_ms,
+    Boot.login_at,
+    Boot.login_address,
+    Boot.logout_at,
+    Boot.ended_at,
+    Boot.end_reason,
+    Boot.error,
+    Boot.target_iqn,
+)
+
+
 def _boot_query() -> Any:
+    # plain columns rather than ORM objects, and views built without re-validating what the
+    # database holds: a history of 1,000 boots reads in a few milliseconds
     game_version = ImageVersion.__table__.alias("game_version")
     game_image = Image.__table__.alias("game_image")
     return (
-        select(Boot, Image.name, ImageVersion.number, game_image.c.name, game_version.c.number)
+        select(
+            *_BOOT_COLUMNS,
+            Image.name.label("image"),
+            ImageVersion.number.label("image_version"),
+            game_image.c.name.label("game_image"),
+            game_version.c.number.label("game_version"),
+        )
         .outerjoin(ImageVersion, ImageVersion.id == Boot.image_version_id)
         .outerjoin(Image, Image.id == ImageVersion.image_id)
         .outerjoin(game_version, game_version.c.id == Boot.game_version_id)
@@ -122,32 +160,10 @@ def _boot_query() -> Any:
 
 
 def _boot_view(row: Any, logged_in: bool | None = None) -> BootView:
-    boot, image, number, game_image, game_number = row
-    return BootView(
-        id=boot.id,
-        machine=boot.machine_name,
-        mac=boot.mac,
-        origin=boot.origin,
-        state=boot.state,
-        policy=boot.policy,
-        image=image,
-        image_version=number,
-        game_image=game_image,
-        game_version=game_number,
-        requested_at=boot.requested_at,
-        requested_by=boot.requested_by,
-        client_address=boot.client_address,
-        prepared_at=boot.prepared_at,
-        prepare_ms=boot.prepare_ms,
-        login_at=boot.login_at,
-        login_address=boot.login_address,
-        logout_at=boot.logout_at,
-        ended_at=boot.ended_at,
-        end_reason=boot.end_reason,
-        error=boot.error,
-        target_iqn=boot.target_iqn,
-        logged_in=logged_in,
-    )
+    """From a row of _boot_query (the database's own values: no validation needed)."""
+    values = dict(row._mapping)
+    values.pop("logged_in", None)
+    return BootView.model_construct(**values, logged_in=logged_in)
 
 
 async def current_boots(core: Core, actor: Actor) -> list[BootView]:
@@ -162,7 +178,7 @@ async def current_boots(core: Core, actor: Actor) -> list[BootView]:
                 .order_by(Boot.machine_name, Boot.id)
             )
         ).all()
-    return [_boot_view(tuple(r)[:5], bool(r[5]) if r[5] is not None else None) for r in rows]
+    return [_boot_view(r, bool(r.logged_in) if r.logged_in is not None else None) for r in rows]
 
 
 async def boot_history(core: Core, actor: Actor, machine: str | None = None, limit: int = 50) -> list[BootView]:
@@ -177,7 +193,43 @@ async def boot_history(core: Core, actor: Actor, machine: str | None = None, lim
             row = await get_row(session, machine)
             query = query.where(Boot.machine_id == row.id)
         rows = (await session.execute(query)).all()
-    return [_boot_view(tuple(r)) for r in rows]
+    return [_boot_view(r) for r in rows]
+
+
+class MachineDetails(View):
+    """A machine with its boot history (newest first): what its details view shows."""
+
+    machine: MachineView
+    boots: list[BootView]
+    boots_total: int  # in the history; ``boots`` holds the newest ``limit`` of them
+
+
+async def machine_details(core: Core, actor: Actor, name: str, limit: int = 1000) -> MachineDetails:
+    """One read: the machine as the engine last saw it and its latest boots."""
+    from .machines import machine_view
+
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 10_000:
+        raise Invalid("limit", "must be a whole number from 1 to 10000")
+    async with reading(core, actor) as session:
+        machine = await machine_view(session, actor, name)
+        rows = (
+            await session.execute(
+                _boot_query().where(Boot.machine_id == machine.id).order_by(Boot.id.desc()).limit(limit)
+            )
+        ).all()
+        total = len(rows)
+        if total == limit:
+            count = select(func.count()).select_from(Boot).where(Boot.machine_id == machine.id)
+            total = int((await session.execute(count)).scalar_one())
+    return MachineDetails.model_construct(machine=machine, boots=[_boot_view(r) for r in rows], boots_total=total)
+
+
+def numbered_names(prefix: str, first: int, count: int) -> list[str]:
+    """Names for PCs adopted together: pc07, pc08 ... (at least two digits, as many as the last needs)."""
+    if isinstance(first, bool) or not isinstance(first, int) or first < 0:
+        raise Invalid("first", "must be a whole number, 0 or more")
+    width = max(2, len(str(first + count - 1)))
+    return [f"{prefix}{number:0{width}d}" for number in range(first, first + count)]
 
 
 async def discovered(core: Core, actor: Actor) -> list[DiscoveredView]:
@@ -291,19 +343,19 @@ async def prepare(
         for machine in machines:
             if policy is not None and machine.writeback_policy != policy:
                 if machine.writeback_policy == WritebackPolicy.MAINTENANCE.value:
-                    results.append(BootResult(machine.name, False, f"{machine.name}: is in maintenance"))
+                    results.append(BootResult(machine.name, False, "is in maintenance"))
                     continue
                 machine.writeback_policy = policy
                 op.stamp(machine)
             if not machine.boot_enabled:
-                results.append(BootResult(machine.name, False, f"{machine.name}: is disabled (--enable first)"))
+                results.append(BootResult(machine.name, False, "is disabled", Fix("machine.enable", machine.name)))
                 continue
             if machine.image_id is None:
-                results.append(BootResult(machine.name, False, f"{machine.name}: has no image"))
+                results.append(BootResult(machine.name, False, "has no image", Fix("machine.assign", machine.name)))
                 continue
             current = await _current(op, machine.id)
             if current is not None:
-                results.append(BootResult(machine.name, True, f"{machine.name}: already {current.state}"))
+                results.append(BootResult(machine.name, True, f"already {current.state}"))
                 boot_ids.append(current.id)
                 continue
             boot = Boot(
@@ -321,7 +373,7 @@ async def prepare(
             op.session.add(boot)
             await op.flush(conflict=f"{machine.name} was booted meanwhile; look again")
             boot_ids.append(boot.id)
-            results.append(BootResult(machine.name, True, f"{machine.name}: prepare requested"))
+            results.append(BootResult(machine.name, True, "prepare requested"))
         op.audit(
             "boot",
             None,
@@ -361,7 +413,7 @@ async def take_offline(
         for machine in machines:
             boot = await _current(op, machine.id)
             if boot is None:
-                results.append(BootResult(machine.name, False, f"{machine.name}: is not booted"))
+                results.append(BootResult(machine.name, False, "is not booted"))
                 continue
             observation = await op.session.get(MachineObservation, machine.id)
             if observation is not None and observation.logged_in and not force:
@@ -371,13 +423,13 @@ async def take_offline(
                     BootResult(
                         machine.name,
                         False,
-                        f"{machine.name}: its client is still logged in (from {where}); stopping now cuts its "
-                        "disk off: use --force if you mean it",
+                        f"its client is still logged in (from {where}); stopping now cuts its disk off",
+                        Fix("force", machine.name),
                     )
                 )
                 continue
             boot.state, boot.end_reason, boot.ended_by = BootState.ENDING.value, "offline", actor.username
-            results.append(BootResult(machine.name, True, f"{machine.name}: taken offline"))
+            results.append(BootResult(machine.name, True, "taken offline"))
         op.audit(
             "boot",
             None,
@@ -399,18 +451,18 @@ async def reset_writeback(core: Core, actor: Actor, names: list[str], *, force: 
         for machine in await _machines(op, names, False):
             if machine.writeback_policy == WritebackPolicy.MAINTENANCE.value:
                 results.append(
-                    BootResult(machine.name, False, f"{machine.name}: is in maintenance (ggnet maintenance discard)")
+                    BootResult(machine.name, False, "is in maintenance", Fix("maintenance.discard", machine.name))
                 )
                 continue
             boot = await _current(op, machine.id)
             observation = await op.session.get(MachineObservation, machine.id)
             if boot is not None and observation is not None and observation.logged_in and not force:
-                results.append(BootResult(machine.name, False, f"{machine.name}: its client is logged in; use --force"))
+                results.append(BootResult(machine.name, False, "its client is logged in", Fix("force", machine.name)))
                 continue
             if boot is not None:
                 boot.state, boot.end_reason, boot.ended_by = BootState.ENDING.value, "reset", actor.username
             dropped = await _drop_retained(op, machine.id)
-            results.append(BootResult(machine.name, True, f"{machine.name}: writeback reset ({dropped} dropped)"))
+            results.append(BootResult(machine.name, True, f"writeback reset ({dropped} dropped)"))
         op.audit("writeback", None, ", ".join(r.machine for r in results), detail="; ".join(r.message for r in results))
         op.intent_changed()
     return results
@@ -538,7 +590,7 @@ async def maintenance_discard(core: Core, actor: Actor, name: str, *, force: boo
             raise Invalid("machine", f"'{machine.name}' is not in maintenance")
         observation = await op.session.get(MachineObservation, machine.id)
         if observation is not None and observation.logged_in and not force:
-            raise Conflict(f"the client of '{machine.name}' is still logged in; use --force to cut it off")
+            raise Conflict(f"the client of '{machine.name}' is still logged in", Fix("force", machine.name))
         before = snapshot(machine)
         boot = await _current(op, machine.id)
         if boot is not None:

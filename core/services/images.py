@@ -28,7 +28,7 @@ from ..auth import Actor, Permission
 from ..boot.ipxe import check_efi_loader
 from ..config import Settings
 from ..context import Core
-from ..errors import Conflict, Invalid, NotFound
+from ..errors import Conflict, Fix, Invalid, NotFound
 from ..log import get_logger
 from ..models import CURRENT_BOOT_STATES, Boot, Image, ImageKind, ImageVersion, Machine, utcnow
 from ..storage import IMAGES_DIR, qemu_img, temps
@@ -312,7 +312,8 @@ async def precheck_import(
             await _image_row(op.session, data.new_version_of)
         elif (await op.session.execute(select(Image.id).where(Image.name == data.name))).first() is not None:
             raise Conflict(
-                f"an image named '{data.name}' already exists; use --new-version-of {data.name} to add a version"
+                f"an image named '{data.name}' already exists; import the file as its next version instead",
+                Fix("image.new_version", image=data.name),
             )
     return data
 
@@ -328,9 +329,14 @@ async def import_image(
     notes: str = "",
     activate: bool = True,
     cancel: asyncio.Event | None = None,
+    stage: Callable[[str], Any] | None = None,
 ) -> ImageVersionView:
     """Import a disk file as a new image (version 1, active) or as the next version of
-    ``new_version_of`` (active unless ``activate`` is False). Returns the new version."""
+    ``new_version_of`` (active unless ``activate`` is False). Returns the new version.
+
+    ``progress`` gets the conversion's percentage; ``stage`` the name of each step as it begins:
+    "converting", "checksum" (after 100 %: the last part hashed and everything flushed to disk,
+    without a percentage), "recording"."""
     data = await precheck_import(
         core, actor, name=name, kind=kind, new_version_of=new_version_of, notes=notes, activate=activate
     )
@@ -348,8 +354,18 @@ async def import_image(
             virtual_size=probed.info.virtual_size,
             data=probed.data_size,
         )
+        announce = stage or (lambda _name: None)
+
+        def converted(percent: float) -> None:
+            if progress is not None:
+                progress(percent)
+            if percent >= 100:  # all data converted: hashing its last part and the flush remain
+                announce("checksum")
+
         try:
-            digest = await qemu_img.convert_to_raw(probed, dest, progress, cancel)
+            announce("converting")
+            digest = await qemu_img.convert_to_raw(probed, dest, converted, cancel)
+            announce("recording")
             if probed.changed():
                 raise Conflict(f"{probed.source.shown_as} changed while it was being imported; nothing was imported")
             return await _record_version(
@@ -568,21 +584,23 @@ async def remove_image(core: Core, actor: Actor, name: str, version: int | None 
             raise Conflict(
                 f"image '{image.name}'"
                 + (f" version {version}" if version else "")
-                + f" is in use by the current boots of {_names(in_use)}; take them offline first (ggnet session stop)"
+                + f" is in use by the current boots of {_names(in_use)}; take them offline first",
+                Fix("session.stop", in_use[0] if len(in_use) == 1 else None),
             )
         pinned = sorted({m for names in (await _pinned_by(op.session, ids)).values() for m in names})
         if pinned:
             raise Conflict(
                 f"image '{image.name}'"
                 + (f" version {version}" if version else "")
-                + f" is pinned by {_names(pinned)}; unpin first (ggnet machine set NAME --unpin, or --game-unpin)"
+                + f" is pinned by {_names(pinned)}; unpin first",
+                Fix("machine.unpin", pinned[0] if len(pinned) == 1 else None),
             )
         if version is None:
             assigned = (await _assigned_to(op.session, [image.id])).get(image.id, [])
             if assigned:
                 raise Conflict(
-                    f"image '{image.name}' is assigned to {_names(assigned)}; assign them another "
-                    "image first (ggnet machine set NAME --image OTHER or --no-image)"
+                    f"image '{image.name}' is assigned to {_names(assigned)}; assign them another image (or none) first",
+                    Fix("machine.assign", assigned[0] if len(assigned) == 1 else None),
                 )
             before = snapshot(image)
             before["versions"] = [v.number for v in versions]
@@ -595,12 +613,12 @@ async def remove_image(core: Core, actor: Actor, name: str, version: int | None 
                 if others:
                     raise Conflict(
                         f"version {version} is the active version of image '{image.name}'; activate "
-                        f"another one first (version {' or '.join(others)}), e.g. "
-                        f"ggnet image activate {image.name} {others[-1]}"
+                        f"another one first (version {' or '.join(others)})",
+                        Fix("image.activate", image=image.name, version=int(others[-1])),
                     )
                 raise Conflict(
-                    f"version {version} is the only version of image '{image.name}'; "
-                    f"remove the whole image instead (ggnet image rm {image.name})"
+                    f"version {version} is the only version of image '{image.name}'; remove the whole image instead",
+                    Fix("image.delete", image=image.name),
                 )
             before = snapshot(target)
             await op.session.delete(target)

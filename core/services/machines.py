@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from ..auth import Actor, Permission
 from ..context import Core
-from ..errors import Conflict, Invalid, NotFound
+from ..errors import Conflict, Fix, Invalid, NotFound
 from ..models import (
     CURRENT_BOOT_STATES,
     Boot,
@@ -45,7 +45,7 @@ from ..validation import (
     shown,
 )
 from .base import Operation, check_version, may, operation, reading, snapshot
-from .views import MachineView
+from .views import MachineView, View
 
 CSV_MAX_ROWS = 10_000
 CSV_MAX_BYTES = 4 << 20  # 10,000 rows of name,mac,ip,boot_mode,game_image take about 1 MiB
@@ -67,6 +67,8 @@ class MachineInput(StrictInput):
     ip: IPv4Host | None = None
     boot_mode: BootModeInput = BootMode.BIOS
     initiator_iqn: Iqn | None = None
+    boot_enabled: bool = True
+    writeback_policy: WritebackPolicy = WritebackPolicy.FRESH
     notes: Notes = ""
 
 
@@ -139,6 +141,9 @@ def _machine_query() -> Select[*tuple[Any, ...]]:
             MachineObservation.client_address,
             MachineObservation.last_seen_at,
             MachineObservation.writeback_bytes,
+            MachineObservation.read_bytes,
+            MachineObservation.written_bytes,
+            MachineObservation.observed_at,
             current.c.chap_secret,
         )
         .outerjoin(Image, Image.id == Machine.image_id)
@@ -177,6 +182,9 @@ def _view(row: Any, secrets_ok: bool) -> MachineView:
         client_address=row.client_address,
         last_seen_at=row.last_seen_at,
         writeback_bytes=row.writeback_bytes,
+        read_bytes=row.read_bytes,
+        written_bytes=row.written_bytes,
+        observed_at=row.observed_at,
         notes=row.notes,
         updated_at=row.updated_at,
         updated_by=row.updated_by,
@@ -219,8 +227,8 @@ def _new_values(op: Operation, data: MachineInput, iqn_base: str) -> dict[str, A
         "boot_mode": data.boot_mode.value,
         "initiator_iqn": data.initiator_iqn or default_initiator_iqn(iqn_base, data.name),
         "chap_username": data.name,
-        "boot_enabled": True,
-        "writeback_policy": WritebackPolicy.FRESH.value,
+        "boot_enabled": data.boot_enabled,
+        "writeback_policy": data.writeback_policy.value,
         "notes": data.notes,
         "created_at": now,
         "updated_at": now,
@@ -233,8 +241,15 @@ def _new_machine(op: Operation, data: MachineInput, iqn_base: str) -> Machine:
     return Machine(**_new_values(op, data, iqn_base))
 
 
-async def add_machine(core: Core, actor: Actor, **fields: Any) -> MachineView:
+async def add_machine(
+    core: Core, actor: Actor, *, image: str | None = None, game_image: str | None = None, **fields: Any
+) -> MachineView:
+    """Register a machine, with its images if given: one change, all or nothing."""
+    from .images import UNCHANGED, assign
+
     data = parse(MachineInput, fields)
+    if data.writeback_policy == WritebackPolicy.MAINTENANCE:
+        raise Invalid("writeback_policy", "maintenance is started with maintenance start, one machine per image")
     async with operation(core, actor, Permission.MANAGE_MACHINES, "machine.create") as op:
         machine = _new_machine(op, data, core.settings.iqn_base)
         clashes = await _clashes(
@@ -244,6 +259,10 @@ async def add_machine(core: Core, actor: Actor, **fields: Any) -> MachineView:
             raise Conflict("; ".join(f"{k}: {v}" for k, v in clashes.items()))
         op.session.add(machine)
         await op.flush(conflict=f"machine '{data.name}' or its MAC, IP or IQN was just added by another console")
+        if image or game_image:
+            await assign(
+                op, machine, image=image if image else UNCHANGED, game_image=game_image if game_image else UNCHANGED
+            )
         op.audit("machine", machine.id, machine.name, None, snapshot(machine))
         op.intent_changed()
         await _forget_discovered(op, [machine.mac])
@@ -289,17 +308,17 @@ async def update_machine(
             given["writeback_policy"] = WritebackPolicy.KEEP if given["keep_writeback"] else WritebackPolicy.FRESH
         given.pop("keep_writeback", None)
         if given.get("writeback_policy") == WritebackPolicy.MAINTENANCE:
-            raise Invalid("writeback_policy", "maintenance is started with 'ggnet maintenance start' (one per image)")
+            raise Invalid("writeback_policy", "maintenance is started with maintenance start, one machine per image")
         if machine.writeback_policy == WritebackPolicy.MAINTENANCE.value and given.get("writeback_policy") is not None:
             raise Conflict(
-                f"machine '{machine.name}' is in maintenance: apply or discard its writeback first "
-                f"(ggnet maintenance apply|discard {machine.name})"
+                f"machine '{machine.name}' is in maintenance: apply or discard its writeback first",
+                Fix("maintenance.finish", machine.name),
             )
         if "name" in given and given["name"] != machine.name:
             if await _has_live_session(op.session, machine.id):
                 raise Conflict(
-                    f"machine '{machine.name}' is booted or being prepared; take it offline before renaming "
-                    f"(ggnet session stop {machine.name})"
+                    f"machine '{machine.name}' is booted or being prepared; take it offline before renaming",
+                    Fix("session.stop", machine.name),
                 )
             if machine.initiator_iqn == default_initiator_iqn(core.settings.iqn_base, machine.name):
                 given.setdefault("initiator_iqn", default_initiator_iqn(core.settings.iqn_base, given["name"]))
@@ -365,8 +384,8 @@ async def remove_machine(core: Core, actor: Actor, name: str) -> None:
         machine = await get_row(op.session, name)
         if await _has_live_session(op.session, machine.id):
             raise Conflict(
-                f"machine '{machine.name}' is booted or being prepared; take it offline first "
-                f"(ggnet session stop {machine.name})"
+                f"machine '{machine.name}' is booted or being prepared; take it offline first",
+                Fix("session.stop", machine.name),
             )
         before = snapshot(machine)
         await op.session.delete(machine)
@@ -395,11 +414,48 @@ async def remove_machines(core: Core, actor: Actor, names: list[str]) -> list[st
 
 async def get_machine(core: Core, actor: Actor, name: str) -> MachineView:
     async with reading(core, actor) as session:
-        key = lookup_key(name)
-        row = None if key is None else (await session.execute(_machine_query().where(Machine.name == key))).first()
-        if row is None:
-            raise NotFound(f"no machine named '{shown(key if key is not None else name)}'")
-        return _view(row, await may(session, actor, Permission.READ_SECRETS))
+        return await machine_view(session, actor, name)
+
+
+async def machine_view(session: AsyncSession, actor: Actor, name: str) -> MachineView:
+    """A machine's view inside the caller's reading session."""
+    key = lookup_key(name)
+    row = None if key is None else (await session.execute(_machine_query().where(Machine.name == key))).first()
+    if row is None:
+        raise NotFound(f"no machine named '{shown(key if key is not None else name)}'")
+    return _view(row, await may(session, actor, Permission.READ_SECRETS))
+
+
+class LivenessRow(View):
+    """What the liveness monitor needs of a machine: where to probe it, and what the engine saw."""
+
+    name: str
+    ip: str | None
+    mac: str
+    boot_state: str | None  # its current boot's state, None when it has none
+    logged_in: bool | None  # None when the engine has not observed it yet
+    client_address: str | None
+
+
+async def liveness(core: Core, actor: Actor) -> list[LivenessRow]:
+    current = [s.value for s in CURRENT_BOOT_STATES]
+    async with reading(core, actor) as session:
+        query = (
+            select(
+                Machine.name,
+                Machine.ip,
+                Machine.mac,
+                Boot.state,
+                MachineObservation.logged_in,
+                MachineObservation.client_address,
+            )
+            .outerjoin(Boot, (Boot.machine_id == Machine.id) & Boot.state.in_(current))
+            .outerjoin(MachineObservation, MachineObservation.machine_id == Machine.id)
+        )
+        return [
+            LivenessRow(name=n, ip=ip, mac=mac, boot_state=state, logged_in=logged_in, client_address=address)
+            for n, ip, mac, state, logged_in, address in (await session.execute(query)).all()
+        ]
 
 
 async def list_machines(core: Core, actor: Actor) -> list[MachineView]:
@@ -465,6 +521,12 @@ async def page_machines(
         query = _machine_query().where(*conditions).order_by(Machine.name).limit(limit).offset(offset)
         rows = (await session.execute(query)).all()
         return [_view(r, secrets_ok) for r in rows], total
+
+
+async def boot_modes_in_use(core: Core, actor: Actor) -> set[str]:
+    """The boot modes of the registered machines (which iPXE binaries the site needs)."""
+    async with reading(core, actor) as session:
+        return set((await session.scalars(select(Machine.boot_mode).distinct())).all())
 
 
 async def count_machines(core: Core, actor: Actor) -> int:

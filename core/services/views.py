@@ -49,6 +49,9 @@ class MachineView(View):
     client_address: str | None = None
     last_seen_at: datetime | None = None
     writeback_bytes: int | None = None
+    read_bytes: int | None = None  # through its target, as the engine last counted them
+    written_bytes: int | None = None
+    observed_at: datetime | None = None  # when the engine last recorded a change in the above
     notes: str
     updated_at: datetime
     updated_by: str | None

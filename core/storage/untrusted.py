@@ -46,6 +46,8 @@ from ..validation import shown
 
 # qemu's driver name -> the name operators know
 FORMATS = {"vpc": "vhd", "vhdx": "vhdx", "vmdk": "vmdk", "qcow2": "qcow2", "vdi": "vdi", "raw": "raw"}
+# the names disk image files of those formats usually end with (file pickers show these)
+DISK_IMAGE_SUFFIXES = frozenset({".vhd", ".vhdx", ".vmdk", ".qcow2", ".qcow", ".vdi", ".raw", ".img", ".bin"})
 # formats ggnet recognises only to name them in a refusal (qemu's probes know them too)
 _OTHER_MAGIC = (
     (b"QED\x00", "qed"),

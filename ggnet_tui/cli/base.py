@@ -22,7 +22,7 @@ from typing import Any
 
 import click
 
-from core.errors import AuthenticationFailed, GgnetError, Invalid
+from core.errors import AuthenticationFailed, Fix, GgnetError, Invalid
 
 NEW_PASSWORD_ENV = "GGNET_NEW_PASSWORD"
 
@@ -179,6 +179,29 @@ def fail(message: str) -> None:
     click.echo(f"error: {message}", err=True)
 
 
+def fix_command(fix: Fix) -> str:
+    """A core Fix as the command that does it."""
+    machine = fix.machine or "NAME"
+    return {
+        "session.stop": f"ggnet session stop {machine}",
+        "force": "use --force if you mean it",
+        "machine.enable": f"ggnet machine set {machine} --enable",
+        "machine.assign": f"ggnet machine set {machine} --image OTHER or --no-image",
+        "machine.unpin": f"ggnet machine set {machine} --unpin, or --game-unpin",
+        "maintenance.start": f"ggnet maintenance start {machine}",
+        "maintenance.finish": f"ggnet maintenance apply|discard {machine}",
+        "maintenance.discard": f"ggnet maintenance discard {machine}",
+        "image.new_version": f"--new-version-of {fix.image}",
+        "image.activate": f"ggnet image activate {fix.image} {fix.version}",
+        "image.delete": f"ggnet image rm {fix.image}",
+    }[fix.action]
+
+
+def with_fix(message: str, fix: Fix | None) -> str:
+    """Core's sentence with the command that resolves it, if any."""
+    return f"{message} ({fix_command(fix)})" if fix is not None else message
+
+
 def explain(exc: BaseException, state: State | None = None) -> str | None:
     """A sentence for a condition of the operating system, the database or the encoding of some
     input that reached the command line; None for a real bug."""
@@ -234,7 +257,7 @@ def run(func: Callable[..., Awaitable[int | None]]) -> Callable[..., None]:
                     fail(f"{exc.source} line {line}: {reason}")
                 fail("nothing was imported")
             else:
-                fail(exc.message)
+                fail(with_fix(exc.message, exc.fix))
             sys.exit(1)
         except click.ClickException:  # usage errors raised inside a command: click prints them, exit 2
             raise

@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from .base import State, emit_json, fail, json_option, run, table
+from .base import State, emit_json, fail, json_option, run, table, with_fix
 
 wait_option = click.option(
     "--wait/--no-wait",
@@ -61,7 +61,7 @@ async def session_start(
     )
     failed = [r for r in results if not r.ok]
     for result in failed:
-        fail(result.message)
+        fail(with_fix(result.message, result.fix))
     if not wait or not boot_ids:
         for result in results:
             if result.ok:
@@ -112,7 +112,7 @@ async def session_stop(
         if result.ok:
             click.echo(result.message)
         else:
-            fail(result.message)
+            fail(with_fix(result.message, result.fix))
             code = 1
     if wait:
         await _converge(core)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
@@ -40,8 +41,12 @@ class GgnetScreen(Screen):
     def actor(self) -> Any:
         return self.app.actor  # type: ignore[attr-defined]
 
+    @property
+    def header_title(self) -> str:
+        return self.TITLE
+
     def compose(self) -> ComposeResult:
-        yield StatusHeader(self.TITLE)
+        yield StatusHeader(self.header_title)
         with Vertical(id="body"):
             yield from self.compose_body()
         # compact, without the palette's key (? lists it): at 80 columns every key that matters shows
@@ -100,7 +105,10 @@ class GgnetScreen(Screen):
                     self._again = False
                     self.action_refresh_now()
                 else:  # re-armed after each fetch, so fetches never overlap
-                    self._timer = self.set_timer(self.app.refresh_seconds, self.action_refresh_now)  # type: ignore[attr-defined]
+                    self._timer = self.set_timer(self.refresh_interval(), self.action_refresh_now)
+
+    def refresh_interval(self) -> float:
+        return float(self.app.refresh_seconds)  # type: ignore[attr-defined]
 
     @property
     def settled(self) -> bool:
@@ -118,9 +126,11 @@ class GgnetScreen(Screen):
 
 
 class TableScreen(GgnetScreen):
-    """A screen whose body is one keyed table with a `/` filter and a details line."""
+    """A screen whose body is one keyed table with a `/` filter, sorting by any column (o, O, a
+    click on a header) and a choice of columns (C), both remembered per screen (ggnet_tui.prefs)."""
 
     COLUMNS: list[Column] = []
+    KEEP: tuple[str, ...] = ()  # columns that cannot be hidden (default: the first, which names the row)
     BINDINGS = bindings("table")
     AUTO_FOCUS = "#table"
 
@@ -128,6 +138,22 @@ class TableScreen(GgnetScreen):
         super().__init__()
         self.filter_text = ""
         self.all_rows: list[tuple[str, Cells]] = []
+        self.sort_column: str | None = None
+        self.sort_reverse = False
+        self._sort_keys: dict[str, tuple[Cells, str, Any]] = {}  # row key -> (cells, column, sort key)
+
+    @property
+    def prefs(self) -> Any:
+        return self.app.prefs  # type: ignore[attr-defined]
+
+    def on_mount(self) -> None:
+        chosen = self.prefs.columns(self.SCOPE)
+        shown = set(chosen) if chosen is not None else {c.key for c in self.COLUMNS if c.default}
+        self.table.set_hidden({c.key for c in self.COLUMNS} - shown - set(self.kept))
+        column, reverse = self.prefs.sort(self.SCOPE)
+        if column in {c.key for c in self.COLUMNS}:
+            self.sort_column, self.sort_reverse = column, reverse
+            self.table.set_sort_mark(column, reverse)
 
     def compose_body(self) -> ComposeResult:
         with Horizontal(id="filterbar", classes="hidden"):
@@ -169,6 +195,8 @@ class TableScreen(GgnetScreen):
         shown = self.all_rows
         if matches is not None:
             shown = [(k, c) for k, c in self.all_rows if matches(c, self.search_extra(k, c))]
+        if self.sort_column is not None:
+            shown = self.sort_rows(shown, self.sort_column)
         self.table.sync(shown)
         self.query_one("#filter-count", Static).update(
             f"{len(shown)} of {len(self.all_rows)}" if matches is not None else ""
@@ -177,6 +205,76 @@ class TableScreen(GgnetScreen):
 
     def on_rows_shown(self) -> None:
         pass
+
+    # --- sorting and columns -----------------------------------------------------
+
+    def sort_value(self, key: str, column: str, cells: Cells) -> Any:
+        """What a row sorts by in ``column``: its text in natural order (pc2 before pc10); a
+        screen returns numbers where the text would mislead (sizes in different units)."""
+        return natural_key(cells.get(column, ""))
+
+    def sort_rows(self, rows: list[tuple[str, Cells]], column: str) -> list[tuple[str, Cells]]:
+        cache = self._sort_keys
+        keyed = []
+        for key, cells in rows:
+            cached = cache.get(key)
+            if cached is not None and cached[0] is cells and cached[1] == column:
+                value = cached[2]  # unchanged row: its sort key is not computed again
+            else:
+                value = self.sort_value(key, column, cells)
+                cache[key] = (cells, column, value)
+            keyed.append((value, key, cells))
+        keyed.sort(key=lambda item: item[0], reverse=self.sort_reverse)
+        return [(key, cells) for _value, key, cells in keyed]
+
+    def set_sort(self, column: str | None, reverse: bool = False) -> None:
+        self.sort_column, self.sort_reverse = column, reverse
+        self.table.set_sort_mark(column, reverse)
+        self.prefs.set_sort(self.SCOPE, column, reverse)
+        self._apply_filter()
+
+    def action_sort_next(self) -> None:
+        """The next column to the right; after the last, back to the screen's own order."""
+        keys = [c.key for c in self.table.shown if c.label.strip()]
+        if self.sort_column not in keys:
+            self.set_sort(keys[0] if keys else None)
+        else:
+            following = keys.index(self.sort_column) + 1
+            self.set_sort(keys[following] if following < len(keys) else None)
+        self.notify(self._sort_said(), timeout=2)
+
+    def action_sort_reverse(self) -> None:
+        labelled = [c.key for c in self.table.shown if c.label.strip()]
+        column = self.sort_column or (labelled[0] if labelled else None)
+        self.set_sort(column, not self.sort_reverse if self.sort_column else True)
+        self.notify(self._sort_said(), timeout=2)
+
+    def _sort_said(self) -> str:
+        if self.sort_column is None:
+            return "Rows in their own order."
+        label = next(c.label for c in self.COLUMNS if c.key == self.sort_column)
+        return f"Sorted by {label.strip() or self.sort_column}, {'descending' if self.sort_reverse else 'ascending'}."
+
+    def on_keyed_table_header_clicked(self, event: KeyedTable.HeaderClicked) -> None:
+        if event.column == self.sort_column:
+            self.set_sort(event.column, not self.sort_reverse)
+        else:
+            self.set_sort(event.column)
+
+    @property
+    def kept(self) -> tuple[str, ...]:
+        return self.KEEP or (self.COLUMNS[0].key,)
+
+    def action_choose_columns(self) -> None:
+        from .modals import ColumnsScreen
+
+        def chosen(keys: list[str] | None) -> None:
+            if keys:
+                self.prefs.set_columns(self.SCOPE, keys)
+                self.table.set_hidden({c.key for c in self.COLUMNS} - set(keys) - set(self.kept))
+
+        visible = [c.key for c in self.COLUMNS if c.key not in self.table.hidden]
+        self.app.push_screen(ColumnsScreen(self.TITLE, self.COLUMNS, visible, self.kept), chosen)
 
     def action_filter(self) -> None:
         self.query_one("#filterbar").remove_class("hidden")
@@ -205,6 +303,16 @@ class TableScreen(GgnetScreen):
     @property
     def cursor_key(self) -> str | None:
         return self.table.cursor_key
+
+
+_DIGITS = re.compile(r"(\d+)")
+
+
+def natural_key(value: Any) -> tuple[Any, ...]:
+    """Text split into words and numbers, compared as such: pc2 < pc10, 10.0.0.9 < 10.0.0.21."""
+    text = value.plain if isinstance(value, Text) else str(value)
+    parts = _DIGITS.split(text.lower())
+    return tuple(int(part) if index % 2 else part for index, part in enumerate(parts))
 
 
 _MAC_LIKE = re.compile(r"[0-9a-f:.\-]+")

@@ -127,7 +127,9 @@ class FormScreen(ModalScreen[Any]):
             self.show_error(None, "; ".join(other) or None)
             return
         except GgnetError as exc:
-            self.show_error(None, exc.message)
+            from .common import explain
+
+            self.show_error(None, explain(self.app, exc))
             return
         except Exception as exc:
             self.show_error(None, self.app.incident(exc))  # type: ignore[attr-defined]
@@ -181,6 +183,51 @@ class ConfirmScreen(ModalScreen[bool]):
         self.dismiss(False)
 
 
+class ColumnsScreen(ModalScreen[list[str] | None]):
+    """Tick the columns a screen shows (space or Enter toggles, ctrl+s saves); the columns that
+    name a row always stay. Columns still give way when the terminal is too narrow."""
+
+    BINDINGS = [
+        Binding("escape", "cancel", "Cancel", id="dialog.cancel"),
+        Binding("ctrl+s", "save", "Save", id="dialog.save"),
+    ]
+    AUTO_FOCUS = "SelectionList"
+
+    def __init__(self, title: str, columns: list[Any], visible: list[str], kept: tuple[str, ...]) -> None:
+        super().__init__()
+        self.title_text = title
+        self.columns = [c for c in columns if c.key not in kept and c.label.strip()]
+        self.kept = kept
+        self.ticked = set(visible)
+
+    def compose(self) -> ComposeResult:
+        from textual.widgets import SelectionList
+
+        with Vertical(classes="dialog"):
+            yield Label(f"Columns of {self.title_text}", classes="dialog-title")
+            yield SelectionList[str](*[(c.label, c.key, c.key in self.ticked) for c in self.columns], id="columns")
+            yield Static("Space ticks or clears a column; ctrl+s saves.", classes="dim")
+            with Horizontal(classes="buttons"):
+                yield Button("Save", id="save", variant="primary", compact=True)
+                yield Button("Cancel", id="cancel", compact=True)
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        event.stop()
+        if event.button.id == "save":
+            self.action_save()
+        else:
+            self.dismiss(None)
+
+    def action_save(self) -> None:
+        from textual.widgets import SelectionList
+
+        chosen = set(self.query_one(SelectionList).selected)
+        self.dismiss([*self.kept, *(c.key for c in self.columns if c.key in chosen)])
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+
 class HelpScreen(ModalScreen[None]):
     BINDINGS = [Binding("escape,question_mark,q", "close", "Close", id="dialog.close")]
 
@@ -194,7 +241,7 @@ class HelpScreen(ModalScreen[None]):
         actor = self.app.actor  # type: ignore[attr-defined]
         lines = Text()
         scopes = [self.scope] + (["table"] if self.scope not in ("dashboard", "logs", "") else []) + ["app"]
-        for command in commands_for(*scopes):
+        for command in [c for scope in scopes for c in commands_for(scope)]:  # this screen's keys first
             if command.permission is not None and not (actor and actor.can(command.permission)):
                 continue
             lines.append(f"{key_of(command, keymap):>8}  ", style="bold")

@@ -8,23 +8,14 @@ from typing import Any
 
 from rich.text import Text
 
+from core.enums import BootState
 from core.errors import GgnetError
 
 from ..commands import bindings
 from ..widgets.table import Column
 from .base import TableScreen
-from .common import status, when
+from .common import explain, status, summarise, when
 from .modals import ConfirmScreen
-
-
-def summarise(results: list[Any]) -> str:
-    """One line for a bulk action: "3 done; 2 refused: pc05: ..., pc06: ..."."""
-    good = [r for r in results if r.ok]
-    bad = [r for r in results if not r.ok]
-    parts = [f"{len(good)} done"] if good else []
-    if bad:
-        parts.append(f"{len(bad)} refused: " + "; ".join(r.message for r in bad[:4]) + (" ..." if len(bad) > 4 else ""))
-    return "; ".join(parts) or "nothing to do"
 
 
 def stop_with_confirmation(screen: Any, names: list[str], done: Callable[[Any], None]) -> None:
@@ -40,7 +31,7 @@ def stop_with_confirmation(screen: Any, names: list[str], done: Callable[[Any], 
         try:
             current = await boots.current_boots(app.core, app.actor)
         except GgnetError as exc:
-            app.notify(exc.message, severity="error")
+            app.notify(explain(app, exc), severity="error")
             return
         logged_in = [b.machine for b in current if b.machine in names and b.logged_in]
         if not logged_in:
@@ -69,7 +60,7 @@ async def _guarded(app: Any, coro: Any) -> Any:
     try:
         return await coro
     except GgnetError as exc:
-        app.notify(exc.message, severity="error", timeout=8)
+        app.notify(explain(app, exc), severity="error", timeout=8)
     except Exception as exc:
         app.notify(app.incident(exc), severity="error", timeout=12)
     return None
@@ -130,7 +121,7 @@ class SessionsScreen(TableScreen):
             )
         self.set_rows(rows)
         self.sub_title = f"{len(rows)} {'boots in the history' if self.show_ended else 'current boots'}"
-        failed = [b for b in data if b.state in ("failed", "refused") and b.error]
+        failed = [b for b in data if b.state in (BootState.FAILED.value, BootState.REFUSED.value) and b.error]
         if failed:
             self.set_notice("; ".join(f"{b.machine}: {b.error}" for b in failed[:3]))
 
@@ -150,5 +141,7 @@ class SessionsScreen(TableScreen):
     def _done(self, results: Any) -> None:
         if results:
             bad = [r for r in results if not r.ok]
-            self.notify(summarise(results), severity="error" if bad else "information", timeout=6)
+            self.notify(
+                summarise(results, "taken offline", self.app), severity="error" if bad else "information", timeout=6
+            )
         self.action_refresh_now()

@@ -6,6 +6,8 @@ from typing import Any
 
 from rich.text import Text
 
+from core.enums import EngineRequestState
+
 from ..commands import bindings
 from ..widgets.table import Column
 from .base import TableScreen
@@ -81,9 +83,9 @@ class TargetsScreen(TableScreen):
             if not request_id:
                 return
             request = await boots.wait_request(self.core, request_id)
-            if request is None or request.state == "pending":
+            if request is None or request.state == EngineRequestState.PENDING.value:
                 self.notify("The engine has not answered yet: is ggnet serve running?", severity="warning")
-            elif request.state == "failed":
+            elif request.state == EngineRequestState.FAILED.value:
                 self.notify(request.error or "the pass failed", severity="error")
             else:
                 report = PassReport.from_json(request.result or {})

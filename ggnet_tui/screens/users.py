@@ -6,6 +6,7 @@ from typing import Any
 
 from rich.text import Text
 
+from core.enums import Role
 from core.services import users as user_service
 
 from ..commands import bindings
@@ -14,7 +15,7 @@ from .base import TableScreen
 from .common import attempt, when
 from .modals import ConfirmScreen, Field, FormScreen
 
-ROLES = ("viewer", "operator", "admin")
+ROLES = tuple(r.value for r in reversed(Role))  # viewer, operator, admin
 
 
 class UsersScreen(TableScreen):
@@ -75,7 +76,7 @@ class UsersScreen(TableScreen):
             "Create an account",
             [
                 Field("username", "User name"),
-                Field("role", "Role", "operator", choices=ROLES),
+                Field("role", "Role", Role.OPERATOR.value, choices=ROLES),
                 Field("password", "Password", password=True),
             ],
             lambda v: user_service.add_user(self.core, self.actor, v["username"], v["role"], v["password"]),
@@ -113,8 +114,22 @@ class UsersScreen(TableScreen):
 
     def action_disable(self) -> None:
         user = self._current()
-        if user:
-            self._simple(user_service.disable_user(self.core, self.actor, user.username), f"{user.username} disabled.")
+        if user is None:
+            return
+
+        def answer(yes: bool | None) -> None:
+            if yes:
+                self._simple(
+                    user_service.disable_user(self.core, self.actor, user.username), f"{user.username} disabled."
+                )
+
+        self.app.push_screen(
+            ConfirmScreen(
+                f"Disable the account {user.username}? Its consoles return to the login screen within seconds.",
+                yes="Disable",
+            ),
+            answer,
+        )
 
     def action_enable(self) -> None:
         user = self._current()

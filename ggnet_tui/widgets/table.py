@@ -8,7 +8,9 @@ re-draws only the rows whose cells changed, and only the lines of those rows are
 The cursor follows its row's key and the scroll position stays where the operator left it.
 
 Columns give way by priority when the terminal is narrow (priority 0 is never dropped), and
-space left over goes to the columns whose content is wider than their minimum width.
+space left over goes to the columns whose content is wider than their minimum width. The
+operator may hide columns (``set_hidden``); the sorted column's header carries an arrow, and a
+click on a header posts ``HeaderClicked`` (the screen sorts: the table shows rows in the order given).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ class Column:
     width: int  # the narrowest useful width: below it the column is dropped (priority > 0)
     priority: int = 0  # 0 is kept whatever the width; higher numbers give way first
     max_width: int | None = None  # how wide it may grow for long content (default: width)
+    default: bool = True  # shown until the operator chooses the columns (C)
 
     @property
     def cap(self) -> int:
@@ -95,6 +98,18 @@ class KeyedTable(ScrollView, can_focus=True):
         def control(self) -> KeyedTable:
             return self.table
 
+    class HeaderClicked(Message):
+        """A click on a column's header."""
+
+        def __init__(self, table: KeyedTable, column: str) -> None:
+            super().__init__()
+            self.table = table
+            self.column = column
+
+        @property
+        def control(self) -> KeyedTable:
+            return self.table
+
     class RowSelected(Message):
         """Enter, or a click on the row under the cursor."""
 
@@ -117,9 +132,14 @@ class KeyedTable(ScrollView, can_focus=True):
         self._index: dict[str, int] = {}
         self.cursor_row = 0
         self._natural = {c.key: min(cell_len(c.label), c.cap) for c in columns}
+        self._caps = {c.key: c.cap for c in columns}
         self._strips: dict[str, tuple[Cells, Strip]] = {}  # key -> (the cells drawn, their line)
         self._header: Strip | None = None
         self._fitted_width = -1
+        self.hidden: set[str] = set()  # columns the operator chose not to see
+        self.sort_column: str | None = None  # only the header's arrow: the screen orders the rows
+        self.sort_reverse = False
+        self.ascii_arrows = False  # the Linux console's font: ^ and v
 
     # --- what the screens read ------------------------------------------------
 
@@ -146,7 +166,7 @@ class KeyedTable(ScrollView, can_focus=True):
         else at what is left if that is at least its minimum; then spare room to the truncated."""
         budget = width
         widths: dict[str, int] = {}
-        by_priority = sorted(self.all_columns, key=lambda c: c.priority)
+        by_priority = sorted((c for c in self.all_columns if c.key not in self.hidden), key=lambda c: c.priority)
         for column in by_priority:
             natural = max(self._natural[column.key], 1)
             room = budget - 2 * PAD
@@ -183,7 +203,34 @@ class KeyedTable(ScrollView, can_focus=True):
         self.virtual_size = Size(total, len(self.order) + 1)
 
     def on_mount(self) -> None:
+        self.ascii_arrows = self.app.has_class("-linux")
         self._relayout(force=True)
+
+    def set_hidden(self, keys: set[str]) -> None:
+        """Hide these columns."""
+        keys = set(keys)
+        if keys != self.hidden:
+            self.hidden = keys
+            self._relayout(force=True)
+
+    def set_sort_mark(self, column: str | None, reverse: bool) -> None:
+        if (column, reverse) == (self.sort_column, self.sort_reverse):
+            return
+        self.sort_column, self.sort_reverse = column, reverse
+        if column is not None:  # room for the arrow beside the label
+            self._natural[column] = max(self._natural[column], self._label_width(column))
+        self._header = None
+        self._relayout(force=True)
+
+    def _label(self, column: Column) -> str:
+        if column.key != self.sort_column:
+            return column.label
+        arrow = ("v" if self.sort_reverse else "^") if self.ascii_arrows else ("▼" if self.sort_reverse else "▲")
+        return f"{column.label} {arrow}"
+
+    def _label_width(self, key: str) -> int:
+        column = next(c for c in self.all_columns if c.key == key)
+        return cell_len(self._label(column))
 
     def on_resize(self, event: events.Resize) -> None:
         self._relayout()
@@ -204,15 +251,18 @@ class KeyedTable(ScrollView, can_focus=True):
         order = [key for key, _ in rows]
         changed: list[str] = []
         grown = False
+        caps, natural, shown_before = self._caps, self._natural, self.rows_by_key
         for key, cells in rows:
-            if self.rows_by_key.get(key) is cells:
+            if shown_before.get(key) is cells:
                 continue
             changed.append(key)
-            for column in self.all_columns:
-                length = min(_length(cells.get(column.key, "")), column.cap)
-                if length > self._natural[column.key]:
-                    self._natural[column.key] = length
-                    grown = True
+            for column, value in cells.items():
+                cap = caps.get(column)
+                if cap is not None and natural[column] < cap:
+                    length = min(_length(value), cap)
+                    if length > natural[column]:
+                        natural[column] = length
+                        grown = True
         removed = [key for key in self.rows_by_key if key not in new]
         for key in removed:
             self._strips.pop(key, None)
@@ -280,9 +330,24 @@ class KeyedTable(ScrollView, can_focus=True):
         if key is not None:
             self.post_message(self.RowSelected(self, key))
 
+    def column_at(self, x: int) -> str | None:
+        """The column drawn at content offset ``x`` (scrolling included)."""
+        left = round(self.scroll_x)
+        position = 0
+        for column in self.shown:
+            position += self.widths[column.key] + 2 * PAD
+            if x + left < position:
+                return column.key
+        return None
+
     def on_click(self, event: events.Click) -> None:
         offset = event.get_content_offset(self)
-        if offset is None or offset.y == 0:
+        if offset is None:
+            return
+        if offset.y == 0:
+            column = self.column_at(offset.x)
+            if column is not None:
+                self.post_message(self.HeaderClicked(self, column))
             return
         row = offset.y - 1 + round(self.scroll_y)
         if row >= len(self.order):
@@ -330,7 +395,7 @@ class KeyedTable(ScrollView, can_focus=True):
         if y == 0:
             if self._header is None:
                 header = self.get_component_rich_style("keyed-table--header")
-                self._header = self._draw({c.key: c.label for c in self.shown}, base + header, None)
+                self._header = self._draw({c.key: self._label(c) for c in self.shown}, base + header, None)
             return self._header.crop_extend(scroll_x, scroll_x + width, base)
         index = y - 1 + round(self.scroll_y)
         if index >= len(self.order):

@@ -27,6 +27,16 @@ class FakeProbe:
         return {h.name for h in hosts} & self.online
 
 
+def random_disk(path: Any, megabytes: int) -> str:
+    """A file of random bytes (real data, so qemu-img has something to convert)."""
+    import os
+
+    with open(path, "wb") as handle:
+        for _ in range(megabytes):
+            handle.write(os.urandom(1 << 20))
+    return str(path)
+
+
 def make_app(core: Any, probe: FakeProbe | None = None, **kwargs: Any) -> GgnetApp:
     # no target stack in these tests: a deterministic "unavailable" instead of probing the host
     core.use_backend(None, BackendHealth(False, "no iSCSI target stack (test)"))

@@ -11,9 +11,10 @@ from textual.widgets import Static
 
 from core.models import Role
 from core.services import audit, machines, users
+from core.services import boots as boots_service
 from ggnet_tui.screens.modals import ConfirmScreen, FormScreen
 from tests.conftest import make_user
-from tests.tui.helpers import PASSWORD, FakeProbe, fill, log_in, make_app, message, type_text, wait_for
+from tests.tui.helpers import PASSWORD, FakeProbe, fill, log_in, make_app, message, random_disk, type_text, wait_for
 
 
 def screen_name(app) -> str:
@@ -333,68 +334,18 @@ async def test_quit_asks_while_work_runs(fast_settings):
         await wait_for(pilot, lambda: not app.is_running)
 
 
-def _disk(path, megabytes: int) -> str:
-    import os
-
-    with open(path, "wb") as handle:  # real data, so qemu-img has something to convert
-        for _ in range(megabytes):
-            handle.write(os.urandom(1 << 20))
-    return str(path)
-
-
-async def test_image_import_with_progress_then_cancel(fast_settings, tmp_path, monkeypatch):
+async def test_bulk_prepare_is_summarised_in_one_notification_naming_the_consoles_key(fast_settings, tmp_path):
+    """Four machines marked, three without an image: one notification groups them by reason and
+    says which key fixes it (remapped here), never a CLI command; nothing else is shown."""
     from core.services import images
-    from ggnet_tui.screens.images import ImportDialog, ProgressDialog
 
     core = fast_settings
+    core.settings.keys = {"machines.assign": "I"}
     admin = await make_user(core, "root-admin", Role.ADMIN)
-    seen: list[float] = []
-    show_progress = ProgressDialog.progress
-    monkeypatch.setattr(ProgressDialog, "progress", lambda self, pct: (seen.append(pct), show_progress(self, pct)))
-    app = make_app(core)
-    app.import_root = tmp_path
-    async with app.run_test(size=(80, 24)) as pilot:
-        await log_in(pilot, "root-admin")
-        await wait_for(pilot, lambda: app.actor)
-        await pilot.press("3")
-        await wait_for(pilot, lambda: screen_name(app) == "ImagesScreen")
-        # import: file and name, then the progress dialog runs until it closes by itself
-        await pilot.press("a")
-        await wait_for(pilot, lambda: isinstance(app.screen, ImportDialog) and app.screen.query("#path"))
-        await fill(pilot, "#path", _disk(tmp_path / "win11.raw", 16))
-        await fill(pilot, "#name", "win11")
-        await pilot.press("enter")
-        await wait_for(
-            pilot, lambda: screen_name(app) == "ImagesScreen" and "ver:win11:1" in app.screen.table.rows_by_key
-        )
-        assert seen and seen[-1] == 100
-        assert app.busy == 0
-
-        # a second import, cancelled with Esc: the dialog's worker is held until the key is in,
-        # so the cancel reaches the real conversion whatever this machine's speed
-        start_import = ProgressDialog.on_mount
-        held: list[ProgressDialog] = []
-        monkeypatch.setattr(ProgressDialog, "on_mount", lambda self: held.append(self))
-        files_before = sorted(p.name for p in core.settings.data_dir.rglob("*") if p.is_file())
-        await pilot.press("a")
-        await wait_for(pilot, lambda: isinstance(app.screen, ImportDialog) and app.screen.query("#path"))
-        await fill(pilot, "#path", _disk(tmp_path / "game.raw", 16))
-        await fill(pilot, "#name", "game")
-        await pilot.press("enter")
-        await wait_for(pilot, lambda: held and app.screen is held[0])
-        await pilot.press("escape")
-        assert held[0].cancel.is_set()
-        start_import(held[0])
-        await wait_for(pilot, lambda: screen_name(app) == "ImagesScreen" and app.busy == 0)
-    assert [i.name for i in await images.list_images(core, admin)] == ["win11"]
-    assert sorted(p.name for p in core.settings.data_dir.rglob("*") if p.is_file()) == files_before
-
-
-async def test_prepare_refusal_is_shown_in_plain_words(fast_settings):
-    """A machine without an image cannot be prepared: one notification says so, in core's words."""
-    core = fast_settings
-    admin = await make_user(core, "root-admin", Role.ADMIN)
-    await machines.add_machine(core, admin, name="pc01", mac="52:54:00:aa:00:01")
+    await images.import_image(core, admin, random_disk(tmp_path / "d.raw", 1), name="desk")
+    for i in range(1, 5):
+        await machines.add_machine(core, admin, name=f"pc0{i}", mac=f"52:54:00:aa:00:0{i}")
+    await images.assign_image(core, admin, "pc01", "desk")
     app = make_app(core)
     shown: list[str] = []
     notify = app.notify
@@ -403,34 +354,18 @@ async def test_prepare_refusal_is_shown_in_plain_words(fast_settings):
         await log_in(pilot, "root-admin")
         await wait_for(pilot, lambda: app.actor)
         await _machines_screen(pilot, app)
-        await wait_for(pilot, lambda: app.screen.table.rows_by_key)
+        await wait_for(pilot, lambda: len(app.screen.table.rows_by_key) == 4)
+        await pilot.press("ctrl+a")
+        shown.clear()
         await pilot.press("s")
         await wait_for(pilot, lambda: isinstance(app.screen, FormScreen) and app.screen.query("#save"))
         await pilot.press("ctrl+s")  # the dialog holds only a choice: save by key
-        await wait_for(pilot, lambda: any("pc01: has no image" in m for m in shown))
-
-
-@pytest.fixture
-async def tgtd_site(fast_settings, tmp_path):
-    """A private tgtd, an image 'disk' and machine pc01 assigned to it; yields (core, admin, daemon)."""
-    from core.services import images
-    from tests.e2e.tgtd import start_private_tgtd, unavailable
-
-    if unavailable():
-        pytest.skip(unavailable())
-    core = fast_settings
-    admin = await make_user(core, "root-admin", Role.ADMIN)
-    daemon = start_private_tgtd(tmp_path)
-    try:
-        core.settings.portal = f"127.0.0.1:{daemon.portal_port}"
-        core.settings.tgt_control_port = daemon.control_port
-        core.settings.writeback_driver = "copy"
-        await images.import_image(core, admin, _disk(tmp_path / "disk.raw", 4), name="disk")
-        await machines.add_machine(core, admin, name="pc01", mac="52:54:00:aa:00:01")
-        await images.assign_image(core, admin, "pc01", "disk")
-        yield core, admin, daemon
-    finally:
-        daemon.stop()
+        await wait_for(pilot, lambda: shown)
+        await pilot.pause(0.3)
+    assert shown == ["prepared 1; 3 have no image: pc02, pc03, pc04 (press I on Machines (2))"]
+    assert "ggnet" not in shown[0]
+    current = await boots_service.current_boots(core, admin)
+    assert [b.machine for b in current] == ["pc01"]
 
 
 @pytest.mark.slow
@@ -568,8 +503,8 @@ async def test_image_activate_and_guarded_delete(fast_settings, tmp_path):
 
     core = fast_settings
     admin = await make_user(core, "root-admin", Role.ADMIN)
-    await images.import_image(core, admin, _disk(tmp_path / "a.raw", 1), name="win11")
-    await images.import_image(core, admin, _disk(tmp_path / "b.raw", 1), new_version_of="win11")
+    await images.import_image(core, admin, random_disk(tmp_path / "a.raw", 1), name="win11")
+    await images.import_image(core, admin, random_disk(tmp_path / "b.raw", 1), new_version_of="win11")
     await machines.add_machine(core, admin, name="pc01", mac="52:54:00:aa:00:01")
     await images.assign_image(core, admin, "pc01", "win11")
     app = make_app(core)

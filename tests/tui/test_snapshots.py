@@ -11,6 +11,7 @@ import asyncio
 import shutil
 import subprocess
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -19,7 +20,8 @@ import pytest
 from sqlalchemy import text
 
 from core.context import Core
-from core.models import Role
+from core.doctor import Check
+from core.models import Boot, DiscoveredMac, MachineObservation, Role
 from core.services import images, machines
 from tests.conftest import make_database_url, make_settings, make_user
 from tests.tui.helpers import FROZEN, FakeProbe, fill, log_in, make_app, quiet, wait_for
@@ -112,9 +114,27 @@ async def freeze_times(core: Core) -> None:
             await session.execute(text(statement), {"t": at})
 
 
-def console(settings: Any) -> Any:
-    app = make_app(Core.open(settings), FakeProbe({"pc02", "pc04"}))
+SITE_CHECKS = [  # what the doctor would find: fixed, since every host differs
+    Check(
+        "reflink", "warn", "ext4 cannot make reflink clones: every writeback is a full copy; put GGNET_DATA_DIR on XFS"
+    ),
+    Check(
+        "boot files (uefi)",
+        "fail",
+        "/var/lib/ggnet/tftp has neither ipxe.efi nor snponly.efi: UEFI machines cannot load iPXE; "
+        "copy it from /usr/lib/ipxe/ (apt-get install ipxe)",
+    ),
+]
+
+
+def console(settings: Any, term: str | None = None) -> Any:
+    app = make_app(Core.open(settings), FakeProbe({"pc02", "pc04"}), term=term)
     app.disk_usage = lambda _path: SimpleNamespace(free=40 * 2**30, total=100 * 2**30)
+
+    async def site_checks() -> list[Check]:
+        return SITE_CHECKS
+
+    app.check_site = site_checks
     return app
 
 
@@ -124,6 +144,7 @@ def logged_in(mode: str, then: Callable[[Any], Awaitable[None]] | None = None) -
         await log_in(pilot, "root-admin")
         await wait_for(pilot, lambda: app.actor and app.monitor.polled_at)
         app.clear_notifications()  # the login toast: gone or not by the screenshot, by machine speed
+        await app._refresh_site_checks()
         await freeze_times(app.core)
         await app.action_go(mode)
         screen = app.screen
@@ -235,8 +256,8 @@ async def _audit_event(pilot: Any) -> None:
 
 
 async def _import_dialog(pilot: Any) -> None:
-    _import_files()
-    pilot.app.import_root = IMPORT_DIR
+    _import_files()  # machines.csv is there too: the picker shows disk images only
+    pilot.app.core.settings.import_dir = IMPORT_DIR
     await _press(pilot, "a", ready="#tree")
     await pilot.pause(0.3)
 
@@ -268,6 +289,175 @@ DIALOGS = {
 }
 
 
+def test_linux_console_theme(snap_compare, seeded):
+    """TERM=linux: the 16-colour ANSI theme and no eighth-block glyphs."""
+    assert snap_compare(console(seeded, "linux"), terminal_size=(80, 24), run_before=logged_in("machines"))
+
+
+# --- the views of issue 9 part 2 --------------------------------------------------------------
+
+
+async def _boot_history(pilot: Any) -> None:
+    """pc01's history as the engine records it (times fixed), its observation, then its details."""
+    core = pilot.app.core
+    t0 = FROZEN - timedelta(hours=2)
+    async with core.db.transaction() as session:
+        machine = (await session.execute(text("SELECT id FROM machines WHERE name = 'pc01'"))).scalar_one()
+        version = (await session.execute(text("SELECT id FROM image_versions"))).scalar_one()
+        for i, (state, error, reason, login) in enumerate(
+            [
+                ("ended", None, "superseded", 14),
+                ("ended", None, "offline", 11),
+                ("refused", "12 MiB free, 10240 MiB reserved", "refused", None),
+                ("ready", None, None, 9),
+            ]
+        ):
+            at = t0 + timedelta(minutes=20 * i)
+            session.add(
+                Boot(
+                    server=core.settings.server_name,
+                    machine_id=machine,
+                    machine_name="pc01",
+                    mac="52:54:00:aa:00:01",
+                    origin="pc",
+                    requested_at=at,
+                    requested_by="pc",
+                    client_address="10.0.0.21",
+                    policy="fresh",
+                    image_version_id=None if error else version,
+                    state=state,
+                    error=error,
+                    end_reason=reason,
+                    ended_at=at + timedelta(minutes=15) if reason else None,
+                    prepared_at=None if error else at + timedelta(seconds=1),
+                    prepare_ms=None if error else 180 + i,
+                    login_at=at + timedelta(seconds=login) if login else None,
+                    login_address="10.0.0.21" if login else None,
+                )
+            )
+        session.add(
+            MachineObservation(
+                machine_id=machine,
+                server=core.settings.server_name,
+                status="booted",
+                logged_in=True,
+                client_address="10.0.0.21",
+                target_present=True,
+                read_bytes=1536 << 20,
+                written_bytes=200 << 20,
+                writeback_bytes=210 << 20,
+                last_seen_at=FROZEN,
+                observed_at=FROZEN,
+            )
+        )
+    screen = pilot.app.screen
+    done = screen.refreshes
+    screen.action_refresh_now()
+    await wait_for(pilot, lambda: screen.refreshes > done and screen.settled)
+    await pilot.press("enter")
+    await wait_for(pilot, lambda: type(pilot.app.screen).__name__ == "MachineDetailsScreen")
+    details = pilot.app.screen
+    await wait_for(pilot, lambda: details.refreshes and details.settled and details.table.row_count == 4)
+
+
+async def _discovered(pilot: Any) -> None:
+    core = pilot.app.core
+    async with core.db.transaction() as session:
+        for i, address in enumerate(("10.0.0.61", None, "10.0.0.63")):
+            session.add(
+                DiscoveredMac(
+                    server=core.settings.server_name,
+                    mac=f"52:54:00:cc:00:0{i + 1}",
+                    first_seen_at=FROZEN - timedelta(days=1, minutes=i),
+                    last_seen_at=FROZEN - timedelta(minutes=10 * i),
+                    requests=3 - i,
+                    last_address=address,
+                )
+            )
+    screen = pilot.app.screen
+    done = screen.refreshes
+    screen.action_refresh_now()
+    await wait_for(pilot, lambda: screen.refreshes > done and screen.settled and screen.table.row_count == 3)
+    await pilot.press("space")
+
+
+async def _jobs(pilot: Any) -> None:
+    from ggnet_tui.jobs import CANCELLED, DONE, Job
+
+    app = pilot.app
+    frozen = 1000.0
+    done = Job("import win11.vhdx as win11", FROZEN - timedelta(minutes=30), clock=lambda: frozen, started=frozen - 300)
+    done.progress(100)
+    done.finish(DONE, "imported win11 version 1 (active)")
+    cancelled = Job("import old.qcow2 as old", FROZEN - timedelta(minutes=20), clock=lambda: frozen, started=frozen - 5)
+    cancelled.progress(12)
+    cancelled.finish(CANCELLED, "cancelled; nothing was left behind")
+    hashing = Job("import game.vhdx as game", FROZEN - timedelta(minutes=4), clock=lambda: frozen, started=frozen - 240)
+    hashing.set_stage("checksum")
+    hashing.progress(100)
+    converting = Job(
+        "import win12.vhdx as a new version of win11",
+        FROZEN - timedelta(minutes=1),
+        source_bytes=40 << 30,
+        clock=lambda: frozen,
+        started=frozen - 60,
+    )
+    converting.set_stage("converting")
+    converting.progress(40)
+    for job in (done, cancelled, hashing, converting):
+        app.jobs.add(job)
+    screen = app.screen
+    count = screen.refreshes
+    screen.action_refresh_now()
+    await wait_for(pilot, lambda: screen.refreshes > count and screen.settled and screen.table.row_count == 4)
+    for job in (hashing, converting):  # not running for real: nothing to cancel at the end
+        job.state = DONE
+
+
+async def _columns(pilot: Any) -> None:
+    await _press(pilot, "C", ready="SelectionList")
+
+
+async def _apply_form(pilot: Any) -> None:
+    await _boot_history(pilot)
+    await _press(pilot, "A", ready="#save")
+
+
+async def _adopt_bulk(pilot: Any) -> None:
+    await _discovered(pilot)  # marks the first
+    await pilot.press("space")
+    await _press(pilot, "a", ready="#save")
+
+
+DIALOGS.update(
+    {
+        "columns": ("machines", _columns),
+        "maintenance_apply": ("machines", _apply_form),
+        "adopt_bulk": ("discovered", _adopt_bulk),
+    }
+)
+
+VIEWS = {
+    "details": ("machines", _boot_history),
+    "discovered": ("discovered", _discovered),
+    "jobs": ("jobs", _jobs),
+}
+
+
+@pytest.mark.parametrize("view", list(VIEWS))
+@pytest.mark.parametrize("size", SIZES)
+def test_view(snap_compare, seeded, size, view):
+    mode, action = VIEWS[view]
+    snap(snap_compare, seeded, size, logged_in(mode, action))
+
+
+@pytest.mark.parametrize("view", list(VIEWS))
+def test_linux_console_view(snap_compare, seeded, view):
+    """TERM=linux: the progress bar in ASCII, the sort arrows too."""
+    mode, action = VIEWS[view]
+    assert snap_compare(console(seeded, "linux"), terminal_size=(80, 24), run_before=logged_in(mode, action))
+
+
 @pytest.mark.parametrize("dialog", list(DIALOGS))
 @pytest.mark.parametrize("size", SIZES)
 def test_dialog(snap_compare, seeded, size, dialog):
@@ -275,18 +465,9 @@ def test_dialog(snap_compare, seeded, size, dialog):
     snap(snap_compare, seeded, size, logged_in(mode, action))
 
 
-def test_linux_console_theme(snap_compare, seeded):
-    """TERM=linux: the 16-colour ANSI theme and no eighth-block glyphs."""
-    app = make_app(Core.open(seeded), FakeProbe({"pc02", "pc04"}), term="linux")
-    app.disk_usage = lambda _path: SimpleNamespace(free=40 * 2**30, total=100 * 2**30)
-    assert snap_compare(app, terminal_size=(80, 24), run_before=logged_in("machines"))
-
-
-@pytest.mark.parametrize("dialog", ["session_stop_confirm", "image_import", "palette"])
+@pytest.mark.parametrize("dialog", ["session_stop_confirm", "image_import", "palette", "columns"])
 def test_linux_console_dialog(snap_compare, seeded, dialog):
     """TERM=linux: a disabled button keeps its label, the type-to-confirm field is visible,
-    the file tree and the palette draw no emoji or eighth-blocks."""
-    app = make_app(Core.open(seeded), FakeProbe({"pc02", "pc04"}), term="linux")
-    app.disk_usage = lambda _path: SimpleNamespace(free=40 * 2**30, total=100 * 2**30)
+    the file tree, the palette and the column choice draw no emoji or eighth-blocks."""
     mode, action = DIALOGS[dialog]
-    assert snap_compare(app, terminal_size=(80, 24), run_before=logged_in(mode, action))
+    assert snap_compare(console(seeded, "linux"), terminal_size=(80, 24), run_before=logged_in(mode, action))

@@ -178,3 +178,112 @@ async def test_console_exits_when_the_terminal_goes_away(sqlite_core, tmp_path: 
         term.kill()
     log = (tmp_path / "console.log").read_text()
     assert "Traceback" not in log and "unexpected error" not in log
+
+
+def test_details_show_a_real_clients_boot_and_the_console_goes_with_its_terminal(tmp_path: Path):
+    """A real `ggnet serve` on a private tgtd, the console in tmux: log in, open pc01's details,
+    boot a real QEMU client (stock iPXE, sanboot over iSCSI) and see its boot appear in the
+    history; then kill the tmux server: the console is gone within 5 s."""
+    import asyncio
+
+    from tests.cli import ggnet_executable
+    from tests.e2e import qemu_client
+    from tests.e2e.bootdisk import make_prev_disk
+    from tests.e2e.serve import GgnetServe
+    from tests.e2e.tgtd import free_tcp_port, start_private_tgtd
+    from tests.e2e.tgtd import unavailable as tgtd_unavailable
+
+    why = qemu_client.available() or tgtd_unavailable()
+    if why:
+        pytest.skip(why)
+    daemon = start_private_tgtd(tmp_path)
+    site = {
+        "GGNET_DATA_DIR": str(tmp_path / "data"),
+        "GGNET_TFTP_ROOT": str(tmp_path / "tftp"),
+        "GGNET_TARGET_BACKEND": "tgt",
+        "GGNET_TGT_CONTROL_PORT": str(daemon.control_port),
+        "GGNET_PORTAL": f"127.0.0.1:{daemon.portal_port}",
+        "GGNET_HTTP_ADDRESS": f"127.0.0.1:{free_tcp_port()}",
+        "GGNET_BOOT_ADDRESS": "10.0.2.2",  # the host as QEMU's user network shows it to the client
+        "GGNET_RESERVED_SPACE": "1M",
+        "GGNET_WOL_ADDRESS": "127.0.0.1:9",
+        "GGNET_LOG_FILE": str(tmp_path / "console.log"),
+    }
+    cli_env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("GGNET_")},
+        **site,
+        "GGNET_USER": "root-admin",
+        "GGNET_PASSWORD": PASSWORD,
+        "GGNET_NEW_PASSWORD": PASSWORD,
+    }
+
+    def ggnet(*args: str) -> None:
+        result = subprocess.run([ggnet_executable(), *args], env=cli_env, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, f"ggnet {' '.join(args)}: {result.stderr}"
+
+    serve = GgnetServe(cli_env, tmp_path / "serve.log")
+    term = Tmux(tmp_path)
+    try:
+        ggnet("init", "--admin", "root-admin")
+        ggnet("machine", "add", "pc01", "--mac", "52:54:00:e8:00:01")
+        ggnet("image", "import", str(make_prev_disk(tmp_path / "v1.raw", token="v1")), "--name", "desk")
+        ggnet("machine", "set", "pc01", "--image", "desk")
+        serve.start()
+        console = {
+            "PATH": os.environ["PATH"],
+            "HOME": str(tmp_path),
+            "TERM": "xterm-256color",
+            "XDG_CONFIG_HOME": str(tmp_path / "config"),
+            "GGNET_REFRESH_SECONDS": "0.5",
+            "PYTHONFAULTHANDLER": "1",
+            **site,
+        }
+        start_console(term, console)
+        term.wait_for("Log in to ggnet")
+        term.wait_for("SQLite")
+        log_in_at_once(term, "root-admin")
+        term.wait_for("Dashboard")
+        term.keys("2")
+        term.wait_for("pc01")
+        term.keys("Enter")
+        term.wait_for("Machine pc01")
+        shown = term.wait_for("Requested")
+        assert "ready" not in shown  # no boot yet
+
+        def booted_row() -> str | None:
+            return next((line for line in term.screen().splitlines() if "ready" in line and " s " in line), None)
+
+        async def while_logged_in() -> str | None:
+            """While the client still runs on its disk: its boot shows, with how long it took to log in."""
+            for _ in range(300):
+                row = await asyncio.to_thread(booted_row)
+                if row:
+                    return row
+                await asyncio.sleep(0.1)
+            return None
+
+        spec = qemu_client.ClientSpec(
+            tmp_path / "client", "52:54:00:e8:00:01", tmp_path / "tftp", while_booted=while_logged_in
+        )
+        result = asyncio.run(qemu_client.run_client(spec))
+        assert result.ok, f"{result.reason}\n{result.com2_text[-2000:]}"
+        row = result.while_booted_result
+        assert row, f"the boot never showed in pc01's details; the terminal shows:\n{term.screen()}"
+        assert "desk v1" in row and "127.0.0.1" in row  # its version, and where it logged in from
+
+        pids = console_pids(term)
+        term.kill()  # the terminal disappears
+        for _ in range(50):  # a bound, not a timing assertion: 5 s is what "gone" means here
+            if not running(pids):
+                break
+            time.sleep(0.1)
+        left = running(pids)
+        for pid in left:
+            os.kill(pid, signal.SIGKILL)
+        assert not left, "ggnet kept running after its terminal went away"
+    finally:
+        term.kill()
+        serve.stop()
+        daemon.stop()
+    log = (tmp_path / "console.log").read_text()
+    assert "Traceback" not in log and "unexpected error" not in log

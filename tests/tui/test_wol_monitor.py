@@ -123,10 +123,10 @@ async def test_monitor_combines_probe_and_sessions(sqlite_core):
     core.use_backend(None, BackendHealth(False, "no target stack in this test"))
     probe = FakeProbe({"pc01"})
     monitor = Monitor(core, probe)
-    statuses = await monitor.poll()
+    statuses = await monitor.poll(admin)
     assert statuses["pc01"].state == ONLINE and statuses["pc01"].seen_at is not None
     assert statuses["pc02"].state == OFFLINE and statuses["pc02"].seen_at is None
     assert statuses["pc01"].logged_in is None  # the target stack could not be asked
     probe.online = set()
-    again = await monitor.poll()
+    again = await monitor.poll(admin)
     assert again["pc01"].state == OFFLINE and again["pc01"].seen_at == statuses["pc01"].seen_at
