@@ -23,7 +23,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 # the enums live in core.enums (no SQLAlchemy there: the console imports them at start-up)
-from .enums import (  # noqa: F401 - re-exported: models.Role and friends are used everywhere
+from .enums import (  # noqa: F401 - re-exported (see implicit_reexport in pyproject.toml): models.Role and friends are used everywhere
     CURRENT_BOOT_STATES,
     OPEN_BOOT_STATES,
     BootMode,
