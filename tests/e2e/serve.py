@@ -13,6 +13,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from core.engine.engine import POKE_SOON_SECONDS
 from tests.cli import ggnet_executable
 
 _live: set[int] = set()
@@ -74,6 +75,20 @@ class GgnetServe:
     def boot_script(self, mac: str) -> str:
         with urllib.request.urlopen(f"{self.url}/boot/{mac.replace(':', '-')}", timeout=30) as answer:
             return answer.read().decode()
+
+    def boot_and_settle(self, mac: str, timeout: float = 30.0) -> str:
+        """The boot script, then wait for the pass the answer asks for (at most POKE_SOON_SECONDS
+        later): until it ran, drift a test makes behind the engine's back may be repaired by it."""
+        asked = time.monotonic()
+        script = self.boot_script(mac)
+        deadline = asked + timeout
+        while time.monotonic() < deadline:
+            age = self.health()[1].get("last_pass_seconds_ago")
+            # the pass's end (rounded to 0.1 s), in this clock: after the poke it asked for fired
+            if isinstance(age, int | float) and time.monotonic() - age > asked + POKE_SOON_SECONDS + 0.1:
+                return script
+            time.sleep(0.1)
+        raise RuntimeError(f"ggnet serve ran no pass within {timeout} s of a boot request")
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int | None:
         proc = self.process

@@ -28,7 +28,6 @@ from tests.e2e.engine_site import (
     db_rows,
     engine_dry_run,
     engine_env,
-    engine_pass,
     ggnet,
     mac_of,
     machine_names,
@@ -269,8 +268,7 @@ def test_reconcile_while_serve_runs_is_answered_by_serves_engine(tmp_path: Path,
     serve = GgnetServe(env, tmp_path / "serve.log").start()
     assert serve.process is not None
     try:
-        serve.boot_script(mac_of(1))
-        engine_pass(env)  # the pass the boot request set off is over: nothing repairs behind our back
+        serve.boot_and_settle(mac_of(1))  # the pass the boot request set off is over: nothing repairs behind our back
         victim = tgt_targets(tgtd_daemon)["iqn.2024-01.lan.ggnet:pc01"]
         tgtd_daemon.tgtadm("--lld", "iscsi", "--op", "delete", "--mode", "target", "--tid", str(victim.tid), "--force")
         before = int(_engine_status(env)["passes"])  # type: ignore[call-overload]

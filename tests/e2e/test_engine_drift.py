@@ -108,7 +108,7 @@ def site(drift_site: Drift) -> Iterator[Drift]:
     used = {t.tid for t in tgt_targets(s.tgtd).values()}
     placeholder = min(set(range(1, 100)) - used)
     s.adm("--op", "new", "--mode", "target", "--tid", str(placeholder), "-T", "iqn.2000-01.org.example:placeholder")
-    assert "sanboot" in s.serve.boot_script(mac_of(1))
+    assert "sanboot" in s.serve.boot_and_settle(mac_of(1))
     s.adm("--op", "delete", "--mode", "target", "--tid", str(placeholder))
     assert s.target().tid > placeholder
     assert _dry_run(s) == [] and convergence_problems(s.env, s.tgtd) == [] and s.login_works()
