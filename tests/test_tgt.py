@@ -453,36 +453,27 @@ async def test_an_account_another_target_uses_is_kept(tgtd_daemon: TgtDaemon, tm
 
 async def test_delete_while_an_initiator_reads(tgtd_daemon: TgtDaemon, tmp_path: Path):
     """tgtadm's delete --force refuses ("this logical unit is still active") while commands are in
-    flight; the backend's delete closes the door and the connections first, then deletes."""
+    flight (whether one is at a given instant is timing, so the test does not insist on seeing it);
+    the backend's delete closes the door and the connections first, then deletes."""
     if libiscsi.unavailable():
         pytest.skip(str(libiscsi.unavailable()))
     backend = TgtBackend(tgtd_daemon.control_port)
-    refused, ours = (spec_for(tgtd_daemon, tmp_path, name) for name in ("pc01", "pc02"))
-    for spec in (refused, ours):
+    other, ours = (spec_for(tgtd_daemon, tmp_path, name) for name in ("pc01", "pc02"))
+    for spec in (other, ours):
         disk(spec.luns[0].backing_file.with_suffix(".big"), 64 << 20)
         spec.luns[0].backing_file.unlink()
         spec.luns[0].backing_file.with_suffix(".big").rename(spec.luns[0].backing_file)
         await backend.apply(spec)
     readers = [libiscsi.Reader(tmp_path / f"{s.chap_username}.log", "127.0.0.1", s.portal_port, s.iqn, 1,
-                               s.initiator_iqn, s.chap_username, s.chap_secret) for s in (refused, ours)]  # fmt: skip
+                               s.initiator_iqn, s.chap_username, s.chap_secret) for s in (other, ours)]  # fmt: skip
     with readers[0], readers[1]:
         for reader in readers:
             reader.wait_reading()
-        tids = {t.iqn: t.tid for t in shown(tgtd_daemon).values()}
-        assert all(shown(tgtd_daemon)[s.iqn].nexuses for s in (refused, ours))  # both logged in
-        # the old way, on the first target: refused while the client reads
-        answers = [tgtadm_force_delete(tgtd_daemon, tids[refused.iqn]) for _ in range(5)]
-        assert "tgtadm: this logical unit is still active" in answers, answers
+        assert all(shown(tgtd_daemon)[s.iqn].nexuses for s in (other, ours))  # both logged in
         await backend.delete(ours.iqn)
         assert ours.iqn not in shown(tgtd_daemon) and ours.chap_username not in accounts(tgtd_daemon)
-    await backend.delete(refused.iqn)
+    await backend.delete(other.iqn)
     assert shown(tgtd_daemon) == {}
-
-
-def tgtadm_force_delete(daemon: TgtDaemon, tid: int) -> str:
-    done = daemon.tgtadm("--lld", "iscsi", "--op", "delete", "--mode", "target", "--tid", str(tid), "--force",
-                         check=False)  # fmt: skip
-    return done.stderr.strip() or "deleted"
 
 
 async def test_no_secret_ever_reaches_an_argv(tgtd_daemon: TgtDaemon, tmp_path: Path):

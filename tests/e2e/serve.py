@@ -84,8 +84,9 @@ class GgnetServe:
         deadline = asked + timeout
         while time.monotonic() < deadline:
             age = self.health()[1].get("last_pass_seconds_ago")
-            # the pass's end (rounded to 0.1 s), in this clock: after the poke it asked for fired
-            if isinstance(age, int | float) and time.monotonic() - age > asked + POKE_SOON_SECONDS + 0.1:
+            # the last pass's end, in this clock (the age is rounded to 0.1 s): the poke fired at least
+            # POKE_SOON_SECONDS after the request, so a pass that ended after that was the poke's
+            if isinstance(age, int | float) and time.monotonic() - age >= asked + POKE_SOON_SECONDS - 0.1:
                 return script
             time.sleep(0.1)
         raise RuntimeError(f"ggnet serve ran no pass within {timeout} s of a boot request")

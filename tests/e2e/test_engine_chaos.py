@@ -280,7 +280,7 @@ def test_reconcile_while_serve_runs_is_answered_by_serves_engine(tmp_path: Path,
         assert status["pid"] == serve.process.pid and status["mode"] == "serve"
         assert int(status["passes"]) >= before + 1  # type: ignore[call-overload]  # (a dry run records none)
         requests = db_rows(env, r="SELECT kind, state, requested_by FROM engine_requests")["r"]
-        assert [(r["kind"], r["state"]) for r in requests] == [("pass", "done")] * 3  # ours, the two commands
+        assert [(r["kind"], r["state"]) for r in requests] == [("pass", "done")] * 2  # the two commands
         assert convergence_problems(env, tgtd_daemon) == []
     finally:
         serve.stop()
