@@ -119,6 +119,8 @@ async def uninterrupted(step: Coroutine[Any, Any, T]) -> T:
         return await asyncio.shield(task)
     except asyncio.CancelledError:
         await asyncio.wait([task])
+        if not task.cancelled():
+            task.exception()  # looked at, so asyncio logs no "never retrieved": the cancellation wins
         raise
 
 
