@@ -38,7 +38,7 @@ from ..models import (
 from ..models import Writeback as WritebackRow
 from ..storage.writeback import writeback_dir
 from . import disks
-from .prepare import owns
+from .prepare import owns, target_iqn
 from .report import Drift, PassReport
 
 if TYPE_CHECKING:
@@ -100,6 +100,7 @@ async def run_pass(engine: Engine, *, dry_run: bool = False, probe_chap: bool = 
     served: set[Path] = set()  # writeback files a target serves after this pass
     if observed is not None:
         served = await _converge_targets(engine, state, observed, report, dry_run, probe_chap)
+        await _stray_accounts(engine, state, report, dry_run)
     if not dry_run:
         await _end_boots(engine, state, served, report)
         await _idle_boots(engine, state, observed, report)
@@ -256,6 +257,35 @@ async def _converge_targets(
             report.errors.append(f"stray target {target.iqn}: {exc}")
             served.update(Path(f) for f in target.luns.values() if f)
     return served
+
+
+async def _stray_accounts(engine: Engine, state: _State, report: PassReport, dry_run: bool) -> None:
+    """CHAP accounts of machines with no open boot that no target binds (tgtd's accounts are global:
+    a kill between making one and binding it, or between deleting a target and its account, leaves
+    one). A machine's account is only ever bound to its own target, whose lock guards the check."""
+    backend = engine.backend
+    assert backend is not None
+    booting = {b.machine_id for b in state.boots}
+    idle = {m.chap_username: m for m in state.machines.values() if m.id not in booting}
+    try:
+        strays = await backend.unbound_accounts(idle) if idle else []
+    except GgnetError as exc:
+        report.errors.append(f"cannot read the CHAP accounts: {exc.message}")
+        return
+    for user in strays:
+        machine = idle[user]
+        report.drift.append(Drift("stray-account", user, machine.name, repair="delete it (no target binds it)"))
+        if dry_run:
+            continue
+        iqn = target_iqn(engine.core.settings.iqn_base, machine.name)
+        try:
+            async with engine.target_lock(iqn):
+                if await _current_boot_id(engine, iqn) is not None:
+                    continue  # a boot of the machine was recorded meanwhile: its target takes the account
+                if await backend.delete_unbound_account(user, iqn):
+                    report.repaired.append(f"stray CHAP account {user} ({machine.name}): deleted")
+        except GgnetError as exc:
+            report.errors.append(f"stray CHAP account {user}: {exc.message}")
 
 
 def _owner(state: _State, iqn: str) -> str | None:

@@ -8,7 +8,7 @@ from typing import Any
 
 @dataclass(frozen=True)
 class Drift:
-    kind: str  # target, stray-target, missing-writeback, stray-writeback, orphan-temporary, boot-file
+    kind: str  # target, stray-target, stray-account, missing-writeback, stray-writeback, orphan-temporary, boot-file
     subject: str  # an IQN or a file name
     machine: str | None
     fields: tuple[str, ...] = ()  # for a target: what differs (portal, lun, backing_file, acl, chap_user, ...)

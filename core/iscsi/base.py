@@ -110,6 +110,16 @@ class TargetBackend(Protocol):
         is logged in and reading (its sessions are closed). Nothing happens if it does not exist."""
         ...
 
+    async def unbound_accounts(self, users: Collection[str]) -> list[str]:
+        """Those of ``users`` the stack holds as CHAP accounts that no target binds ([] on a stack whose
+        accounts live inside a target, as LIO's do)."""
+        ...
+
+    async def delete_unbound_account(self, user: str, iqn: str) -> bool:
+        """Delete CHAP account ``user`` unless a target binds it now; ``iqn`` is the target that would
+        bind it (serialised with changes of that target). Whether it was deleted."""
+        ...
+
     async def verify_chap(self, spec: TargetSpec) -> bool | None:
         """Whether the stack would accept ``spec``'s CHAP secret now; None when unnecessary because
         ``observe`` reads the secret (LIO)."""

@@ -334,6 +334,12 @@ class LioBackend:
     async def verify_chap(self, spec: TargetSpec) -> bool | None:
         return None  # observe() reads the secret: target_diff compares it
 
+    async def unbound_accounts(self, users: Collection[str]) -> list[str]:
+        return []  # LIO keeps CHAP credentials in a target's ACL: nothing outlives its target
+
+    async def delete_unbound_account(self, user: str, iqn: str) -> bool:
+        return False
+
     async def apply(self, spec: TargetSpec, observed: ObservedTarget | None = None) -> list[str]:
         check_spec(spec)
         for lun in spec.luns:  # before anything changes

@@ -207,6 +207,11 @@ def parse_stats(text: str) -> dict[tuple[int, int], LunIO]:
     return totals
 
 
+def parse_show_account(text: str) -> list[str]:
+    """``show --mode account``: a heading, then one user name per line."""
+    return [line.split()[0] for line in text.splitlines()[1:] if line.strip()]
+
+
 def to_observed(target: TgtTarget, portals: list[str], io: dict[tuple[int, int], LunIO]) -> ObservedTarget:
     disks = {lun.lun: lun.backing_file for lun in target.luns if lun.lun != 0}  # LUN 0: tgtd's controller
     return ObservedTarget(
@@ -472,6 +477,24 @@ class TgtBackend:
         except BackendUnavailable as exc:  # the original error matters more
             log.warning("tgt_undo_failed", tid=tid, error=exc.message)
 
+    async def unbound_accounts(self, users: Collection[str]) -> list[str]:
+        """See ``TargetBackend.unbound_accounts``: tgtd keeps accounts globally, so a process killed
+        between making an account and binding it (or between deleting a target and its account) leaves
+        one behind. One account show; the targets are read only when one of ``users`` is there."""
+        wanted = set(users)
+        held = [u for u in parse_show_account(await self._call(Mode.ACCOUNT, Op.SHOW)) if u in wanted]
+        if not held:
+            return []
+        blocks = await self._show()
+        return [u for u in held if not _bound(blocks, u)]
+
+    async def delete_unbound_account(self, user: str, iqn: str) -> bool:
+        """See ``TargetBackend.delete_unbound_account``."""
+        async with self._lock(iqn):  # an apply of that target binds the account under this lock
+            if _bound(await self._show(), user):
+                return False
+            return await self._ok_if((Err.NO_USER,), Mode.ACCOUNT, Op.DELETE, body=params(user=user))
+
     async def _ensure_portal(self, host: str, port: int) -> None:
         if portal_covered(await self._portals(), host, port):
             return
@@ -500,7 +523,7 @@ class TgtBackend:
             await self._close_connections(tid)
             # its accounts, unless another target uses them too (tgtd unbinds an account it deletes)
             for user in target.accounts:
-                if not _bound_elsewhere(blocks, iqn, user):
+                if not _bound(blocks, user, besides=iqn):
                     await self._ok_if((Err.NO_USER,), Mode.ACCOUNT, Op.DELETE, body=params(user=user))
             await self._delete_target(tid)
         self._tids.pop(iqn.lower(), None)
@@ -553,13 +576,13 @@ class TgtBackend:
         return [to_actual(t) for t in (await self.observe()).values()]
 
 
-def _bound_elsewhere(blocks: dict[str, tuple[int, str]], iqn: str, user: str) -> bool:
-    """Is account ``user`` bound to a target other than ``iqn``? (Only blocks naming it are parsed.)"""
+def _bound(blocks: dict[str, tuple[int, str]], user: str, besides: str = "") -> bool:
+    """Is account ``user`` bound to a target (other than ``besides``)? Only blocks naming it are parsed."""
     line = f"\n        {user}\n"  # an entry of "Account information:" (or, rarely, an ACL line)
     return any(
         user in t.accounts
         for other, (_, block) in blocks.items()
-        if other != iqn.lower() and line in block
+        if other != besides.lower() and line in block
         for t in parse_show_target(block)
     )
 

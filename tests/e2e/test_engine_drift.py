@@ -32,6 +32,7 @@ from tests.e2e.engine_site import (
     ggnet,
     mac_of,
     setup_site,
+    tgt_accounts,
     tgt_targets,
 )
 from tests.e2e.qemu_client import ClientSpec, run_client
@@ -194,6 +195,11 @@ def drift_stray_target(s: Drift) -> None:
     s.adm("--op", "new", "--mode", "target", "--tid", "50", "-T", f"{IQN_BASE}:ghost")
 
 
+def drift_stray_account(s: Drift) -> None:
+    """pc02 has no boot: as a kill between making its account and binding it would leave it."""
+    s.adm("--op", "new", "--mode", "account", "--user", "pc02", "--password", "leftOverSecret12")
+
+
 def drift_stray_writeback(s: Drift) -> None:
     (Path(s.env["GGNET_DATA_DIR"]) / "writebacks" / "wb-99-system-deadbeef.raw").write_bytes(b"\0" * 4096)
 
@@ -213,6 +219,7 @@ DRIFTS: dict[str, tuple[Callable[[Drift], None], str | None, str]] = {
     "disabled": (drift_disabled, f"target {PC01} (enabled", f"target {PC01} (pc01): "),
     "target deleted": (drift_target_deleted, f"target {PC01} (missing", f"target {PC01} (pc01): missing"),
     "stray target": (drift_stray_target, f"stray-target {IQN_BASE}:ghost", f"stray target {IQN_BASE}:ghost: deleted"),
+    "stray account": (drift_stray_account, "stray-account pc02", "stray CHAP account pc02 (pc02): deleted"),
     "stray writeback": (
         drift_stray_writeback,
         "stray-writeback wb-99-system-deadbeef.raw",
@@ -241,6 +248,17 @@ def test_drift_is_reported_naming_the_field_and_repaired(site: Drift, kind: str)
     assert convergence_problems(site.env, site.tgtd) == []
     assert _dry_run(site) == []
     assert site.login_works(), "pc01's client could not log in with its boot's secret after the repair"
+
+
+def test_an_account_that_is_not_a_machines_stays(site: Drift) -> None:
+    """ggnet's own: its machines' accounts. Someone else's account, bound to nothing, is left alone."""
+    site.adm("--op", "new", "--mode", "account", "--user", "visitor", "--password", "visitorSecret123")
+    try:
+        assert _dry_run(site) == []
+        _reconcile(site)
+        assert "visitor" in tgt_accounts(site.tgtd)
+    finally:
+        site.adm("--op", "delete", "--mode", "account", "--user", "visitor")
 
 
 IN_PLACE = ["portal", "lun", "backing_file", "acl", "chap_user", "chap_secret", "disabled"]
