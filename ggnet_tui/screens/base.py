@@ -305,6 +305,40 @@ class TableScreen(GgnetScreen):
         return self.table.cursor_key
 
 
+class MarkingTableScreen(TableScreen):
+    """A table whose rows can be marked (space, and all shown with one key) to act on together."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.marked: set[str] = set()
+
+    def rebuild(self) -> None:
+        """Lay the rows out again from the last fetched data (marks shown)."""
+        raise NotImplementedError
+
+    def chosen(self) -> list[str]:
+        """The marked rows in the table's order, or the one under the cursor."""
+        if self.marked:
+            return [k for k in self.table.order if k in self.marked] or sorted(self.marked)
+        key = self.cursor_key
+        return [key] if key else []
+
+    def action_mark(self) -> None:
+        key = self.cursor_key
+        if key is None:
+            return
+        self.marked ^= {key}
+        self.rebuild()
+        if self.table.cursor_row < self.table.row_count - 1:
+            self.table.move_cursor(self.table.cursor_row + 1)
+
+    def action_mark_all(self) -> None:
+        """Mark every shown row; when all are marked already, clear the marks."""
+        shown = set(self.table.order)
+        self.marked = set() if shown and shown <= self.marked else shown
+        self.rebuild()
+
+
 _DIGITS = re.compile(r"(\d+)")
 
 

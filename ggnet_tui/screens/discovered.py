@@ -12,13 +12,13 @@ from core.enums import BootMode
 
 from ..commands import bindings
 from ..widgets.table import Column
-from .base import TableScreen, mac_digits
+from .base import MarkingTableScreen, mac_digits
 from .common import attempt, when
 from .machines import BOOT_MODES, NO_IMAGE, image_choices
 from .modals import ConfirmScreen, Field, FormScreen
 
 
-class DiscoveredScreen(TableScreen):
+class DiscoveredScreen(MarkingTableScreen):
     SCOPE = "discovered"
     TITLE = "Discovered"
     BINDINGS = bindings("table", "discovered")
@@ -34,7 +34,6 @@ class DiscoveredScreen(TableScreen):
 
     def __init__(self) -> None:
         super().__init__()
-        self.marked: set[str] = set()
         self.found: dict[str, Any] = {}
 
     async def fetch(self) -> Any:
@@ -71,26 +70,6 @@ class DiscoveredScreen(TableScreen):
 
     def search_extra(self, key: str, cells: Any) -> str:
         return mac_digits(key)
-
-    def chosen(self) -> list[str]:
-        if self.marked:
-            return [k for k in self.table.order if k in self.marked] or sorted(self.marked)
-        key = self.cursor_key
-        return [key] if key else []
-
-    def action_mark(self) -> None:
-        key = self.cursor_key
-        if key is None:
-            return
-        self.marked ^= {key}
-        self.rebuild()
-        if self.table.cursor_row < self.table.row_count - 1:
-            self.table.move_cursor(self.table.cursor_row + 1)
-
-    def action_mark_all(self) -> None:
-        shown = set(self.table.order)
-        self.marked = set() if shown and shown <= self.marked else shown
-        self.rebuild()
 
     def action_adopt(self) -> None:
         macs = self.chosen()

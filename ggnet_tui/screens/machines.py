@@ -17,7 +17,7 @@ from core.services import machines as machine_service
 
 from ..commands import BY_ID, bindings, key_of
 from ..widgets.table import Cells, Column, KeyedTable
-from .base import TableScreen, mac_digits
+from .base import MarkingTableScreen, mac_digits
 from .common import attempt, full_time, rate, size, status, summarise, when
 from .modals import ConfirmScreen, CsvImportScreen, Field, FormScreen
 
@@ -131,7 +131,7 @@ def open_machine_form(screen: Any, m: Any, done: Callable[[Any], None]) -> None:
     screen.run_worker(go(), group="work")
 
 
-class MachinesScreen(TableScreen):
+class MachinesScreen(MarkingTableScreen):
     SCOPE = "machines"
     TITLE = "Machines"
     BINDINGS = bindings("table", "machines")
@@ -157,7 +157,6 @@ class MachinesScreen(TableScreen):
 
     def __init__(self) -> None:
         super().__init__()
-        self.marked: set[str] = set()
         self.machines: dict[str, Any] = {}
         self._row_cache: dict[str, tuple[Any, dict[str, Any]]] = {}
         self._details_shown: Text | str | None = None
@@ -294,27 +293,6 @@ class MachinesScreen(TableScreen):
             self.query_one("#details", Static).update(content)
 
     # --- selection ---------------------------------------------------------
-
-    def chosen(self) -> list[str]:
-        """The marked machines, or the one under the cursor."""
-        if self.marked:
-            return [k for k in self.table.order if k in self.marked] or sorted(self.marked)
-        key = self.cursor_key
-        return [key] if key else []
-
-    def action_mark(self) -> None:
-        key = self.cursor_key
-        if key is None:
-            return
-        self.marked ^= {key}
-        self.rebuild()
-        if self.table.cursor_row < self.table.row_count - 1:
-            self.table.move_cursor(self.table.cursor_row + 1)
-
-    def action_mark_all(self) -> None:
-        shown = set(self.table.order)
-        self.marked = set() if shown and shown <= self.marked else shown
-        self.rebuild()
 
     def after_change(self, clear_marks: bool = False) -> None:
         if clear_marks:
