@@ -33,10 +33,12 @@ PASSWORD = "correct-horse-1"
 
 @pytest.fixture(autouse=True)
 def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """No GGNET_* from the developer's shell; XDG directories inside the test's tmp dir."""
+    """No GGNET_* from the developer's shell; XDG directories inside the test's tmp dir; wake-on-LAN
+    packets to the discard port on loopback (the default broadcasts on the LAN)."""
     for key in list(os.environ):
         if key.startswith("GGNET_") and key != "GGNET_TEST_PG_URL":
             monkeypatch.delenv(key)
+    monkeypatch.setenv("GGNET_WOL_ADDRESS", "127.0.0.1:9")
     for var in ("XDG_DATA_HOME", "XDG_CONFIG_HOME", "XDG_CACHE_HOME", "XDG_STATE_HOME"):
         monkeypatch.setenv(var, str(tmp_path / "xdg" / var.lower()))
     yield
