@@ -217,7 +217,8 @@ async def _bare_datatable(count: int, rounds: int = 5) -> float:
 
 
 async def _details(boots: int, rounds: int = 5) -> dict[str, float]:
-    """Opening pc0001's details with ``boots`` boots in its history, and the bare anchor."""
+    """Opening a machine's details with ``boots`` boots in its history (pc0001's, then pc0002's, in
+    turn), and the bare anchor."""
     from datetime import UTC, datetime, timedelta
 
     from sqlalchemy import insert
@@ -238,13 +239,13 @@ async def _details(boots: int, rounds: int = 5) -> dict[str, float]:
     await core.db.upgrade()
     await users.create_first_admin(core, "admin", "correct-horse-1")
     admin = await users.login(core, "admin", "correct-horse-1")
-    machine = await machines.add_machine(core, admin, name="pc0001", mac="52:54:00:00:00:01")
+    pcs = [await machines.add_machine(core, admin, name=f"pc000{n}", mac=f"52:54:00:00:00:0{n}") for n in (1, 2)]
     start = datetime(2026, 1, 1, tzinfo=UTC)
     rows = [
         {
             "server": settings.server_name,
             "machine_id": machine.id,
-            "machine_name": "pc0001",
+            "machine_name": machine.name,
             "mac": machine.mac,
             "origin": "pc",
             "requested_at": start + timedelta(minutes=i),
@@ -258,6 +259,7 @@ async def _details(boots: int, rounds: int = 5) -> dict[str, float]:
             "ended_at": start + timedelta(minutes=i, seconds=50),
             "end_reason": "superseded" if i % 10 else "refused",
         }
+        for machine in pcs
         for i in range(boots)
     ]
     async with core.db.transaction() as session:
@@ -271,9 +273,11 @@ async def _details(boots: int, rounds: int = 5) -> dict[str, float]:
         await wait_for(pilot, lambda: app.screen.refreshes >= 1 and app.site_checks and app.monitor.polled_at)
         await pilot.pause(0.5)
         machines_screen = app.screen
-        for _ in range(rounds + 1):
+        for round_ in range(rounds + 1):
+            # Enter on pc0001's row, then pc0002's, ...: each opening shows another machine
+            machines_screen.table.move_cursor(machines_screen.table.order.index(pcs[round_ % 2].name))
             wall, cpu = time.perf_counter(), time.process_time()
-            machines_screen.action_details()  # Enter on the row of pc0001
+            machines_screen.action_details()
             await wait_for(pilot, lambda: app.screen is not machines_screen, delay=0.001, steps=100000)
             screen = app.screen
             done = screen.refreshes
@@ -281,7 +285,7 @@ async def _details(boots: int, rounds: int = 5) -> dict[str, float]:
             await pilot.pause()  # the paint
             walls.append((time.perf_counter() - wall) * 1000)
             cpus.append((time.process_time() - cpu) * 1000)
-            assert screen.table.row_count == min(boots, 1000)
+            assert screen.table.row_count == min(boots, 1000) and screen.machine.name == pcs[round_ % 2].name
             app.pop_screen()
             await pilot.pause()
     await core.close()

@@ -358,6 +358,9 @@ class GgnetApp(IncidentOnCrash):
         for mode in SCREENS:  # fresh screens for whoever logs in next
             await self.remove_mode(mode)
             self.add_mode(mode, partial(_make_screen, mode))
+        from .screens.details import forget_details
+
+        await forget_details(self)
         login = self.screen
         if isinstance(login, LoginScreen):
             login.say(reason, error=actor is not None and reason != LOGGED_OUT)

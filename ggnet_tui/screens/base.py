@@ -11,11 +11,12 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
 from textual.timer import Timer
-from textual.widgets import Footer, Input, Static
+from textual.widgets import Input, Static
 
 from core.errors import GgnetError
 
 from ..commands import BY_ACTION, bindings
+from ..widgets.footer import KeyFooter
 from ..widgets.header import StatusHeader
 from ..widgets.table import Cells, Column, KeyedTable
 
@@ -50,7 +51,7 @@ class GgnetScreen(Screen):
         with Vertical(id="body"):
             yield from self.compose_body()
         # compact, without the palette's key (? lists it): at 80 columns every key that matters shows
-        yield Footer(compact=True, show_command_palette=False)
+        yield KeyFooter(compact=True, show_command_palette=False)
 
     def compose_body(self) -> ComposeResult:
         yield from ()
@@ -292,13 +293,15 @@ class TableScreen(GgnetScreen):
             self.table.focus()
 
     def key_escape(self) -> None:
-        box = self.query_one("#filter", Input)
-        if box.has_focus or self.filter_text:
-            box.value = ""
-            self.filter_text = ""
-            self.query_one("#filterbar").add_class("hidden")
-            self._apply_filter()
-            self.table.focus()
+        if self.query_one("#filter", Input).has_focus or self.filter_text:
+            self.clear_filter()
+
+    def clear_filter(self) -> None:
+        self.query_one("#filter", Input).value = ""
+        self.filter_text = ""
+        self.query_one("#filterbar").add_class("hidden")
+        self._apply_filter()
+        self.table.focus()
 
     @property
     def cursor_key(self) -> str | None:

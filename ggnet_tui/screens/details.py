@@ -5,7 +5,7 @@ From here: prepare, take offline, edit, maintenance start / apply (as a job) / d
 
 from __future__ import annotations
 
-from functools import partial
+from functools import lru_cache, partial
 from typing import Any
 
 from rich.text import Text
@@ -17,6 +17,7 @@ from core.errors import GgnetError
 from core.monitor import Throughput
 
 from ..commands import bindings
+from ..widgets.header import StatusHeader
 from ..widgets.table import Cells, Column, KeyedTable
 from .base import TableScreen
 from .common import explain, full_time, rate, size, status, summarise, when
@@ -24,6 +25,29 @@ from .machines import image_text, open_machine_form
 from .modals import ConfirmScreen, Field, FormScreen, TextScreen
 
 HISTORY = 1000  # boots loaded; the count says how many there are in all
+INSTALLED_AS = "machine-details"
+
+
+def open_details(app: Any, name: str) -> None:
+    """Show machine ``name``'s details. One screen, installed at the first opening, serves every
+    machine until logout: composing its header, table and footer anew cost more than reading and
+    showing 1,000 boots."""
+    if not app.is_screen_installed(INSTALLED_AS):
+        app.install_screen(MachineDetailsScreen(name), INSTALLED_AS)
+    screen = app.get_screen(INSTALLED_AS)
+    screen.follow(name)
+    if screen not in app.screen_stack:
+        app.push_screen(INSTALLED_AS)
+
+
+async def forget_details(app: Any) -> None:
+    """At logout (once no mode's stack holds it): the next user gets a fresh screen."""
+    if app.is_screen_installed(INSTALLED_AS):
+        screen = app.get_screen(INSTALLED_AS)
+        app.uninstall_screen(INSTALLED_AS)
+        await screen.remove()
+
+
 YES, NO = "yes", "no"
 
 
@@ -36,11 +60,17 @@ def login_after(boot: Any) -> str:
 
 
 def outcome(boot: Any) -> Text:
-    if boot.error:
-        return Text(f"{boot.state}: {boot.error}", style="red")
-    if boot.end_reason:
-        return Text(f"{boot.state} ({boot.end_reason})", style=status(boot.state).style)
-    return status(boot.state)
+    return _outcome(boot.state, boot.end_reason, boot.error)
+
+
+@lru_cache(maxsize=512)
+def _outcome(state: str, end_reason: str | None, error: str | None) -> Text:
+    # shared between rows: a history repeats a few outcomes (the table copies a cell to crop it)
+    if error:
+        return Text(f"{state}: {error}", style="red")
+    if end_reason:
+        return Text(f"{state} ({end_reason})", style=status(state).style)
+    return status(state)
 
 
 class MachineDetailsScreen(TableScreen):
@@ -71,6 +101,23 @@ class MachineDetailsScreen(TableScreen):
     def header_title(self) -> str:
         return f"Machine {self.machine_name}"
 
+    def follow(self, name: str) -> None:
+        """Show machine ``name`` from now on; another machine's rows, filter and cursor go at once."""
+        if name == self.machine_name:
+            return
+        self.machine_name = name
+        self.machine = None
+        self.boots, self._rows, self.io = {}, {}, None
+        if not self.is_mounted:
+            return
+        header = self.query_one(StatusHeader)
+        header.title = self.header_title
+        header.refresh()
+        self.query_one("#summary", Static).update("loading ...")
+        self.sub_title = ""
+        self.clear_filter()
+        self.set_rows([])
+
     def compose_body(self) -> ComposeResult:
         yield Static("loading ...", id="summary")
         yield from super().compose_body()
@@ -78,9 +125,13 @@ class MachineDetailsScreen(TableScreen):
     async def fetch(self) -> Any:
         from core.services import boots
 
-        return await boots.machine_details(self.core, self.actor, self.machine_name, limit=HISTORY)
+        name = self.machine_name
+        return name, await boots.machine_details(self.core, self.actor, name, limit=HISTORY)
 
-    def show(self, data: Any) -> None:
+    def show(self, fetched: Any) -> None:
+        asked, data = fetched
+        if asked != self.machine_name:
+            return  # read before the screen turned to another machine
         m = self.machine = data.machine
         self.machine_name = m.name  # renamed meanwhile: follow it
         if self.io is None:

@@ -260,9 +260,9 @@ class MachinesScreen(MarkingTableScreen):
         if name is None:
             self.notify("No machine under the cursor.", severity="warning")
             return
-        from .details import MachineDetailsScreen
+        from .details import open_details
 
-        self.app.push_screen(MachineDetailsScreen(name))
+        open_details(self.app, name)
 
     def show_details(self) -> None:
         m = self.machines.get(self.cursor_key or "")

@@ -175,6 +175,40 @@ async def test_details_show_the_boot_history_disk_and_io_rates(fast_settings, tm
         assert "no target" in str(other.query_one("#summary", Static).render())
 
 
+async def test_one_details_screen_serves_every_machine_and_goes_at_logout(fast_settings, tmp_path):
+    """Kept between openings (composing it again cost more than its history): another machine's
+    rows never show under this one's name, a read begun for the previous machine is dropped, and
+    the next user gets a fresh screen."""
+    core = fast_settings
+    admin = await make_user(core, "root-admin", Role.ADMIN)
+    for n in (1, 2):
+        await machines.add_machine(core, admin, name=f"pc0{n}", mac=f"52:54:00:aa:00:0{n}")
+    await record_boots(core, admin, "pc01", 3)
+    app = make_app(core)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await logged_in(pilot)
+        await go(pilot, "2", "MachinesScreen")
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: screen_name(app) == "MachineDetailsScreen" and app.screen.table.row_count == 3)
+        first = app.screen
+        stale = await first.fetch()  # as a read of pc01 that ends after the screen turned to pc02
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: screen_name(app) == "MachinesScreen")
+        await pilot.press("down", "enter")
+        await wait_for(pilot, lambda: app.screen is first and first.machine is not None)
+        assert first.machine.name == "pc02" and first.table.row_count == 0
+        assert "Machine pc02" in str(first.query_one("StatusHeader").render())
+        first.show(stale)
+        assert first.machine.name == "pc02" and first.table.row_count == 0
+
+        await app.log_out("Logged out.")
+        await logged_in(pilot)
+        await go(pilot, "2", "MachinesScreen")
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: screen_name(app) == "MachineDetailsScreen" and app.screen.table.row_count == 3)
+        assert app.screen is not first and not first.is_attached
+
+
 async def test_details_maintenance_apply_without_activating_with_a_note_then_discard(fast_settings, tmp_path):
     core = fast_settings
     admin = await make_user(core, "root-admin", Role.ADMIN)
