@@ -13,7 +13,7 @@ Commands (``init``, ``machine add``, ``image import`` of any host file: the host
 the VM) run in the VM through the agent, forked from its already imported interpreter; passwords
 are hashed at bcrypt cost 4 (as in the unit tests), which TCG otherwise spends seconds on.
 
-Usage (one VM per module; the fixture ``lio_ggnet`` in tests/e2e/conftest.py does the first steps)::
+Usage (one VM per run, reset for each module; the fixture ``lio_ggnet`` does the first steps)::
 
     site = LioGgnet.launch(tmp_path_factory.mktemp("lio"))   # VM up, ggnet imported in it
     site.ggnet("init", "--admin", "admin")                  # as admin (GGNET_USER/GGNET_PASSWORD set)
@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import signal
 import time
 import urllib.error
@@ -198,6 +199,18 @@ class LioGgnet:
             status = self.vm.call("reap", timeout=40, pid=pid, wait=10)
         return status  # type: ignore[no-any-return]
 
+    def reset(self) -> None:
+        """As if just launched: serve stopped; ggnet's data, LIO's configuration and the boot files gone."""
+        self.stop()
+        code = (
+            "import shutil\n"
+            f"for path in ({DATA_DIR!r}, {DATA_DIR + '-home'!r}):\n"
+            "    shutil.rmtree(path, ignore_errors=True)\n"
+            "rtslib_fb.RTSRoot().clear_existing(confirm=True)\n"
+        )
+        self.vm.call("exec", code=code)
+        shutil.rmtree(self.tftp_root, ignore_errors=True)
+
     def close(self) -> None:
         try:
             if self.pid is not None and self.vm._sock is not None:
@@ -207,8 +220,18 @@ class LioGgnet:
 
 
 @pytest.fixture(scope="module")
-def lio_ggnet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LioGgnet]:
-    """A LIO VM ready to run ggnet (nothing initialised yet); one per test module."""
+def lio_ggnet(_lio_ggnet_vm: LioGgnet) -> Iterator[LioGgnet]:
+    """A LIO VM ready to run ggnet (nothing initialised yet), as fresh for each test module: the VM
+    is shared by the run (booting it and importing ggnet in it takes 20-25 s under TCG)."""
+    _lio_ggnet_vm.reset()
+    try:
+        yield _lio_ggnet_vm
+    finally:
+        _lio_ggnet_vm.stop()
+
+
+@pytest.fixture(scope="session")
+def _lio_ggnet_vm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LioGgnet]:
     from tests.e2e import qemu_client
     from tests.e2e.lio_vm import ensure_initramfs, ensure_kernel, missing_prerequisites
 
