@@ -38,9 +38,25 @@ def ggnet_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     return env
 
 
+# The commands that store a password hash run the same `main` with bcrypt at cost 4, as the in-process
+# tests hash: every later password login of the test's users then costs milliseconds, not 0.25 s
+# (verification honours the cost stored in each hash; tests/e2e/engine_site.py keeps cost 12).
+FAST_HASH_MAIN = (
+    "import sys; sys.argv[0] = 'ggnet'; from core import auth; auth.set_bcrypt_rounds(4); "
+    "from ggnet_tui.cli import main; main()"
+)
+
+
+def ggnet_command(args: list[str]) -> list[str]:
+    words = [a for a in args if isinstance(a, str) and not a.startswith("-")][:2]
+    if words[:1] == ["init"] or words in (["user", "add"], ["user", "passwd"]):
+        return [sys.executable, "-c", FAST_HASH_MAIN, *args]
+    return [ggnet_executable(), *args]
+
+
 def run_ggnet(args: list[str], env: dict[str, str], **more_env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [ggnet_executable(), *args],
+        ggnet_command(args),
         env={**env, **more_env},
         stdin=subprocess.DEVNULL,  # never a terminal: nothing may wait for a prompt
         capture_output=True,

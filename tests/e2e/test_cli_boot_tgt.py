@@ -14,13 +14,13 @@ import asyncio
 import json
 import os
 import subprocess
-import sys
 import time
 from functools import partial
 from pathlib import Path
 
 import pytest
 
+from tests.cli import ggnet_command
 from tests.e2e import qemu_client
 from tests.e2e.bootdisk import WRITE_OK, make_boot_disk, sector_marker, written_token
 from tests.e2e.qemu_client import ClientSpec, boot_clients, run_client
@@ -29,7 +29,6 @@ from tests.e2e.tgtd import TgtDaemon, free_tcp_port
 
 pytestmark = pytest.mark.e2e
 
-GGNET = str(Path(sys.executable).parent / "ggnet")
 PASSWORD = "e2e-admin-pass"
 MACS = {"pc01": "52:54:00:e2:00:01", "pc02": "52:54:00:e2:00:02"}
 
@@ -56,7 +55,7 @@ def env(tmp_path: Path, tgtd_daemon: TgtDaemon) -> dict[str, str]:
 
 
 def ggnet(env: dict[str, str], *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run([GGNET, *args], env=env, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(ggnet_command(list(args)), env=env, capture_output=True, text=True, timeout=120)
     if check and result.returncode != 0:
         raise AssertionError(f"ggnet {' '.join(args)} exited {result.returncode}: {result.stderr}")
     return result

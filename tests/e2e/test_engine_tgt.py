@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cli import ggnet_executable
+from tests.cli import ggnet_command
 from tests.e2e import qemu_client
 from tests.e2e.bootdisk import PREV_EMPTY, PREV_KEPT, WRITE_OK, make_prev_disk, sector_marker
 from tests.e2e.qemu_client import ClientSpec, boot_clients, run_client
@@ -62,7 +62,7 @@ def serve(tmp_path: Path, env: dict[str, str]):  # type: ignore[no-untyped-def]
 
 
 def ggnet(env: dict[str, str], *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run([ggnet_executable(), *args], env=env, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(ggnet_command(list(args)), env=env, capture_output=True, text=True, timeout=120)
     if check and result.returncode != 0:
         raise AssertionError(f"ggnet {' '.join(args)} exited {result.returncode}: {result.stderr}")
     return result
