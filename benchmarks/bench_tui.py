@@ -277,15 +277,18 @@ async def _details(boots: int, rounds: int = 5) -> dict[str, float]:
             # Enter on pc0001's row, then pc0002's, ...: each opening shows another machine
             machines_screen.table.move_cursor(machines_screen.table.order.index(pcs[round_ % 2].name))
             wall, cpu = time.perf_counter(), time.process_time()
-            machines_screen.action_details()
-            await wait_for(pilot, lambda: app.screen is not machines_screen, delay=0.001, steps=100000)
-            screen = app.screen
-            done = screen.refreshes
-            await wait_for(pilot, lambda s=screen, d=done: s.refreshes > d, delay=0.001, steps=100000)
+            await machines_screen.action_details()
+            want = pcs[round_ % 2].name
+
+            def shown(want: str = want) -> bool:
+                screen = app.screen
+                return screen is not machines_screen and screen.machine is not None and screen.machine.name == want
+
+            await wait_for(pilot, shown, delay=0.001, steps=100000)
             await pilot.pause()  # the paint
             walls.append((time.perf_counter() - wall) * 1000)
             cpus.append((time.process_time() - cpu) * 1000)
-            assert screen.table.row_count == min(boots, 1000) and screen.machine.name == pcs[round_ % 2].name
+            assert app.screen.table.row_count == min(boots, 1000)
             app.pop_screen()
             await pilot.pause()
     await core.close()

@@ -33,6 +33,7 @@ class GgnetScreen(Screen):
         self._again = False
         self._active = False
         self.refreshes = 0  # completed fetches (tests wait on it)
+        self.fresh = False  # shown with data just read: no read when it comes back
 
     @property
     def core(self) -> Any:
@@ -70,7 +71,11 @@ class GgnetScreen(Screen):
         self._active = True
         self.query_one(StatusHeader).refresh()
         if self.REFRESH:
-            self.action_refresh_now()
+            if self.fresh:  # shown with data read just before it came back: the next read at the interval
+                self.fresh = False
+                self._timer = self.set_timer(self.refresh_interval(), self.action_refresh_now)
+            else:
+                self.action_refresh_now()
 
     def on_screen_suspend(self) -> None:
         self._active = False

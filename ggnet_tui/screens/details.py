@@ -28,16 +28,29 @@ HISTORY = 1000  # boots loaded; the count says how many there are in all
 INSTALLED_AS = "machine-details"
 
 
-def open_details(app: Any, name: str) -> None:
+async def open_details(app: Any, name: str) -> None:
     """Show machine ``name``'s details. One screen, installed at the first opening, serves every
     machine until logout: composing its header, table and footer anew cost more than reading and
-    showing 1,000 boots."""
+    showing 1,000 boots. Turning to another machine, the history is read before the screen comes
+    back, so it is laid out and painted once (not emptied, painted, filled and painted again)."""
     if not app.is_screen_installed(INSTALLED_AS):
         app.install_screen(MachineDetailsScreen(name), INSTALLED_AS)
     screen = app.get_screen(INSTALLED_AS)
-    screen.follow(name)
-    if screen not in app.screen_stack:
-        app.push_screen(INSTALLED_AS)
+    if screen in app.screen_stack:
+        screen.follow(name)
+        return
+    if screen.is_mounted and name != screen.machine_name:
+        fetched = None
+        try:
+            fetched = await screen.read(name)
+        except GgnetError:
+            pass  # the screen's own read says why, once shown
+        screen.follow(name)
+        if fetched is not None:
+            screen.show(fetched)
+            screen.refreshes += 1
+            screen.fresh = True
+    app.push_screen(INSTALLED_AS)
 
 
 async def forget_details(app: Any) -> None:
@@ -123,9 +136,11 @@ class MachineDetailsScreen(TableScreen):
         yield from super().compose_body()
 
     async def fetch(self) -> Any:
+        return await self.read(self.machine_name)
+
+    async def read(self, name: str) -> tuple[str, Any]:
         from core.services import boots
 
-        name = self.machine_name
         return name, await boots.machine_details(self.core, self.actor, name, limit=HISTORY)
 
     def show(self, fetched: Any) -> None:

@@ -252,17 +252,17 @@ class MachinesScreen(MarkingTableScreen):
     def on_keyed_table_row_highlighted(self, event: KeyedTable.RowHighlighted) -> None:
         self.show_details()
 
-    def on_keyed_table_row_selected(self, event: KeyedTable.RowSelected) -> None:
-        self.action_details()
+    async def on_keyed_table_row_selected(self, event: KeyedTable.RowSelected) -> None:
+        await self.action_details()
 
-    def action_details(self) -> None:
+    async def action_details(self) -> None:
         name = self.cursor_key
         if name is None:
             self.notify("No machine under the cursor.", severity="warning")
             return
         from .details import open_details
 
-        open_details(self.app, name)
+        await open_details(self.app, name)
 
     def show_details(self) -> None:
         m = self.machines.get(self.cursor_key or "")
