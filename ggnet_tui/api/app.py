@@ -24,7 +24,7 @@ from core.services.api_tokens import signing_key
 
 from . import errors
 from .metrics import CONTENT_TYPE, Metrics
-from .protect import BodyLimit, ConcurrencyLimit, TrustedHosts, address_allowed
+from .protect import BodyLimit, BootsFirst, ConcurrencyLimit, TrustedHosts, address_allowed
 
 IPXE_MEDIA_TYPE = "text/plain; charset=utf-8"
 
@@ -44,13 +44,15 @@ def create_app(core: Core, engine: Engine) -> FastAPI:
     metrics = Metrics(core)
     app.state.metrics = metrics
     errors.install(app)
+    boots_first = BootsFirst()
 
     @app.get("/boot/{mac}", response_class=PlainTextResponse)
     async def boot(mac: str, request: Request) -> PlainTextResponse:
         """A PC asks for its script: this is its boot."""
         client = request.client.host if request.client else None
         started = time.perf_counter()
-        answer = await engine.boot_request(mac, client)
+        with boots_first.boot():
+            answer = await engine.boot_request(mac, client)
         metrics.boot_seconds.observe(time.perf_counter() - started)
         return PlainTextResponse(answer.script, media_type=IPXE_MEDIA_TYPE, headers={"Cache-Control": "no-store"})
 
@@ -89,6 +91,7 @@ def create_app(core: Core, engine: Engine) -> FastAPI:
         limit=settings.api_concurrency,
         prefixes=(PREFIX, "/metrics"),
         exempt=(UPLOAD_PATH, f"{PREFIX}/images/import"),
+        boots_first=boots_first,
     )
     app.add_middleware(BodyLimit, limit=int(settings.api_max_body), exempt=(UPLOAD_PATH,))
     if settings.tls_cert is not None:

@@ -7,9 +7,11 @@ throttling and lockout that matter across processes live in the database (``core
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import math
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -100,16 +102,43 @@ async def _send_too_large(send: Send, limit: int) -> None:
     await send({"type": "http.response.body", "body": response.body})
 
 
-class ConcurrencyLimit:
-    """At most ``limit`` API requests are worked on at once; the others wait their turn. The engine
-    shares this process's event loop: a flood of API requests must not slow PCs' boot requests,
-    which never wait here. Long transfers (``exempt``: uploads, imports) and WebSockets do not
-    take a turn."""
+class BootsFirst:
+    """PCs' boot requests go first: while one is answered, no API request starts its work (those
+    under way finish). The engine shares this process's event loop and its database."""
 
-    def __init__(self, app: ASGIApp, limit: int, prefixes: tuple[str, ...], exempt: tuple[str, ...]) -> None:
+    def __init__(self) -> None:
+        self._booting = 0
+        self._clear = asyncio.Event()
+        self._clear.set()
+
+    @contextlib.contextmanager
+    def boot(self) -> Iterator[None]:
+        self._booting += 1
+        self._clear.clear()
+        try:
+            yield
+        finally:
+            self._booting -= 1
+            if not self._booting:
+                self._clear.set()
+
+    async def wait(self) -> None:
+        await self._clear.wait()
+
+
+class ConcurrencyLimit:
+    """At most ``limit`` API requests are worked on at once; the others wait their turn, and none
+    starts while a PC's boot request is answered (``boots_first``): a flood of API requests must not
+    slow the boot requests, which never wait here. Long transfers (``exempt``: uploads, imports)
+    and WebSockets do not take a turn."""
+
+    def __init__(
+        self, app: ASGIApp, limit: int, prefixes: tuple[str, ...], exempt: tuple[str, ...], boots_first: BootsFirst
+    ) -> None:
         self.app = app
         self.prefixes = prefixes
         self.exempt = exempt
+        self.boots_first = boots_first
         self._turns = asyncio.Semaphore(limit)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -118,6 +147,7 @@ class ConcurrencyLimit:
             await self.app(scope, receive, send)
             return
         async with self._turns:
+            await self.boots_first.wait()
             await self.app(scope, receive, send)
 
 
