@@ -10,7 +10,6 @@ with ``os.listdir`` — so a bug in ggnet's own view of things cannot hide itsel
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import shutil
 import subprocess
@@ -26,7 +25,7 @@ from core.config import Settings
 from core.context import Core
 from core.engine.engine import Engine
 from tests.cli import ggnet_executable
-from tests.conftest import _pg_admin, make_database_url
+from tests.conftest import drop_pg_database, make_database_url
 from tests.e2e.bootdisk import make_prev_disk
 from tests.e2e.tgtd import TgtDaemon, free_tcp_port, start_private_tgtd, unavailable
 
@@ -408,14 +407,15 @@ class Site:
 
 
 class Snapshot:
-    """The site as built, restored before each run of an operator's action."""
+    """The site as built, restored before each run of an operator's action. PostgreSQL: the rows are
+    copied into a schema of their own and put back (one transaction, ~20 ms); a database copied from a
+    template for each point cost ~190 ms."""
 
     def __init__(self, env: dict[str, str], db_kind: str, tmp_path: Path) -> None:
         self.env = env
         self.kind = db_kind
         self.saved = tmp_path / "saved"
-        self.pg_template: str | None = None
-        self.pg_current: str | None = None
+        self.sequences: list[tuple[str, int | None]] = []
 
     @property
     def data(self) -> Path:
@@ -425,13 +425,32 @@ class Snapshot:
     def sqlite_file(self) -> Path:
         return Path(self.env["GGNET_DATABASE_URL"].removeprefix("sqlite+aiosqlite:///"))
 
+    async def _pg(self) -> Any:
+        import asyncpg
+
+        return await asyncpg.connect(self.env["GGNET_DATABASE_URL"].replace("postgresql+asyncpg://", "postgresql://"))
+
+    @staticmethod
+    def _tables() -> list[str]:
+        from core.models import Base
+
+        return [t.name for t in Base.metadata.sorted_tables] + ["alembic_version"]  # parents first
+
     async def save(self) -> None:
         shutil.copytree(self.data / "writebacks", self.saved / "writebacks")
         if self.kind == "sqlite":
             shutil.copy(self.sqlite_file, self.saved / "ggnet.db")
-        else:
-            url = self.env["GGNET_DATABASE_URL"]
-            self.pg_template = self.pg_current = url.rpartition("/")[2]
+            return
+        conn = await self._pg()
+        try:
+            async with conn.transaction():
+                await conn.execute("CREATE SCHEMA saved")
+                for table in self._tables():
+                    await conn.execute(f'CREATE TABLE saved."{table}" AS TABLE public."{table}"')
+            rows = await conn.fetch("SELECT sequencename, last_value FROM pg_sequences WHERE schemaname = 'public'")
+            self.sequences = [(r["sequencename"], r["last_value"]) for r in rows]
+        finally:
+            await conn.close()
 
     async def restore(self) -> None:
         shutil.rmtree(self.data / "writebacks")
@@ -441,19 +460,17 @@ class Snapshot:
                 Path(f"{self.sqlite_file}{suffix}").unlink(missing_ok=True)
             shutil.copy(self.saved / "ggnet.db", self.sqlite_file)
             return
-        if self.pg_current and self.pg_current != self.pg_template:
-            await _pg_admin(f'DROP DATABASE IF EXISTS "{self.pg_current}" WITH (FORCE)')
-        self.pg_current = f"{self.pg_template}_n"
-        await _pg_admin(f'DROP DATABASE IF EXISTS "{self.pg_current}" WITH (FORCE)')
-        await _pg_admin(f'CREATE DATABASE "{self.pg_current}" TEMPLATE "{self.pg_template}"')
-        base = self.env["GGNET_DATABASE_URL"].rpartition("/")[0]
-        self.env["GGNET_DATABASE_URL"] = f"{base}/{self.pg_current}"
-
-    async def drop(self) -> None:
-        if self.kind == "pg":
-            for name in {self.pg_current, self.pg_template} - {None}:
-                with contextlib.suppress(Exception):
-                    await _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        tables = self._tables()
+        conn = await self._pg()
+        try:
+            async with conn.transaction():
+                await conn.execute("TRUNCATE " + ", ".join(f'public."{t}"' for t in tables) + " CASCADE")
+                for table in tables:
+                    await conn.execute(f'INSERT INTO public."{table}" SELECT * FROM saved."{table}"')
+                for name, last in self.sequences:
+                    await conn.execute("SELECT setval($1, $2, $3)", f'public."{name}"', last or 1, last is not None)
+        finally:
+            await conn.close()
 
 
 @pytest.fixture(scope="module")
@@ -473,7 +490,7 @@ async def site(db_kind: str, tmp_path: Path, template_root: Path, shared_tgtd: T
     tgtd.delete_all_targets()
     for account in tgtd.tgtadm("--lld", "iscsi", "--op", "show", "--mode", "account").stdout.split()[2:]:
         tgtd.tgtadm("--lld", "iscsi", "--op", "delete", "--mode", "account", "--user", account, check=False)
-    url, _ = await make_database_url(db_kind, tmp_path, template_root)
+    url, pg_name = await make_database_url(db_kind, tmp_path, template_root)
     env = engine_env(tmp_path, tgtd, database_url=url, GGNET_WRITEBACK_IDLE_HOURS="0")
     built = Site(env, tgtd)
     snapshot = Snapshot(env, db_kind, tmp_path)
@@ -484,4 +501,5 @@ async def site(db_kind: str, tmp_path: Path, template_root: Path, shared_tgtd: T
         yield built, snapshot
     finally:
         await built.close()
-        await snapshot.drop()
+        if pg_name is not None:
+            await drop_pg_database(pg_name)
