@@ -107,6 +107,7 @@ class Settings(BaseSettings):
     observe_seconds: float = Field(default=2.0, gt=0)  # how often logins and logouts are looked for
     reserved_space: int | str = "10G"  # below this much free space, new boots are refused
     writeback_idle_hours: float = Field(default=12.0, ge=0)  # fresh writebacks unused this long are discarded
+    db_busy_seconds: float = Field(default=10.0, gt=0, le=600)  # a change waits this long for SQLite's write lock
     console_engine: bool = True  # the console runs the engine while no ggnet serve does (as root)
 
     # the HTTP API (on ggnet serve's listener, under /api/v1)

@@ -29,7 +29,7 @@ class Core:
 
     @classmethod
     def open(cls, settings: Settings) -> Core:
-        return cls(settings=settings, db=Database(settings.database_url))
+        return cls(settings=settings, db=Database(settings.database_url, settings.db_busy_seconds))
 
     async def close(self) -> None:
         await self.db.dispose()

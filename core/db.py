@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import urllib.parse
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,18 +29,21 @@ if TYPE_CHECKING:  # alembic loads only to migrate (see SCHEMA_HEAD)
     from alembic.config import Config as AlembicConfig
     from alembic.script import ScriptDirectory
 
-SQLITE_BUSY_TIMEOUT_MS = 10_000
+BUSY_SECONDS = 10.0  # how long a change waits for another process's SQLite write lock (GGNET_DB_BUSY_SECONDS)
 
 
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    # SQLAlchemy, not the driver, issues BEGIN (see _sqlite_begin)
-    dbapi_connection.isolation_level = None
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.close()
+def _sqlite_pragmas(busy_seconds: float) -> Callable[[Any, Any], None]:
+    def on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # SQLAlchemy, not the driver, issues BEGIN (see _sqlite_begin)
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA busy_timeout={int(busy_seconds * 1000)}")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    return on_connect
 
 
 def _sqlite_begin(conn: Connection) -> None:
@@ -87,14 +90,12 @@ def _prepare_sqlite_file(parsed: URL) -> URL:
 
 # hide_parameters: a database error's text would otherwise quote the statement's values
 # (password hashes, CHAP secrets) into the log
-def create_engine(url: str) -> AsyncEngine:
+def create_engine(url: str, busy_seconds: float = BUSY_SECONDS) -> AsyncEngine:
     parsed = _supported_url(url)
     if parsed.get_backend_name() == "sqlite":
         parsed = _prepare_sqlite_file(parsed)
-        engine = create_async_engine(
-            parsed, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}, hide_parameters=True
-        )
-        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        engine = create_async_engine(parsed, connect_args={"timeout": busy_seconds}, hide_parameters=True)
+        event.listen(engine.sync_engine, "connect", _sqlite_pragmas(busy_seconds))
         event.listen(engine.sync_engine, "begin", _sqlite_begin)
         return engine
     return create_async_engine(parsed, pool_pre_ping=True, hide_parameters=True)
@@ -124,9 +125,10 @@ def _supported_url(url: str) -> URL:
 class Database:
     """One engine and its session factory."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, busy_seconds: float = BUSY_SECONDS) -> None:
         self.url = url
-        self.engine = create_engine(url)
+        self.busy_seconds = busy_seconds
+        self.engine = create_engine(url, busy_seconds)
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
 
     @property
@@ -159,7 +161,7 @@ class Database:
         """The operating condition behind a database error as a typed error with a sentence
         (read-only, busy, disk full, cannot open); None for anything else (constraint
         violations stay as they are: the services turn them into conflicts)."""
-        return database_failure(exc, self.safe_url, sqlite_file(self.url))
+        return database_failure(exc, self.safe_url, sqlite_file(self.url), self.busy_seconds)
 
     async def dispose(self) -> None:
         await self.engine.dispose()
@@ -213,7 +215,9 @@ class Database:
             await conn.run_sync(_check_revision, False)
 
 
-def database_failure(exc: BaseException, where: str, path: Path | None = None) -> GgnetError | None:
+def database_failure(
+    exc: BaseException, where: str, path: Path | None = None, busy_seconds: float = BUSY_SECONDS
+) -> GgnetError | None:
     """See Database.failure; ``where`` names the database, ``path`` is its file (SQLite)."""
     if isinstance(exc, IntegrityError):
         return None
@@ -227,7 +231,7 @@ def database_failure(exc: BaseException, where: str, path: Path | None = None) -
             "(check the permissions and the file system of the database, or the database server)"
         )
     if name.startswith("SQLITE_BUSY") or name == "SQLITE_LOCKED" or code in ("55P03", "40P01", "40001"):
-        wait = f" for over {SQLITE_BUSY_TIMEOUT_MS // 1000} s" if name.startswith("SQLITE_BUSY") else ""
+        wait = f" for over {busy_seconds:g} s" if name.startswith("SQLITE_BUSY") else ""
         return DatabaseBusy(
             f"the database {where} is busy: another process has held its write lock{wait}; try again"
             + (f" (fuser {path} names the processes that have it open)" if path else "")

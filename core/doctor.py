@@ -378,7 +378,7 @@ async def check_database(settings: Settings) -> tuple[list[Check], set[str] | No
     """The database's checks, and the boot modes of the registered machines (None when it cannot tell)."""
     from sqlalchemy.engine import make_url
 
-    from .db import SQLITE_BUSY_TIMEOUT_MS, Database, _reason
+    from .db import Database, _reason
     from .errors import GgnetError
 
     try:
@@ -396,7 +396,7 @@ async def check_database(settings: Settings) -> tuple[list[Check], set[str] | No
     if sqlite_file and not Path(str(url.database)).is_file():  # connecting would create an empty file
         return [Check("database", "fail", f"no database at {url.database}: run ggnet init")], None
     try:
-        db = Database(settings.database_url)
+        db = Database(settings.database_url, settings.db_busy_seconds)
     except Exception as exc:  # e.g. a driver that is not installed
         return [Check("database", "fail", f"cannot use {safe}: {_reason(exc)}; fix GGNET_DATABASE_URL")], None
     try:
@@ -431,7 +431,7 @@ async def check_database(settings: Settings) -> tuple[list[Check], set[str] | No
                         "database",
                         "fail",
                         f"SQLite at {safe} is busy: another process holds its write lock, so changes wait "
-                        f"up to {SQLITE_BUSY_TIMEOUT_MS // 1000} s and then fail; fuser {database_file} names "
+                        f"up to {settings.db_busy_seconds:g} s and then fail; fuser {database_file} names "
                         "the processes that have it open",
                     )
                 ], None
