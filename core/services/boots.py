@@ -703,6 +703,9 @@ async def converge_now(core: Core) -> bool:
     return True
 
 
+WAIT_POLL_SECONDS = 0.05  # a one-row read: a command waiting on the engine answers within 50 ms of it
+
+
 async def wait_boots(core: Core, boot_ids: list[int], timeout: float = WAIT_SECONDS) -> dict[int, Boot]:
     """Until each boot is ready, failed or refused (or the timeout passes): the rows as they are."""
     deadline = time.monotonic() + timeout
@@ -712,7 +715,7 @@ async def wait_boots(core: Core, boot_ids: list[int], timeout: float = WAIT_SECO
         pending = [b for b in rows.values() if b.state in (BootState.REQUESTED.value, BootState.PREPARING.value)]
         if not pending or time.monotonic() > deadline:
             return rows
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(WAIT_POLL_SECONDS)
 
 
 async def wait_request(core: Core, request_id: int, timeout: float = WAIT_SECONDS) -> EngineRequest | None:
@@ -722,4 +725,4 @@ async def wait_request(core: Core, request_id: int, timeout: float = WAIT_SECOND
             row = await session.get(EngineRequest, request_id)
         if row is None or row.state != EngineRequestState.PENDING.value or time.monotonic() > deadline:
             return row
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(WAIT_POLL_SECONDS)
