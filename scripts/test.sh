@@ -2,7 +2,7 @@
 # Install everything the tests need, run the static checks (ruff, mypy, import-linter), then the whole suite.
 #   as root: Debian packages (qemu, tgt, PostgreSQL, ...) through apt, and a PostgreSQL cluster started
 #   always:  a virtual environment in .venv with ggnet and its test dependencies
-# Arguments are passed to pytest (e.g. scripts/test.sh -k machines).
+# Arguments are passed to one pytest run (e.g. scripts/test.sh -k machines); without, two run at once.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -68,5 +68,28 @@ echo "== mypy (core)"
 echo "== lint-imports"
 .venv/bin/lint-imports
 
-echo "== pytest"
-exec .venv/bin/python -m pytest "$@"
+if [ $# -gt 0 ]; then
+  echo "== pytest $*"
+  exec .venv/bin/python -m pytest "$@"
+fi
+
+# The whole suite as two pytest runs at once, one per core: the end-to-end tests (mostly QEMU clients
+# under TCG and the LIO VM) and the rest (mostly Python). Each has its own temporary directory and
+# databases; the end-to-end run's output follows the other's. One after the other they took 22 min.
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+echo "== pytest tests/e2e (in the background) and the rest of tests/"
+.venv/bin/python -m pytest tests/e2e --basetemp="$work/e2e" >"$work/e2e.log" 2>&1 &
+e2e=$!
+set +e
+.venv/bin/python -m pytest tests --ignore=tests/e2e --basetemp="$work/rest"
+rest_status=$?
+wait "$e2e"
+e2e_status=$?
+set -e
+echo "== pytest tests/e2e (ran at the same time)"
+cat "$work/e2e.log"
+if [ "$rest_status" -ne 0 ] || [ "$e2e_status" -ne 0 ]; then
+  echo "pytest failed: tests/e2e exit $e2e_status, the rest exit $rest_status"
+  exit 1
+fi
