@@ -8,6 +8,7 @@ clients). Writebacks are copies: the test's tmp directory is ext4, which cannot 
 from __future__ import annotations
 
 import contextlib
+import http.client
 import os
 import random
 import signal
@@ -89,8 +90,8 @@ class Workload:
                         body = answer.read().decode()
                     with self.lock:
                         self.answers.append(body)
-                except (OSError, urllib.error.URLError):
-                    time.sleep(0.05)  # the server was killed: the PC's iPXE would retry too
+                except (OSError, http.client.HTTPException):  # URLError is an OSError
+                    time.sleep(0.05)  # the server was killed, maybe mid-answer: the PC's iPXE would retry too
 
     def _intent(self) -> list[str]:
         rng = self.rng
