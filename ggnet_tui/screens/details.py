@@ -43,8 +43,8 @@ async def open_details(app: Any, name: str) -> None:
         fetched = None
         try:
             fetched = await screen.read(name)
-        except GgnetError:
-            pass  # the screen's own read says why, once shown
+        except Exception:  # the screen's own read says why (or files an incident), once shown
+            pass
         screen.follow(name)
         if fetched is not None:
             screen.show(fetched)

@@ -209,6 +209,37 @@ async def test_one_details_screen_serves_every_machine_and_goes_at_logout(fast_s
         assert app.screen is not first and not first.is_attached
 
 
+async def test_an_unexpected_error_reading_another_machines_details_keeps_the_console(
+    fast_settings, tmp_path, monkeypatch
+):
+    core = fast_settings
+    admin = await make_user(core, "root-admin", Role.ADMIN)
+    for n in (1, 2):
+        await machines.add_machine(core, admin, name=f"pc0{n}", mac=f"52:54:00:aa:00:0{n}")
+    from core.services import boots
+
+    real = boots.machine_details
+
+    async def failing(core_, actor, name, limit=1000):
+        if name == "pc02":
+            raise RuntimeError("the disk went away")
+        return await real(core_, actor, name, limit=limit)
+
+    monkeypatch.setattr(boots, "machine_details", failing)
+    app = make_app(core)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await logged_in(pilot)
+        await go(pilot, "2", "MachinesScreen")
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: screen_name(app) == "MachineDetailsScreen" and app.screen.machine is not None)
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: screen_name(app) == "MachinesScreen")
+        await pilot.press("down", "enter")  # pc02: its read fails before and after the screen comes back
+        await wait_for(pilot, lambda: screen_name(app) == "MachineDetailsScreen" and app.screen.refreshes >= 2)
+        assert app.is_running and app.screen.machine is None and app.screen.machine_name == "pc02"
+        assert "incident" in str(app.screen.query_one("#notice").render()).lower()
+
+
 async def test_details_maintenance_apply_without_activating_with_a_note_then_discard(fast_settings, tmp_path):
     core = fast_settings
     admin = await make_user(core, "root-admin", Role.ADMIN)
