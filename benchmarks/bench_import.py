@@ -10,8 +10,10 @@ holes between them. Each round times, in turn:
 - anchor `qemu-img convert -f qcow2 -O raw` of the source, then `sync` of the output;
 - anchor `cp` of the source, then `sync` of the copy;
 - the service: `images.import_image` (probe, check, map, convert, digest, flush, database);
-- the CLI: `ggnet image import SOURCE --name N` as a subprocess (start-up, login at bcrypt's
-  production cost, and the same import), and `ggnet image list`: the fixed cost every command pays.
+- the CLI: `ggnet image import SOURCE --name N` as a subprocess after `ggnet login` (start-up,
+  the login token's check, and the same import), and `ggnet image list`: the fixed cost every
+  command pays; and the same import with GGNET_PASSWORD instead of the token (a bcrypt check at
+  the production cost, as a script without `ggnet login` pays it).
 
 The file system is synced (syncfs) before each timed step so that no step pays for another's
 dirty pages; the source stays in the page cache for all of them. Figures are the median of
@@ -114,9 +116,19 @@ async def main() -> None:
         print(f"{source.stat().st_size / MiB:.0f} MiB file")
         data_dir = root / "data"
         env = {k: v for k, v in os.environ.items() if not k.startswith("GGNET_")}
-        env.update(GGNET_DATA_DIR=str(data_dir), HOME=str(root / "home"))
+        runtime = root / "run"
+        runtime.mkdir(mode=0o700)
+        env.update(GGNET_DATA_DIR=str(data_dir), HOME=str(root / "home"), XDG_RUNTIME_DIR=str(runtime))
         cli(code, ["init", "--admin", "admin"], {**env, "GGNET_NEW_PASSWORD": PASSWORD})
-        env.update(GGNET_USER="admin", GGNET_PASSWORD=PASSWORD)
+        cli(code, ["login"], {**env, "GGNET_USER": "admin", "GGNET_PASSWORD": PASSWORD})
+        # without the token: another runtime directory, the password in the environment
+        (root / "run-no-login").mkdir(mode=0o700)
+        password_env = {
+            **env,
+            "XDG_RUNTIME_DIR": str(root / "run-no-login"),
+            "GGNET_USER": "admin",
+            "GGNET_PASSWORD": PASSWORD,
+        }
         settings = Settings(data_dir=data_dir, log_file=root / "bench.log")
         configure_logging(settings.log_file)
         core = Core.open(settings)
@@ -126,6 +138,7 @@ async def main() -> None:
             "service": [],
             "CLI": [],
             "CLI fixed cost": [],
+            "CLI, password": [],
         }
         out = root / "anchor.out"
         for n in range(args.rounds):
@@ -151,6 +164,11 @@ async def main() -> None:
             start = time.perf_counter()
             cli(code, ["image", "list"], env)  # start-up, imports, login: what every command pays
             times["CLI fixed cost"].append(time.perf_counter() - start)
+            syncfs(root)
+            start = time.perf_counter()
+            cli(code, ["image", "import", str(source), "--name", f"pw{n}"], password_env)
+            times["CLI, password"].append(time.perf_counter() - start)
+            await images.remove_image(core, SYSTEM, f"pw{n}")
             print(f"round {n + 1}: " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in times.items()), flush=True)
         await core.close()
         anchor = statistics.median(times["qemu-img convert + sync"])
@@ -159,14 +177,14 @@ async def main() -> None:
         for name, values in times.items():
             rate = data / 1e6 / statistics.median(values)
             print(f"  {name:24} {figure(values)}  {rate:7.0f} MB/s")
-        for name in ("service", "CLI"):
+        for name in ("service", "CLI", "CLI, password"):
             mine = statistics.median(times[name])
             # each round's own ratio too: the anchor and ggnet ran seconds apart, so a busy machine weighs on both
             paired = statistics.median(
                 m / a for m, a in zip(times[name], times["qemu-img convert + sync"], strict=True)
             )
             print(
-                f"  ratio {name:7} / qemu-img convert + sync: {mine / anchor:.2f} (median of the rounds' own "
+                f"  ratio {name:13} / qemu-img convert + sync: {mine / anchor:.2f} (median of the rounds' own "
                 f"ratios {paired:.2f})   / cp + sync: {mine / copy:.2f}"
             )
     finally:

@@ -12,7 +12,7 @@ changes nothing, or is noticed (`ProbedImage.changed`).
 The conversion runs in windows of the virtual disk (``raw`` driver ``offset``/``size`` on
 both sides, ``-n --target-is-zero``), each holding about the same amount of data. While
 qemu-img converts one window, ggnet hashes the previous one (still in the page cache) on
-every core and flushes it to disk: the digest (core.storage.digest, ``ggnet-disk-v1``) costs
+every core while a third thread writes the converted data to disk: the digest (core.storage.digest, ``ggnet-disk-v1``) costs
 no second pass over the disk. Windows without data are not run at all: they stay holes.
 
 qemu-img runs under ``setpriv --pdeathsig KILL``: when the ggnet process (strictly, the
@@ -482,9 +482,8 @@ async def convert_to_raw(
     return work.result()
 
 
-def _hash_and_flush(digest: DiskDigest, fd: int, window: Window, stop: threading.Event) -> None:
+def _hash_window(digest: DiskDigest, fd: int, window: Window, stop: threading.Event) -> None:
     digest.add(fd, window.start, window.end, stop)
-    os.fdatasync(fd)  # this window goes to disk while qemu-img writes the next
 
 
 async def _convert(
@@ -495,7 +494,11 @@ async def _convert(
     total = sum(w.data for w in windows)
     digest = DiskDigest(size)
     stop = threading.Event()
-    background: asyncio.Future[None] | None = None
+    # Three stages overlap: qemu-img converts a window, a thread hashes the previous one (still in
+    # the page cache), another writes what is converted so far to disk. Each waits only for its own
+    # previous step, so the slowest stage, not their sum, sets the pace.
+    hashing: asyncio.Future[None] | None = None
+    flushing: asyncio.Future[None] | None = None
     done = 0
 
     def report(window: Window, percent: float) -> None:
@@ -509,19 +512,21 @@ async def _convert(
                 for window in windows:
                     if window.data:
                         await _convert_window(probed, part.fd, window, size, dest.parent, report, stall)
-                    if background is not None:
-                        await background
-                    # hashed and flushed while qemu-img converts the next window
-                    background = asyncio.ensure_future(
-                        asyncio.to_thread(_hash_and_flush, digest, part.fd, window, stop)
-                    )
+                    if hashing is not None:
+                        await hashing  # the digest takes the windows in order
+                    hashing = asyncio.ensure_future(asyncio.to_thread(_hash_window, digest, part.fd, window, stop))
+                    if flushing is None or flushing.done():
+                        if flushing is not None:
+                            await flushing  # done: raises its error, if any
+                        flushing = asyncio.ensure_future(asyncio.to_thread(os.fdatasync, part.fd))
                     done += window.data
-                if background is not None:
-                    await background
-                # through ``background`` too: a cancel must not close the file under a running fsync
-                background = asyncio.ensure_future(asyncio.to_thread(os.fsync, part.fd))
-                await background
-                background = None
+                if hashing is not None:
+                    await hashing
+                if flushing is not None:
+                    await flushing
+                # through ``flushing`` too: a cancel must not close the file under a running fsync
+                flushing = asyncio.ensure_future(asyncio.to_thread(os.fsync, part.fd))
+                await flushing
                 if progress is not None and not total:
                     progress(100.0)
                 if cancel is not None and cancel.is_set():  # cancelled while the last step was finishing
@@ -529,8 +534,9 @@ async def _convert(
                 part.commit(dest)
             except BaseException:
                 stop.set()
-                if background is not None:  # the thread reads the partial file: it must end before the file goes
-                    await settle(background)
+                for thread in (hashing, flushing):  # they use the partial file: they must end before it goes
+                    if thread is not None:
+                        await settle(thread)
                 if part.committed:
                     dest.unlink(missing_ok=True)
                 raise

@@ -433,14 +433,14 @@ async def test_import_runs_as_a_job_console_stays_usable_checksum_shown_cancel_l
     # hold the import after 100 %, while it hashes the last part of the disk, until the test has
     # looked (the hashing runs in a thread: a threading.Event holds it)
     hashing, release = threading.Event(), threading.Event()
-    real_hash = qemu_img._hash_and_flush
+    real_hash = qemu_img._hash_window
 
     def held_hash(*args):
         hashing.set()
         release.wait(60)
         return real_hash(*args)
 
-    monkeypatch.setattr(qemu_img, "_hash_and_flush", held_hash)
+    monkeypatch.setattr(qemu_img, "_hash_window", held_hash)
     app = make_app(core)
     shown = notes_of(app)
     async with app.run_test(size=(80, 24)) as pilot:
