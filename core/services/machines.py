@@ -131,10 +131,10 @@ def _machine_query() -> Select[*tuple[Any, ...]]:
     return (
         select(
             *_VIEW_COLUMNS,
-            Image.name.label("image_name"),
-            pinned.c.number.label("pinned_number"),
-            game.c.name.label("game_image_name"),
-            game_pinned.c.number.label("game_pinned_number"),
+            Image.name.label("image"),
+            pinned.c.number.label("pinned_version"),
+            game.c.name.label("game_image"),
+            game_pinned.c.number.label("game_pinned_version"),
             MachineObservation.status,
             MachineObservation.detail.label("status_detail"),
             MachineObservation.logged_in,
@@ -158,38 +158,22 @@ def _machine_query() -> Select[*tuple[Any, ...]]:
     )
 
 
+@functools.cache
+def _machine_fields() -> tuple[str, ...]:
+    return tuple(_machine_query().selected_columns.keys())
+
+
 def _view(row: Any, secrets_ok: bool) -> MachineView:
-    """From a result row of _machine_query."""
-    return MachineView(
-        id=row.id,
-        name=row.name,
-        mac=row.mac,
-        ip=row.ip,
-        boot_mode=row.boot_mode,
-        initiator_iqn=row.initiator_iqn,
-        chap_username=row.chap_username,
-        chap_secret=row.chap_secret if secrets_ok else None,
-        image=row.image_name,
-        image_id=row.image_id,
-        pinned_version=row.pinned_number,
-        game_image=row.game_image_name,
-        game_pinned_version=row.game_pinned_number,
-        boot_enabled=row.boot_enabled,
-        writeback_policy=row.writeback_policy,
-        status=row.status or MachineStatus.OFF.value,
-        status_detail=row.status_detail,
-        logged_in=bool(row.logged_in),
-        client_address=row.client_address,
-        last_seen_at=row.last_seen_at,
-        writeback_bytes=row.writeback_bytes,
-        read_bytes=row.read_bytes,
-        written_bytes=row.written_bytes,
-        observed_at=row.observed_at,
-        notes=row.notes,
-        updated_at=row.updated_at,
-        updated_by=row.updated_by,
-        row_version=row.row_version,
-    )
+    """From a result row of _machine_query, whose columns are named as the view's fields.
+
+    By position, not ``row.name``: a row's attribute costs ~0.4 us, and a page of 100 machines has
+    2,800 of them (the API's machines page spent a fifth of its time there)."""
+    values = dict(zip(_machine_fields(), row, strict=True))
+    values["status"] = values["status"] or MachineStatus.OFF.value
+    values["logged_in"] = bool(values["logged_in"])
+    if not secrets_ok:
+        values["chap_secret"] = None
+    return MachineView.model_validate(values)
 
 
 async def get_row(session: AsyncSession, name: str) -> Machine:
