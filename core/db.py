@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 import urllib.parse
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +31,26 @@ if TYPE_CHECKING:  # alembic loads only to migrate (see SCHEMA_HEAD)
     from alembic.script import ScriptDirectory
 
 BUSY_SECONDS = 10.0  # how long a change waits for another process's SQLite write lock (GGNET_DB_BUSY_SECONDS)
+
+# Work that gives way to something more urgent sharing its event loop (ggnet serve marks each API
+# request: it gives way to the PCs' boot requests). Each of its sessions opens only after this
+# returns, so such a request pauses between its steps, not only before it starts. A session opened
+# inside another one never waits: the outer one may hold a lock that the urgent work needs.
+give_way: ContextVar[Callable[[], Awaitable[None]] | None] = ContextVar("give_way", default=None)
+
+
+@asynccontextmanager
+async def _turn() -> AsyncIterator[None]:
+    wait = give_way.get()
+    if wait is None:
+        yield
+        return
+    await wait()
+    inside = give_way.set(None)
+    try:
+        yield
+    finally:
+        give_way.reset(inside)
 
 
 def _sqlite_pragmas(busy_seconds: float) -> Callable[[Any, Any], None]:
@@ -142,7 +163,7 @@ class Database:
     @asynccontextmanager
     async def session(self) -> AsyncIterator[AsyncSession]:
         try:
-            async with self.sessions() as session:
+            async with _turn(), self.sessions() as session:
                 yield session
         except DBAPIError as exc:
             raise self.failure(exc) or exc from None
@@ -151,7 +172,7 @@ class Database:
     async def transaction(self) -> AsyncIterator[AsyncSession]:
         """A session inside one transaction: committed on success, rolled back on error."""
         try:
-            async with self.sessions() as session, session.begin():
+            async with _turn(), self.sessions() as session, session.begin():
                 await session.connection(execution_options={"sqlite_immediate": True})
                 yield session
         except DBAPIError as exc:

@@ -16,6 +16,8 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from core.db import give_way
+
 from .errors import BodyTooLarge, RateLimited
 
 MAX_KEYS = 100_000  # a flood of distinct addresses or names cannot grow the table without bound
@@ -103,8 +105,9 @@ async def _send_too_large(send: Send, limit: int) -> None:
 
 
 class BootsFirst:
-    """PCs' boot requests go first: while one is answered, no API request starts its work (those
-    under way finish). The engine shares this process's event loop and its database."""
+    """PCs' boot requests go first: while one is answered, no API request starts its work, and those
+    under way pause before their next database session (core.db.give_way). The engine shares this
+    process's event loop and its database."""
 
     def __init__(self) -> None:
         self._booting = 0
@@ -148,7 +151,12 @@ class ConcurrencyLimit:
             return
         async with self._turns:
             await self.boots_first.wait()
-            await self.app(scope, receive, send)
+            # and between its steps: each database session it opens waits for the boots too
+            marked = give_way.set(self.boots_first.wait)
+            try:
+                await self.app(scope, receive, send)
+            finally:
+                give_way.reset(marked)
 
 
 class TrustedHosts:
