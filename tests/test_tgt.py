@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from core.config import Settings
-from core.errors import BackendUnavailable, Conflict, Invalid, NotFound
+from core.errors import BackendUnavailable, Invalid, NotFound
 from core.iscsi import select as select_mod
 from core.iscsi.base import InitiatorSession, LunIO, LunSpec, TargetSpec
 from core.iscsi.diff import find_drift, target_diff
@@ -512,11 +512,7 @@ async def test_no_secret_ever_reaches_an_argv(tgtd_daemon: TgtDaemon, tmp_path: 
 async def test_refusals_change_nothing(tgtd_daemon: TgtDaemon, tmp_path: Path):
     backend = TgtBackend(tgtd_daemon.control_port)
     a = spec_for(tgtd_daemon, tmp_path, "pc01")
-    await backend.create_target(a)
-    # another machine may not reuse pc01's CHAP account (compat create_target checks)
-    stolen = spec_for(tgtd_daemon, tmp_path, "pc02", chap_username=a.chap_username)
-    with pytest.raises(Conflict, match=a.iqn):
-        await backend.create_target(stolen)
+    await backend.apply(a)
     missing = spec_for(tgtd_daemon, tmp_path, "pc03", luns=(LunSpec(1, tmp_path / "nope.raw"),))
     with pytest.raises(NotFound, match="nope.raw"):
         await backend.apply(missing)
@@ -567,19 +563,6 @@ async def test_portal_is_added_when_missing(tgtd_daemon: TgtDaemon, tmp_path: Pa
             await backend.apply(taken)
     finally:
         busy.close()
-
-
-async def test_compat_methods_still_work(tgtd_daemon: TgtDaemon, tmp_path: Path):
-    backend = TgtBackend(tgtd_daemon.control_port)
-    spec = spec_for(tgtd_daemon, tmp_path, "pc01")
-    await backend.create_target(spec)
-    [actual] = await backend.list_targets()
-    assert (actual.iqn, actual.lun, actual.backing_file) == (spec.iqn, 1, str(spec.luns[0].backing_file))
-    assert actual.acls == [spec.initiator_iqn] and actual.sessions == []
-    assert actual.portals == [f"127.0.0.1:{tgtd_daemon.portal_port}"]
-    assert backend.lun == backend.first_lun == 1 and spec.backing_file == spec.luns[0].backing_file
-    await backend.delete_target(spec.iqn)
-    assert await backend.list_targets() == []
 
 
 async def test_health_and_unreachable_daemon(tgtd_daemon: TgtDaemon, tmp_path: Path):

@@ -46,11 +46,6 @@ class TargetSpec:
     portal_host: str  # where the portal listens (GGNET_PORTAL)
     portal_port: int
 
-    @property
-    def backing_file(self) -> Path:
-        """The first LUN's file. compat: removed when the engine lands (reconcile and sessions read it)."""
-        return self.luns[0].backing_file
-
 
 @dataclass(frozen=True)
 class InitiatorSession:
@@ -125,15 +120,6 @@ class TargetBackend(Protocol):
         ``observe`` reads the secret (LIO)."""
         ...
 
-    # compat: removed when the engine lands (core/services/sessions.py, targets.py, core/reconcile.py)
-    lun: int
-
-    async def create_target(self, spec: TargetSpec) -> None: ...
-
-    async def delete_target(self, iqn: str) -> None: ...
-
-    async def list_targets(self) -> list[ActualTarget]: ...
-
 
 # --------------------------------------------------------------------------- shared by both backends
 
@@ -167,31 +153,3 @@ def check_spec(spec: TargetSpec) -> None:
         problems["portal_host"] = "must be an address"
     if problems:
         raise Invalid(problems)
-
-
-# --------------------------------------------------------------------------- compat: removed when the engine lands
-
-
-@dataclass
-class ActualTarget:
-    """compat: removed when the engine lands. The old listing's view of one target (first LUN only)."""
-
-    iqn: str
-    lun: int | None
-    backing_file: str | None
-    acls: list[str] = field(default_factory=list)  # initiator IQNs allowed
-    sessions: list[InitiatorSession] = field(default_factory=list)  # logged in now
-    portals: list[str] = field(default_factory=list)
-
-
-def to_actual(observed: ObservedTarget) -> ActualTarget:
-    """compat: removed when the engine lands."""
-    first = min(observed.luns) if observed.luns else None
-    return ActualTarget(
-        iqn=observed.iqn,
-        lun=first,
-        backing_file=observed.luns[first] if first is not None else None,
-        acls=list(observed.acls),
-        sessions=list(observed.sessions),
-        portals=list(observed.portals),
-    )

@@ -39,7 +39,6 @@ from typing import Any, TypeVar
 from ..errors import BackendUnavailable, NotFound
 from ..log import get_logger
 from .base import (
-    ActualTarget,
     BackendHealth,
     InitiatorSession,
     LunIO,
@@ -47,7 +46,6 @@ from .base import (
     TargetSpec,
     check_spec,
     portal_text,
-    to_actual,
 )
 from .diff import FIELDS, target_diff
 
@@ -289,7 +287,6 @@ def _rtslib_errors(rtslib: Any) -> tuple[type[BaseException], type[BaseException
 class LioBackend:
     name = "lio"
     first_lun = FIRST_LUN
-    lun = FIRST_LUN  # compat: removed when the engine lands
 
     def __init__(self, root: Path = CONFIGFS) -> None:
         self.root = root
@@ -351,20 +348,6 @@ class LioBackend:
 
     async def delete(self, iqn: str) -> None:
         await self._run(f"delete target {iqn}", self._delete, iqn)
-
-    # -- compat: removed when the engine lands
-
-    async def create_target(self, spec: TargetSpec) -> None:
-        """compat: removed when the engine lands."""
-        await self.apply(spec)
-
-    async def delete_target(self, iqn: str) -> None:
-        """compat: removed when the engine lands."""
-        await self.delete(iqn)
-
-    async def list_targets(self) -> list[ActualTarget]:
-        """compat: removed when the engine lands."""
-        return [to_actual(t) for t in (await self.observe()).values()]
 
     # -- the rest runs in a worker thread, under _RTSLIB_LOCK
 

@@ -27,10 +27,9 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import BackendUnavailable, Conflict, NotFound
+from ..errors import BackendUnavailable, NotFound
 from ..log import get_logger
 from .base import (
-    ActualTarget,
     BackendHealth,
     InitiatorSession,
     LunIO,
@@ -38,7 +37,6 @@ from .base import (
     TargetSpec,
     check_spec,
     portal_text,
-    to_actual,
 )
 from .diff import FIELDS, portal_covered, target_diff
 from .login_probe import chap_accepted
@@ -233,7 +231,6 @@ def to_observed(target: TgtTarget, portals: list[str], io: dict[tuple[int, int],
 class TgtBackend:
     name = "tgt"
     first_lun = DISK_LUN
-    lun = DISK_LUN  # compat: removed when the engine lands
 
     def __init__(self, control_port: int, timeout: float = 10.0) -> None:
         self.control_port = control_port
@@ -555,25 +552,6 @@ class TgtBackend:
             await self._close_connections(tid)  # a client that reconnected meanwhile
             await asyncio.sleep(pause)
             pause = min(pause * 2, 0.2)
-
-    # -- compat: removed when the engine lands
-
-    async def create_target(self, spec: TargetSpec) -> None:
-        """compat: removed when the engine lands. apply(), refusing a CHAP user bound to another target."""
-        for other in (await self._read(None)).values():
-            if other.iqn.lower() != spec.iqn.lower() and spec.chap_username in other.accounts:
-                raise Conflict(
-                    f"CHAP user {spec.chap_username} is already bound to target {other.iqn}; every machine needs its own"
-                )
-        await self.apply(spec)
-
-    async def delete_target(self, iqn: str) -> None:
-        """compat: removed when the engine lands."""
-        await self.delete(iqn)
-
-    async def list_targets(self) -> list[ActualTarget]:
-        """compat: removed when the engine lands."""
-        return [to_actual(t) for t in (await self.observe()).values()]
 
 
 def _bound(blocks: dict[str, tuple[int, str]], user: str, besides: str = "") -> bool:

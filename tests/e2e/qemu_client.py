@@ -23,8 +23,8 @@ Usage::
     results = await boot_clients([ClientSpec(workdir_a, mac_a, tftp), ClientSpec(workdir_b, mac_b, tftp)])
 
     # look at the target while the client is still logged in (then it is stopped)
-    result = await run_client(ClientSpec(workdir, mac, tftp, while_booted=backend.list_targets))
-    result.while_booted_result  # -> what list_targets returned
+    result = await run_client(ClientSpec(workdir, mac, tftp, while_booted=backend.observe))
+    result.while_booted_result  # -> what observe returned
 
     result = boot_client(workdir, mac, tftp_root)   # synchronous wrapper (not inside a running loop)
 

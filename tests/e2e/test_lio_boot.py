@@ -96,9 +96,9 @@ def tftp_root(path: Path, port: int, mac: str, initiator: str, secret: str) -> P
 async def test_client_boots_from_lio_and_its_write_lands_in_the_host_file(vm: LioVm, tmp_path: Path) -> None:
     assert vm.call("health")["ok"] is True
     spec = spec_for(vm)
-    make_boot_disk(spec.backing_file, 8, TOKEN)
-    vm.call("create", spec=as_json(spec))
-    vm.call("create", spec=as_json(spec))  # the same spec again: nothing changes
+    make_boot_disk(spec.luns[0].backing_file, 8, TOKEN)
+    vm.call("apply", spec=as_json(spec))
+    vm.call("apply", spec=as_json(spec))  # the same spec again: nothing changes
     tpg = f"target/iscsi/{TARGET}/tpgt_1"
     assert vm.call("read", path=f"{tpg}/attrib/generate_node_acls").strip() == "0"  # never demo mode
     assert vm.call("read", path=f"{tpg}/attrib/authentication").strip() == "1"
@@ -107,9 +107,9 @@ async def test_client_boots_from_lio_and_its_write_lands_in_the_host_file(vm: Li
 
     async def list_then_delete_while_logged_in() -> tuple[object, object]:
         # what `session stop --force` does: delete the target under a logged-in client
-        during = await asyncio.to_thread(vm.call, "list")
+        during = await asyncio.to_thread(targets, vm)
         await asyncio.to_thread(vm.call, "delete", iqn=TARGET)
-        return during, await asyncio.to_thread(vm.call, "list")
+        return during, await asyncio.to_thread(targets, vm)
 
     tftp = tftp_root(tmp_path / "tftp", vm.port, MAC, INITIATOR, SECRET)
     result = await run_client(ClientSpec(tmp_path / "client", MAC, tftp, while_booted=list_then_delete_while_logged_in))
@@ -117,12 +117,11 @@ async def test_client_boots_from_lio_and_its_write_lands_in_the_host_file(vm: Li
 
     assert result.ok, f"{result.reason}\nCOM1:\n{result.com1_text}\nCOM2:\n{result.com2_text}\n{vm.console_text()}"
     assert sector_marker(TOKEN) in result.com1_text  # LBA 1 read over iSCSI
-    assert written_token(spec.backing_file) == sector_marker(TOKEN)  # LBA 2 written, in the host's file
+    assert written_token(spec.luns[0].backing_file) == sector_marker(TOKEN)  # LBA 2 written, in the host's file
     during, after_delete = result.while_booted_result
     [target] = during
     assert target["iqn"] == TARGET
-    assert target["lun"] == 0
-    assert target["backing_file"] == str(spec.backing_file)
+    assert target["luns"] == {"0": str(spec.luns[0].backing_file)}
     assert target["acls"] == [INITIATOR]
     assert target["portals"] == ["0.0.0.0:3260"]
     # the client's connection reaches the VM through QEMU's user network, from its gateway
@@ -133,8 +132,8 @@ async def test_client_boots_from_lio_and_its_write_lands_in_the_host_file(vm: Li
 
 async def test_wrong_initiator_and_wrong_secret_are_refused(vm: LioVm, tmp_path: Path) -> None:
     spec = spec_for(vm)
-    make_boot_disk(spec.backing_file, 8, TOKEN)  # fresh: LBA 2 empty again
-    vm.call("create", spec=as_json(spec))
+    make_boot_disk(spec.luns[0].backing_file, 8, TOKEN)  # fresh: LBA 2 empty again
+    vm.call("apply", spec=as_json(spec))
     intruder = "iqn.2024-01.lan.ggnet.client:pc02"
     clients = [
         # another machine's IQN with pc01's (leaked) CHAP secret: the ACL keeps it out
@@ -151,7 +150,7 @@ async def test_wrong_initiator_and_wrong_secret_are_refused(vm: LioVm, tmp_path:
         assert result.reason == f"fail: {SANBOOT_FAILED}", f"{result.reason}\n{result.com2_text}"
         assert "Could not open SAN device" in result.com2_text  # iPXE's own words
         assert sector_marker(TOKEN) not in result.com1_text
-    assert written_token(spec.backing_file) is None
+    assert written_token(spec.luns[0].backing_file) is None
     # and the kernel says why: the ACL for one, CHAP for the other
     assert f"{intruder} is not authorized" in vm.console_text()
     assert "Security negotiation failed" in vm.console_text()
@@ -159,11 +158,11 @@ async def test_wrong_initiator_and_wrong_secret_are_refused(vm: LioVm, tmp_path:
 
 async def test_a_differing_target_is_replaced_and_delete_removes_everything(vm: LioVm) -> None:
     spec = spec_for(vm)
-    make_boot_disk(spec.backing_file, 8, TOKEN)
-    vm.call("create", spec=as_json(spec))
+    make_boot_disk(spec.luns[0].backing_file, 8, TOKEN)
+    vm.call("apply", spec=as_json(spec))
     other = spec_for(vm, initiator="iqn.2024-01.lan.ggnet.client:pc01-new")
-    vm.call("create", spec=as_json(other))
-    [target] = vm.call("list")
+    vm.call("apply", spec=as_json(other))
+    [target] = targets(vm)
     assert target["acls"] == [other.initiator_iqn]
     assert _fileio_backstores(vm) == [backstore_name(TARGET, 0)]  # changed in place: the same backstore
 
@@ -172,38 +171,43 @@ async def test_a_differing_target_is_replaced_and_delete_removes_everything(vm: 
         spec, iqn="iqn.2024-01.lan.ggnet:pc02", luns=(LunSpec(0, vm.workdir / "pc02.img"),),
         initiator_iqn="iqn.2024-01.lan.ggnet.client:pc02",
     )  # fmt: skip
-    make_boot_disk(neighbour.backing_file, 8, "pc02")
-    vm.call("create", spec=as_json(neighbour))
-    assert sorted(t["iqn"] for t in vm.call("list")) == [TARGET, neighbour.iqn]
+    make_boot_disk(neighbour.luns[0].backing_file, 8, "pc02")
+    vm.call("apply", spec=as_json(neighbour))
+    assert sorted(t["iqn"] for t in targets(vm)) == [TARGET, neighbour.iqn]
 
     vm.call("delete", iqn=TARGET.replace("ggnet:pc01", "GGNET:PC01"))  # IQNs compare case-insensitively
-    [left] = vm.call("list")
-    assert (left["iqn"], left["acls"], left["backing_file"]) == (
-        neighbour.iqn, [neighbour.initiator_iqn], str(neighbour.backing_file)
+    [left] = targets(vm)
+    assert (left["iqn"], left["acls"], left["luns"]) == (
+        neighbour.iqn, [neighbour.initiator_iqn], {"0": str(neighbour.luns[0].backing_file)}
     )  # fmt: skip
     assert TARGET not in vm.call("ls", path="target/iscsi")
     assert _fileio_backstores(vm) == [backstore_name(neighbour.iqn, 0)]
     vm.call("delete", iqn=TARGET)  # already gone: fine
     vm.call("delete", iqn=neighbour.iqn)
-    assert vm.call("list") == [] and _fileio_backstores(vm) == []
-    assert spec.backing_file.is_file()  # the writeback is the caller's to discard
+    assert targets(vm) == [] and _fileio_backstores(vm) == []
+    assert spec.luns[0].backing_file.is_file()  # the writeback is the caller's to discard
 
     # a portal the kernel refuses (settings validation keeps such an address out; here it makes the
     # creation fail midway, after the backstore, target, LUN and ACL): nothing half-built stays behind
     unbindable = dataclasses.replace(spec, portal_host="256.0.0.1")
     with pytest.raises(LioVmError, match="BackendUnavailable: LIO could not apply target"):
-        vm.call("create", spec=as_json(unbindable))
-    assert vm.call("list") == []
+        vm.call("apply", spec=as_json(unbindable))
+    assert targets(vm) == []
     assert backstore_name(TARGET, 0) not in _fileio_backstores(vm)
 
     # a missing writeback is refused before anything changes: the existing target stays as it was
-    vm.call("create", spec=as_json(spec))
+    vm.call("apply", spec=as_json(spec))
     with pytest.raises(LioVmError, match="NotFound: writeback .*missing.img does not exist"):
-        vm.call("create", spec=as_json(dataclasses.replace(spec, luns=(LunSpec(0, vm.workdir / "missing.img"),))))
-    [kept] = vm.call("list")
-    assert (kept["backing_file"], kept["acls"]) == (str(spec.backing_file), [INITIATOR])
+        vm.call("apply", spec=as_json(dataclasses.replace(spec, luns=(LunSpec(0, vm.workdir / "missing.img"),))))
+    [kept] = targets(vm)
+    assert (kept["luns"], kept["acls"]) == ({"0": str(spec.luns[0].backing_file)}, [INITIATOR])
     vm.call("delete", iqn=TARGET)
-    assert vm.call("list") == [] and _fileio_backstores(vm) == []
+    assert targets(vm) == [] and _fileio_backstores(vm) == []
+
+
+def targets(vm: LioVm) -> list[dict]:
+    """The VM's targets as the backend observes them."""
+    return list(vm.call("observe").values())
 
 
 def _fileio_backstores(vm: LioVm) -> list[str]:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from core.iscsi.base import ActualTarget, LunSpec, TargetSpec
+from core.iscsi.base import LunSpec, ObservedTarget, TargetSpec
 from core.iscsi.tgt import TgtBackend
 from tests.e2e import qemu_client
 from tests.e2e.bootdisk import (
@@ -79,18 +79,18 @@ async def test_two_machines_boot_their_own_disks_at_once(tgtd_daemon: TgtDaemon,
     machines = {"pc01": "52:54:00:6e:00:01", "pc02": "52:54:00:6e:00:02"}
     specs = {name: machine_spec(tgtd_daemon, tmp_path, name) for name in machines}
     for name, spec in specs.items():
-        await backend.create_target(spec)
-        write_client_script(tftp, machines[name], tgtd_daemon, backend.lun, spec.iqn,
+        await backend.apply(spec)
+        write_client_script(tftp, machines[name], tgtd_daemon, backend.first_lun, spec.iqn,
                             spec.initiator_iqn, spec.chap_username, spec.chap_secret)  # fmt: skip
 
-    async def reapply_and_list() -> list[ActualTarget]:
-        # what reconcile does to a running machine: create again (idempotent) while it is logged in
-        await backend.create_target(specs["pc01"])
-        return await backend.list_targets()
+    async def reapply_and_list() -> list[ObservedTarget]:
+        # what the engine's pass does to a running machine: apply again (idempotent) while it is logged in
+        await backend.apply(specs["pc01"])
+        return list((await backend.observe()).values())
 
-    async def delete_while_logged_in() -> list[ActualTarget]:
-        await backend.delete_target(specs["pc02"].iqn)  # forced: stopping a session with --force
-        return await backend.list_targets()
+    async def delete_while_logged_in() -> list[ObservedTarget]:
+        await backend.delete(specs["pc02"].iqn)  # forced: stopping a session with --force
+        return list((await backend.observe()).values())
 
     results = await boot_clients([
         ClientSpec(tmp_path / "pc01", machines["pc01"], tftp, while_booted=reapply_and_list),
@@ -102,16 +102,15 @@ async def test_two_machines_boot_their_own_disks_at_once(tgtd_daemon: TgtDaemon,
         assert result.ok, f"{name}: {result.reason}\nCOM1:\n{result.com1_text}\nCOM2:\n{result.com2_text}"
         assert result.com1_text.split() == [BOOT_OK, sector_marker(name), WRITE_OK]
         # the write reached this machine's own backing file
-        assert written_token(specs[name].backing_file) == sector_marker(name)
+        assert written_token(specs[name].luns[0].backing_file) == sector_marker(name)
 
     # pc01 is still logged in (the backend lists its session), and its target is unchanged
     seen = {t.iqn: t for t in results[0].while_booted_result}
     pc01 = seen[specs["pc01"].iqn]
     assert [s.initiator_iqn for s in pc01.sessions] == [specs["pc01"].initiator_iqn]
     assert pc01.sessions[0].address  # the client's address as tgtd sees it (NATed by QEMU)
-    assert (pc01.lun, pc01.backing_file, pc01.acls) == (
-        1,
-        str(specs["pc01"].backing_file),
+    assert (pc01.luns, pc01.acls) == (
+        {1: str(specs["pc01"].luns[0].backing_file)},
         [specs["pc01"].initiator_iqn],
     )
     # pc02's target went away although its client was logged in
@@ -124,9 +123,9 @@ async def test_wrong_initiator_and_missing_or_wrong_chap_are_refused(
     backend = TgtBackend(tgtd_daemon.control_port)
     pc01 = machine_spec(tgtd_daemon, tmp_path, "pc01")
     pc02 = machine_spec(tgtd_daemon, tmp_path, "pc02")
-    await backend.create_target(pc01)
-    await backend.create_target(pc02)
-    lun = backend.lun
+    await backend.apply(pc01)
+    await backend.apply(pc02)
+    lun = backend.first_lun
     clients = {
         # pc02 presents its own IQN at pc01's target, even with pc01's CHAP secret: the ACL refuses it
         "intruder": ("52:54:00:6e:00:10", (pc01.iqn, pc02.initiator_iqn, pc01.chap_username, pc01.chap_secret)),
@@ -159,4 +158,4 @@ async def test_wrong_initiator_and_missing_or_wrong_chap_are_refused(
         assert words in result.com2_text, result.com2_text
     assert results["pc01"].ok, results["pc01"].reason
     print(f"pc01: {results['pc01'].reason} after {results['pc01'].elapsed:.2f} s")
-    assert written_token(pc02.backing_file) is None  # nothing reached pc02's disk
+    assert written_token(pc02.luns[0].backing_file) is None  # nothing reached pc02's disk

@@ -224,14 +224,9 @@ async def handle(backend: LioBackend, request: dict) -> object:
         return {iqn: observed_json(t) for iqn, t in found.items()}
     if op == "verify_chap":
         return await backend.verify_chap(to_spec(request["spec"]))
-    if op == "create":
-        await backend.create_target(to_spec(request["spec"]))
-        return None
     if op == "delete":
         await timed(backend.delete(request["iqn"]))
         return None
-    if op == "list":
-        return [dataclasses.asdict(t) for t in await backend.list_targets()]
     if op in ("read", "ls"):
         path = (CONFIGFS / request["path"]).resolve()
         if path != CONFIGFS and CONFIGFS not in path.parents:
