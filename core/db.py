@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import urllib.parse
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
@@ -151,6 +153,10 @@ class Database:
         self.busy_seconds = busy_seconds
         self.engine = create_engine(url, busy_seconds)
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+        # SQLite has one writer at a time. This process's writers queue here and each is woken the
+        # moment the one before commits; left to SQLite's busy handler they would poll, sleeping up
+        # to 100 ms between looks (the engine prepares 16 boots at once). One lock per event loop.
+        self._writers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = weakref.WeakKeyDictionary()
 
     @property
     def dialect(self) -> str:
@@ -172,11 +178,31 @@ class Database:
     async def transaction(self) -> AsyncIterator[AsyncSession]:
         """A session inside one transaction: committed on success, rolled back on error."""
         try:
-            async with _turn(), self.sessions() as session, session.begin():
+            async with _turn(), self._write_turn(), self.sessions() as session, session.begin():
                 await session.connection(execution_options={"sqlite_immediate": True})
                 yield session
         except DBAPIError as exc:
             raise self.failure(exc) or exc from None
+
+    @asynccontextmanager
+    async def _write_turn(self) -> AsyncIterator[None]:
+        if self.dialect != "sqlite":  # PostgreSQL locks rows, not the database
+            yield
+            return
+        loop = asyncio.get_running_loop()
+        lock = self._writers.get(loop)
+        if lock is None:
+            lock = self._writers[loop] = asyncio.Lock()
+        try:
+            async with asyncio.timeout(self.busy_seconds):
+                await lock.acquire()
+        except TimeoutError:
+            holder = "another change in this process"
+            raise database_busy(self.safe_url, sqlite_file(self.url), self.busy_seconds, holder) from None
+        try:
+            yield
+        finally:
+            lock.release()
 
     def failure(self, exc: DBAPIError) -> GgnetError | None:
         """The operating condition behind a database error as a typed error with a sentence
@@ -252,11 +278,7 @@ def database_failure(
             "(check the permissions and the file system of the database, or the database server)"
         )
     if name.startswith("SQLITE_BUSY") or name == "SQLITE_LOCKED" or code in ("55P03", "40P01", "40001"):
-        wait = f" for over {busy_seconds:g} s" if name.startswith("SQLITE_BUSY") else ""
-        return DatabaseBusy(
-            f"the database {where} is busy: another process has held its write lock{wait}; try again"
-            + (f" (fuser {path} names the processes that have it open)" if path else "")
-        )
+        return database_busy(where, path, busy_seconds if name.startswith("SQLITE_BUSY") else None)
     io_failure = name.startswith(("SQLITE_IOERR", "SQLITE_CANTOPEN"))
     if name == "SQLITE_FULL" or code in ("53100", "53200") or (io_failure and path and files.disk_full(path)):
         return DiskFull(
@@ -268,6 +290,14 @@ def database_failure(
     if isinstance(exc, DBAPIError) and exc.connection_invalidated:
         return BackendUnavailable(f"lost the connection to the database {where}: {_reason(exc)}")
     return None
+
+
+def database_busy(where: str, path: Path | None, waited: float | None, holder: str = "another process") -> DatabaseBusy:
+    wait = f" for over {waited:g} s" if waited is not None else ""
+    return DatabaseBusy(
+        f"the database {where} is busy: {holder} has held its write lock{wait}; try again"
+        + (f" (fuser {path} names the processes that have it open)" if path else "")
+    )
 
 
 def _reason(exc: BaseException) -> str:

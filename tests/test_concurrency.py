@@ -15,7 +15,7 @@ from sqlalchemy import func, select
 from core.auth import Actor
 from core.context import Core
 from core.db import Database, head_revision
-from core.errors import AccountLocked, AuthenticationFailed, Conflict, PermissionDenied, StaleEdit
+from core.errors import AccountLocked, AuthenticationFailed, Conflict, DatabaseBusy, PermissionDenied, StaleEdit
 from core.models import AuditEvent, Machine, Role, User, utcnow
 from core.services import machines, users
 
@@ -300,3 +300,41 @@ async def test_a_login_never_conflicts_with_an_admins_edit(core: Core, other: Co
     changed = await users.set_role(core, admin, "oscar", "viewer", expected_version=seen)
     assert (changed.role, changed.row_version) == ("viewer", seen + 1)
     assert oscar.user_id is not None
+
+
+async def test_writers_of_one_process_take_turns_and_one_held_too_long_is_refused(tmp_path: Path) -> None:
+    """SQLite: this process's write transactions queue for the write lock in order (woken when the
+    one before commits, not by SQLite's polling); one that waits longer than GGNET_DB_BUSY_SECONDS
+    is refused with the busy sentence, and the lock is free again afterwards."""
+    database = Database(f"sqlite+aiosqlite:///{tmp_path / 'turns.db'}", busy_seconds=0.3)
+    order: list[str] = []
+    holding, release = asyncio.Event(), asyncio.Event()
+
+    async def first() -> None:
+        async with database.transaction():
+            order.append("first in")
+            holding.set()
+            await release.wait()
+            order.append("first out")
+
+    async def second() -> None:
+        await holding.wait()
+        async with database.transaction():
+            order.append("second in")
+
+    try:
+        held = asyncio.create_task(first())
+        await holding.wait()
+        with pytest.raises(DatabaseBusy, match="another change in this process has held its write lock for over 0.3 s"):
+            async with database.transaction():
+                pass
+        waiting = asyncio.create_task(second())
+        await asyncio.sleep(0.1)
+        assert order == ["first in"]  # the second waits for the first
+        release.set()
+        await asyncio.wait_for(asyncio.gather(held, waiting), 5)
+        assert order == ["first in", "first out", "second in"]
+        async with database.transaction():  # free again
+            pass
+    finally:
+        await database.dispose()
