@@ -45,9 +45,8 @@ async def open_details(app: Any, name: str) -> None:
             fetched = await screen.read(name)
         except Exception:  # the screen's own read says why (or files an incident), once shown
             pass
-        screen.follow(name)
+        screen.follow(name, fetched)
         if fetched is not None:
-            screen.show(fetched)
             screen.refreshes += 1
             screen.fresh = True
     app.push_screen(INSTALLED_AS)
@@ -114,8 +113,10 @@ class MachineDetailsScreen(TableScreen):
     def header_title(self) -> str:
         return f"Machine {self.machine_name}"
 
-    def follow(self, name: str) -> None:
-        """Show machine ``name`` from now on; another machine's rows, filter and cursor go at once."""
+    def follow(self, name: str, fetched: Any = None) -> None:
+        """Show machine ``name`` from now on; another machine's rows, filter and cursor go at once.
+        With its details ``fetched`` already, they take the last machine's place in one step (the
+        table is not emptied and laid out in between)."""
         if name == self.machine_name:
             return
         self.machine_name = name
@@ -126,10 +127,16 @@ class MachineDetailsScreen(TableScreen):
         header = self.query_one(StatusHeader)
         header.title = self.header_title
         header.refresh()
-        self.query_one("#summary", Static).update("loading ...")
         self.sub_title = ""
-        self.clear_filter()
-        self.set_rows([])
+        self.clear_filter(apply=False)
+        table = self.table
+        table.move_cursor(0)  # the newest boot, at the top, as on a first opening
+        table.scroll_home(animate=False, immediate=True, x_axis=False)
+        if fetched is None:
+            self.query_one("#summary", Static).update("loading ...")
+            self.set_rows([])
+        else:
+            self.show(fetched)
 
     def compose_body(self) -> ComposeResult:
         yield Static("loading ...", id="summary")
