@@ -212,13 +212,13 @@ async def machine_details(core: Core, actor: Actor, name: str, limit: int = 1000
         raise Invalid("limit", "must be a whole number from 1 to 10000")
     async with reading(core, actor) as session:
         machine = await machine_view(session, actor, name)
-        history = _boot_views(
-            await session.execute(
-                _boot_query().where(Boot.machine_id == machine.id).order_by(Boot.id.desc()).limit(limit)
-            )
-        )
+        # one row more than asked: counted only when there are more; executed on the session's
+        # connection, as plain rows (the ORM's row processing cost 1.5 ms per 1,000 boots)
+        query = _boot_query().where(Boot.machine_id == machine.id).order_by(Boot.id.desc()).limit(limit + 1)
+        history = _boot_views(await (await session.connection()).execute(query))
         total = len(history)
-        if total == limit:
+        if total > limit:
+            del history[limit:]
             count = select(func.count()).select_from(Boot).where(Boot.machine_id == machine.id)
             total = int((await session.execute(count)).scalar_one())
     return MachineDetails.model_construct(machine=machine, boots=history, boots_total=total)

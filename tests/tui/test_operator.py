@@ -331,6 +331,11 @@ async def test_history_of_a_thousand_boots_says_how_many(fast_settings):
     details = await boots.machine_details(core, admin, "pc01", limit=1000)
     assert details.boots_total == 1005 and len(details.boots) == 1000
     assert details.boots[0].requested_at > details.boots[-1].requested_at  # newest first
+    await machines.add_machine(core, admin, name="pc02", mac="52:54:00:aa:00:02")
+    await record_boots(core, admin, "pc02", 3)
+    for limit, shown in ((2, 2), (3, 3), (4, 3)):  # fewer, as many as and more than the history holds
+        details = await boots.machine_details(core, admin, "pc02", limit=limit)
+        assert details.boots_total == 3 and len(details.boots) == shown
 
 
 # --- discovered PCs ---------------------------------------------------------------------
