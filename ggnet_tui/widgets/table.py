@@ -49,8 +49,7 @@ class Column:
         return max(self.max_width or self.width, self.width, cell_len(self.label))
 
 
-def _length(value: Any) -> int:
-    return cell_len(value.plain if isinstance(value, Text) else str(value))
+_ABSENT = object()
 
 
 class KeyedTable(ScrollView, can_focus=True):
@@ -249,20 +248,9 @@ class KeyedTable(ScrollView, can_focus=True):
         cursor = self.cursor_key
         new = dict(rows)
         order = [key for key, _ in rows]
-        changed: list[str] = []
-        grown = False
-        caps, natural, shown_before = self._caps, self._natural, self.rows_by_key
-        for key, cells in rows:
-            if shown_before.get(key) is cells:
-                continue
-            changed.append(key)
-            for column, value in cells.items():
-                cap = caps.get(column)
-                if cap is not None and natural[column] < cap:
-                    length = min(_length(value), cap)
-                    if length > natural[column]:
-                        natural[column] = length
-                        grown = True
+        shown_before = self.rows_by_key
+        changed = [key for key, cells in rows if shown_before.get(key) is not cells]
+        grown = self._grow([new[key] for key in changed]) if changed else False
         removed = [key for key in self.rows_by_key if key not in new]
         for key in removed:
             self._strips.pop(key, None)
@@ -288,6 +276,26 @@ class KeyedTable(ScrollView, can_focus=True):
         if self.cursor_key != cursor:
             self.post_message(self.RowHighlighted(self, self.cursor_key))
         return len(changed) + len(removed)
+
+    def _grow(self, changed: list[Cells]) -> bool:
+        """Widen the columns whose content is wider than shown so far (up to their cap); True if any grew.
+        Column by column, each distinct text measured once: a history repeats its addresses and outcomes."""
+        caps, natural = self._caps, self._natural
+        growing = [column for column, cap in caps.items() if natural[column] < cap]
+        if not growing:
+            return False
+        grown = False
+        for column in growing:
+            texts = {
+                value.plain if isinstance(value, Text) else str(value)
+                for cells in changed
+                if (value := cells.get(column, _ABSENT)) is not _ABSENT
+            }
+            widest = min(max(map(cell_len, texts), default=0), caps[column])
+            if widest > natural[column]:
+                natural[column] = widest
+                grown = True
+        return grown
 
     # --- cursor ---------------------------------------------------------------
 
