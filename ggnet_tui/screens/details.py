@@ -108,6 +108,7 @@ class MachineDetailsScreen(TableScreen):
         self.boots: dict[str, Any] = {}
         self._rows: dict[str, tuple[Any, Cells]] = {}
         self.io: Throughput | None = None
+        self._summary_lines = 1  # "loading ..."
 
     @property
     def header_title(self) -> str:
@@ -134,6 +135,7 @@ class MachineDetailsScreen(TableScreen):
         table.scroll_home(animate=False, immediate=True, x_axis=False)
         if fetched is None:
             self.query_one("#summary", Static).update("loading ...")
+            self._summary_lines = 1
             self.set_rows([])
         else:
             self.show(fetched)
@@ -159,7 +161,11 @@ class MachineDetailsScreen(TableScreen):
         if self.io is None:
             self.io = Throughput(2 * float(self.core.settings.observe_seconds))
         self.io.update(m.read_bytes, m.written_bytes, m.observed_at, self.app.clock())  # type: ignore[attr-defined]
-        self.query_one("#summary", Static).update(self._summary(m, data))
+        summary = self._summary(m, data)
+        lines = summary.plain.count("\n") + 1
+        # as tall as before (its lines never wrap): repainted without laying the screen out again
+        self.query_one("#summary", Static).update(summary, layout=lines != self._summary_lines)
+        self._summary_lines = lines
         rows: list[tuple[str, Cells]] = []
         cache: dict[str, tuple[Any, Cells]] = {}
         self.boots = {}
