@@ -336,6 +336,9 @@ async def test_history_of_a_thousand_boots_says_how_many(fast_settings):
     for limit, shown in ((2, 2), (3, 3), (4, 3)):  # fewer, as many as and more than the history holds
         details = await boots.machine_details(core, admin, "pc02", limit=limit)
         assert details.boots_total == 3 and len(details.boots) == shown
+    # the history's records hold what the boots' views hold
+    views = await boots.boot_history(core, admin, "pc02")
+    assert [r._asdict() for r in details.boots] == [v.model_dump(exclude={"logged_in"}) for v in views]
 
 
 # --- discovered PCs ---------------------------------------------------------------------
