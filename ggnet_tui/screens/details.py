@@ -5,6 +5,8 @@ From here: prepare, take offline, edit, maintenance start / apply (as a job) / d
 
 from __future__ import annotations
 
+import asyncio
+from contextlib import suppress
 from functools import lru_cache, partial
 from typing import Any
 
@@ -49,6 +51,17 @@ async def open_details(app: Any, name: str) -> None:
         if fetched is not None:
             screen.refreshes += 1
             screen.fresh = True
+        # Painted once, when it has restyled itself on coming back: painted at once, it was painted
+        # again (3-5 ms, some 20 ms later) for the widgets that reported their new content after
+        # the restyle, and for the screen below, which the push refreshes
+        with app.batch_update():
+            app.push_screen(INSTALLED_AS)
+            restyled = asyncio.Event()
+            if screen.call_later(restyled.set):  # runs after the screen's ScreenResume
+                with suppress(TimeoutError):  # never a console that stops painting
+                    await asyncio.wait_for(restyled.wait(), 1)
+        screen.refresh()
+        return
     app.push_screen(INSTALLED_AS)
 
 
