@@ -24,7 +24,7 @@ from rich.style import Style
 from rich.text import Text
 from textual import events
 from textual.binding import Binding, BindingType
-from textual.geometry import Size
+from textual.geometry import Region, Size
 from textual.message import Message
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
@@ -139,6 +139,7 @@ class KeyedTable(ScrollView, can_focus=True):
         self.sort_column: str | None = None  # only the header's arrow: the screen orders the rows
         self.sort_reverse = False
         self.ascii_arrows = False  # the Linux console's font: ^ and v
+        self._paint: tuple[Style, int] | None = None  # (base style, width) while render_lines runs
 
     # --- what the screens read ------------------------------------------------
 
@@ -396,10 +397,18 @@ class KeyedTable(ScrollView, can_focus=True):
             segments = [Segment(s.text, (s.style or base) + over) for s in segments]
         return Strip(segments, sum(self.widths[c.key] + 2 * PAD for c in self.shown))
 
+    def render_lines(self, crop: Region) -> list[Strip]:
+        # the style and width every line needs, worked out once for the lines of one paint (as
+        # properties they walk the DOM again for each line: a third of a line's cost)
+        self._paint = (self.rich_style, self.scrollable_content_region.width)
+        try:
+            return super().render_lines(crop)
+        finally:
+            self._paint = None
+
     def render_line(self, y: int) -> Strip:
-        width = self.scrollable_content_region.width
+        base, width = self._paint or (self.rich_style, self.scrollable_content_region.width)
         scroll_x = round(self.scroll_x)
-        base = self.rich_style
         if y == 0:
             if self._header is None:
                 header = self.get_component_rich_style("keyed-table--header")
