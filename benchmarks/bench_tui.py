@@ -11,8 +11,10 @@
    Anchor for the refresh CPU: a bare Textual DataTable with the same rows and columns doing
    the same 50 updates (update_cell) and repaint, in the same process; the ratio of the two.
 3. A machine's details with 1,000 boots in its history (headless Pilot, 120x40, SQLite, in a
-   child process): wall and CPU time from Enter on Machines to the first paint with the history
-   (the database read, the rows, the paint): the first open and the median of 5 later ones.
+   child process): wall and CPU time from Enter on Machines (the cursor on the machine's row,
+   Machines done reacting to it) to the first paint with the history (the database read, the
+   rows, the paint, and the Pilot's wait for the console to fall idle after it: at least 20 ms):
+   the first open and the median of 5 later ones.
    Anchor: a bare Textual screen with one DataTable
    filled with the same 1,000 rows (add_rows) and painted, in the same process.
 """
@@ -276,6 +278,7 @@ async def _details(boots: int, rounds: int = 5) -> dict[str, float]:
         for round_ in range(rounds + 1):
             # Enter on pc0001's row, then pc0002's, ...: each opening shows another machine
             machines_screen.table.move_cursor(machines_screen.table.order.index(pcs[round_ % 2].name))
+            await pilot.pause()  # the cursor rests on the row (Machines shows its summary) before Enter
             wall, cpu = time.perf_counter(), time.process_time()
             await machines_screen.action_details()
             want = pcs[round_ % 2].name

@@ -147,6 +147,7 @@ class TableScreen(GgnetScreen):
         self.sort_column: str | None = None
         self.sort_reverse = False
         self._sort_keys: dict[str, tuple[Cells, str, Any]] = {}  # row key -> (cells, column, sort key)
+        self._notice = ""
 
     @property
     def prefs(self) -> Any:
@@ -180,8 +181,11 @@ class TableScreen(GgnetScreen):
         return self.query_one("#table", KeyedTable)
 
     def set_notice(self, text: str | None) -> None:
+        if (text or "") == self._notice:
+            return  # an update lays the screen out again, even with the same text
+        self._notice = text or ""
         notice = self.query_one("#notice", Static)
-        notice.update(text or "")
+        notice.update(self._notice)
         notice.set_class(not text, "hidden")
 
     def unavailable(self, message: str) -> None:
@@ -301,11 +305,13 @@ class TableScreen(GgnetScreen):
         if self.query_one("#filter", Input).has_focus or self.filter_text:
             self.clear_filter()
 
-    def clear_filter(self) -> None:
+    def clear_filter(self, apply: bool = True) -> None:
+        """No filter; ``apply=False`` when new rows are set right after (they are filtered then)."""
         self.query_one("#filter", Input).value = ""
         self.filter_text = ""
         self.query_one("#filterbar").add_class("hidden")
-        self._apply_filter()
+        if apply:
+            self._apply_filter()
         self.table.focus()
 
     @property

@@ -5,6 +5,8 @@ From here: prepare, take offline, edit, maintenance start / apply (as a job) / d
 
 from __future__ import annotations
 
+import asyncio
+from contextlib import suppress
 from functools import lru_cache, partial
 from typing import Any
 
@@ -45,11 +47,21 @@ async def open_details(app: Any, name: str) -> None:
             fetched = await screen.read(name)
         except Exception:  # the screen's own read says why (or files an incident), once shown
             pass
-        screen.follow(name)
+        screen.follow(name, fetched)
         if fetched is not None:
-            screen.show(fetched)
             screen.refreshes += 1
             screen.fresh = True
+        # Painted once, when it has restyled itself on coming back: painted at once, it was painted
+        # again (3-5 ms, some 20 ms later) for the widgets that reported their new content after
+        # the restyle, and for the screen below, which the push refreshes
+        with app.batch_update():
+            app.push_screen(INSTALLED_AS)
+            restyled = asyncio.Event()
+            if screen.call_later(restyled.set):  # runs after the screen's ScreenResume
+                with suppress(TimeoutError):  # never a console that stops painting
+                    await asyncio.wait_for(restyled.wait(), 1)
+        screen.refresh()
+        return
     app.push_screen(INSTALLED_AS)
 
 
@@ -109,13 +121,16 @@ class MachineDetailsScreen(TableScreen):
         self.boots: dict[str, Any] = {}
         self._rows: dict[str, tuple[Any, Cells]] = {}
         self.io: Throughput | None = None
+        self._summary_lines = 1  # "loading ..."
 
     @property
     def header_title(self) -> str:
         return f"Machine {self.machine_name}"
 
-    def follow(self, name: str) -> None:
-        """Show machine ``name`` from now on; another machine's rows, filter and cursor go at once."""
+    def follow(self, name: str, fetched: Any = None) -> None:
+        """Show machine ``name`` from now on; another machine's rows, filter and cursor go at once.
+        With its details ``fetched`` already, they take the last machine's place in one step (the
+        table is not emptied and laid out in between)."""
         if name == self.machine_name:
             return
         self.machine_name = name
@@ -126,10 +141,17 @@ class MachineDetailsScreen(TableScreen):
         header = self.query_one(StatusHeader)
         header.title = self.header_title
         header.refresh()
-        self.query_one("#summary", Static).update("loading ...")
         self.sub_title = ""
-        self.clear_filter()
-        self.set_rows([])
+        self.clear_filter(apply=False)
+        table = self.table
+        table.move_cursor(0)  # the newest boot, at the top, as on a first opening
+        table.scroll_home(animate=False, immediate=True, x_axis=False)
+        if fetched is None:
+            self.query_one("#summary", Static).update("loading ...")
+            self._summary_lines = 1
+            self.set_rows([])
+        else:
+            self.show(fetched)
 
     def compose_body(self) -> ComposeResult:
         yield Static("loading ...", id="summary")
@@ -152,7 +174,11 @@ class MachineDetailsScreen(TableScreen):
         if self.io is None:
             self.io = Throughput(2 * float(self.core.settings.observe_seconds))
         self.io.update(m.read_bytes, m.written_bytes, m.observed_at, self.app.clock())  # type: ignore[attr-defined]
-        self.query_one("#summary", Static).update(self._summary(m, data))
+        summary = self._summary(m, data)
+        lines = summary.plain.count("\n") + 1
+        # as tall as before (its lines never wrap): repainted without laying the screen out again
+        self.query_one("#summary", Static).update(summary, layout=lines != self._summary_lines)
+        self._summary_lines = lines
         rows: list[tuple[str, Cells]] = []
         cache: dict[str, tuple[Any, Cells]] = {}
         self.boots = {}

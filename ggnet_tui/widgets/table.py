@@ -24,7 +24,7 @@ from rich.style import Style
 from rich.text import Text
 from textual import events
 from textual.binding import Binding, BindingType
-from textual.geometry import Size
+from textual.geometry import Region, Size
 from textual.message import Message
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
@@ -49,8 +49,7 @@ class Column:
         return max(self.max_width or self.width, self.width, cell_len(self.label))
 
 
-def _length(value: Any) -> int:
-    return cell_len(value.plain if isinstance(value, Text) else str(value))
+_ABSENT = object()
 
 
 class KeyedTable(ScrollView, can_focus=True):
@@ -140,6 +139,7 @@ class KeyedTable(ScrollView, can_focus=True):
         self.sort_column: str | None = None  # only the header's arrow: the screen orders the rows
         self.sort_reverse = False
         self.ascii_arrows = False  # the Linux console's font: ^ and v
+        self._paint: tuple[Style, int] | None = None  # (base style, width) while render_lines runs
 
     # --- what the screens read ------------------------------------------------
 
@@ -249,20 +249,9 @@ class KeyedTable(ScrollView, can_focus=True):
         cursor = self.cursor_key
         new = dict(rows)
         order = [key for key, _ in rows]
-        changed: list[str] = []
-        grown = False
-        caps, natural, shown_before = self._caps, self._natural, self.rows_by_key
-        for key, cells in rows:
-            if shown_before.get(key) is cells:
-                continue
-            changed.append(key)
-            for column, value in cells.items():
-                cap = caps.get(column)
-                if cap is not None and natural[column] < cap:
-                    length = min(_length(value), cap)
-                    if length > natural[column]:
-                        natural[column] = length
-                        grown = True
+        shown_before = self.rows_by_key
+        changed = [key for key, cells in rows if shown_before.get(key) is not cells]
+        grown = self._grow([new[key] for key in changed]) if changed else False
         removed = [key for key in self.rows_by_key if key not in new]
         for key in removed:
             self._strips.pop(key, None)
@@ -288,6 +277,26 @@ class KeyedTable(ScrollView, can_focus=True):
         if self.cursor_key != cursor:
             self.post_message(self.RowHighlighted(self, self.cursor_key))
         return len(changed) + len(removed)
+
+    def _grow(self, changed: list[Cells]) -> bool:
+        """Widen the columns whose content is wider than shown so far (up to their cap); True if any grew.
+        Column by column, each distinct text measured once: a history repeats its addresses and outcomes."""
+        caps, natural = self._caps, self._natural
+        growing = [column for column, cap in caps.items() if natural[column] < cap]
+        if not growing:
+            return False
+        grown = False
+        for column in growing:
+            texts = {
+                value.plain if isinstance(value, Text) else str(value)
+                for cells in changed
+                if (value := cells.get(column, _ABSENT)) is not _ABSENT
+            }
+            widest = min(max(map(cell_len, texts), default=0), caps[column])
+            if widest > natural[column]:
+                natural[column] = widest
+                grown = True
+        return grown
 
     # --- cursor ---------------------------------------------------------------
 
@@ -388,10 +397,18 @@ class KeyedTable(ScrollView, can_focus=True):
             segments = [Segment(s.text, (s.style or base) + over) for s in segments]
         return Strip(segments, sum(self.widths[c.key] + 2 * PAD for c in self.shown))
 
+    def render_lines(self, crop: Region) -> list[Strip]:
+        # the style and width every line needs, worked out once for the lines of one paint (as
+        # properties they walk the DOM again for each line: a third of a line's cost)
+        self._paint = (self.rich_style, self.scrollable_content_region.width)
+        try:
+            return super().render_lines(crop)
+        finally:
+            self._paint = None
+
     def render_line(self, y: int) -> Strip:
-        width = self.scrollable_content_region.width
+        base, width = self._paint or (self.rich_style, self.scrollable_content_region.width)
         scroll_x = round(self.scroll_x)
-        base = self.rich_style
         if y == 0:
             if self._header is None:
                 header = self.get_component_rich_style("keyed-table--header")

@@ -209,6 +209,35 @@ async def test_one_details_screen_serves_every_machine_and_goes_at_logout(fast_s
         assert app.screen is not first and not first.is_attached
 
 
+async def test_another_machines_details_open_at_its_newest_boot(fast_settings, tmp_path):
+    """The screen turns to the next machine in one step (its rows replace the last machine's):
+    the cursor and the view are back at the top, on that machine's newest boot."""
+    core = fast_settings
+    admin = await make_user(core, "root-admin", Role.ADMIN)
+    for n in (1, 2):
+        await machines.add_machine(core, admin, name=f"pc0{n}", mac=f"52:54:00:aa:00:0{n}")
+    await record_boots(core, admin, "pc01", 80)
+    await record_boots(core, admin, "pc02", 5, client_address="10.0.0.99", login_address="10.0.0.99")
+    app = make_app(core)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await logged_in(pilot)
+        await go(pilot, "2", "MachinesScreen")
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: screen_name(app) == "MachineDetailsScreen" and app.screen.table.row_count == 80)
+        screen = app.screen
+        await pilot.press("end")  # the oldest boot, scrolled far down
+        await wait_for(pilot, lambda: screen.table.cursor_row == 79 and screen.table.scroll_y > 0)
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: screen_name(app) == "MachinesScreen")
+        await pilot.press("down", "enter")
+        await wait_for(pilot, lambda: app.screen is screen and screen.machine is not None)
+        table = screen.table
+        assert screen.machine.name == "pc02" and table.row_count == 5
+        assert table.cursor_row == 0 and table.scroll_y == 0
+        assert table.rows_by_key[table.cursor_key]["client"] == "10.0.0.99"  # pc02's newest boot
+        assert screen.sub_title == "5 boots"
+
+
 async def test_an_unexpected_error_reading_another_machines_details_keeps_the_console(
     fast_settings, tmp_path, monkeypatch
 ):
@@ -302,6 +331,14 @@ async def test_history_of_a_thousand_boots_says_how_many(fast_settings):
     details = await boots.machine_details(core, admin, "pc01", limit=1000)
     assert details.boots_total == 1005 and len(details.boots) == 1000
     assert details.boots[0].requested_at > details.boots[-1].requested_at  # newest first
+    await machines.add_machine(core, admin, name="pc02", mac="52:54:00:aa:00:02")
+    await record_boots(core, admin, "pc02", 3)
+    for limit, shown in ((2, 2), (3, 3), (4, 3)):  # fewer, as many as and more than the history holds
+        details = await boots.machine_details(core, admin, "pc02", limit=limit)
+        assert details.boots_total == 3 and len(details.boots) == shown
+    # the history's records hold what the boots' views hold
+    views = await boots.boot_history(core, admin, "pc02")
+    assert [r._asdict() for r in details.boots] == [v.model_dump(exclude={"logged_in"}) for v in views]
 
 
 # --- discovered PCs ---------------------------------------------------------------------
