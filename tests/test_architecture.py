@@ -80,6 +80,7 @@ def test_machine_list_after_ggnet_login_loads_no_password_hashing(site: dict[str
     loaded = _packages(modules)
     assert "sqlalchemy" in loaded
     assert loaded & (NOT_FOR_COMMANDS | {"passlib", "bcrypt"}) == set()
+    assert "structlog" not in loaded  # it logs nothing: the log's library loads at the first line (core.log)
     # about 20 ms: the partial indexes do not load it (core.models.PartialIndex)
     assert "sqlalchemy.dialects.sqlite" in modules
     assert "sqlalchemy.dialects.postgresql" not in modules
