@@ -46,8 +46,23 @@ def _import_structlog() -> ModuleType:
 # modules log through get_logger and bind_context below, never `import structlog` themselves
 if TYPE_CHECKING:
     import structlog
-else:
-    structlog = _import_structlog()
+
+_structlog_module: ModuleType | None = None
+
+
+def _structlog() -> ModuleType:
+    """structlog, set up for the log stream. It loads at the first log line or bound value, not with
+    this module: a command that logs nothing (``ggnet machine list`` after ``ggnet login``) does
+    without it, 10 ms."""
+    global _structlog_module
+    if _log_stream is None:
+        configure_logging(None)
+    if _structlog_module is None:
+        module = _import_structlog()
+        _configure_structlog(module)
+        _structlog_module = module
+    return _structlog_module
+
 
 # keys whose values never reach the log, whatever the caller passes
 _SECRET_KEY = re.compile(r"pass(word)?|secret|chap|token|hash", re.IGNORECASE)
@@ -119,6 +134,7 @@ class _Nowhere:
 
 
 _log_stream: WatchedLogFile | _Nowhere | None = None
+_log_level = "INFO"
 
 
 def redact(value: Any, key: str = "") -> Any:
@@ -145,7 +161,8 @@ class _JsonFormatter(logging.Formatter):
 
 def configure_logging(log_file: Path | None, level: str = "INFO") -> None:
     """Send structlog (and stdlib logging) to ``log_file`` as JSON lines; nowhere if None."""
-    global _log_stream
+    global _log_stream, _log_level
+    _log_level = level
     if _log_stream is not None:
         _log_stream.close()
     if log_file is None:
@@ -160,19 +177,8 @@ def configure_logging(log_file: Path | None, level: str = "INFO") -> None:
             _log_stream = None
             reason = (exc.strerror or str(exc)).lower()
             raise Invalid("log_file", f"cannot write {shown(str(log_file), 300)}: {reason}") from None
-    structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info,
-            _redact_processor,
-            structlog.processors.JSONRenderer(default=str),
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level)),
-        logger_factory=structlog.WriteLoggerFactory(file=cast(TextIO, _log_stream)),  # write/flush is all it uses
-        cache_logger_on_first_use=False,
-    )
+    if _structlog_module is not None:  # else _structlog() sets it up when it loads
+        _configure_structlog(_structlog_module)
     # libraries that use stdlib logging (alembic, asyncio) go to the same file, never the terminal
     root = logging.getLogger()
     for handler in list(root.handlers):
@@ -183,22 +189,36 @@ def configure_logging(log_file: Path | None, level: str = "INFO") -> None:
     root.setLevel(logging.WARNING)
     if isinstance(_log_stream, WatchedLogFile):
         for note in _log_stream.notes:
-            structlog.get_logger("ggnet").warning("file mode tightened", detail=note)
+            get_logger().warning("file mode tightened", detail=note)
         _log_stream.notes.clear()
+
+
+def _configure_structlog(structlog: ModuleType) -> None:
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            _redact_processor,
+            structlog.processors.JSONRenderer(default=str),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(_log_level)),
+        logger_factory=structlog.WriteLoggerFactory(file=cast(TextIO, _log_stream)),  # write/flush is all it uses
+        cache_logger_on_first_use=False,
+    )
 
 
 def bind_context(**values: Any) -> None:
     """Add ``values`` to every log line of this task (actor, operation ...)."""
-    structlog.contextvars.bind_contextvars(**values)
+    _structlog().contextvars.bind_contextvars(**values)
 
 
 def unbind_context(*keys: str) -> None:
-    structlog.contextvars.unbind_contextvars(*keys)
+    _structlog().contextvars.unbind_contextvars(*keys)
 
 
 def get_logger(name: str = "ggnet") -> Any:
-    # structlog's default prints to the terminal (with local variables in tracebacks,
-    # which may hold secrets): until configure_logging names a file, log nowhere
-    if _log_stream is None:
-        configure_logging(None)
-    return structlog.get_logger(name)
+    # structlog's default prints to the terminal (with local variables in tracebacks, which may
+    # hold secrets): until configure_logging names a file, _structlog() sets it to log nowhere
+    return _structlog().get_logger(name)

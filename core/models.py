@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from functools import cached_property
 from typing import Any
 
 from sqlalchemy import (
@@ -83,6 +84,27 @@ NAMING = {
 }
 
 
+class PartialIndex(Index):
+    """A unique index over the rows where ``where`` (SQL) holds, alike on SQLite and PostgreSQL.
+
+    ``Index(..., postgresql_where=...)`` would load the PostgreSQL dialect to check the argument as
+    the models are defined: about 20 ms of every command on SQLite, as long as the models' own
+    import. Here the condition joins the index's dialect options, for both databases at once, when
+    something first reads them (DDL, alembic), which has loaded its dialect anyway.
+    tests/test_migrations.py checks the DDL on both and the conditions against the migrations."""
+
+    def __init__(self, name: str, column: str, *, where: str) -> None:
+        super().__init__(name, column, unique=True)
+        self.where = where
+
+    @cached_property
+    def dialect_options(self) -> Any:
+        options = super().dialect_options
+        for dialect in ("sqlite", "postgresql"):
+            options[dialect]["where"] = text(self.where)
+        return options
+
+
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
     type_annotation_map = {datetime: UTCDateTime()}
@@ -134,13 +156,7 @@ class ImageVersion(Base):
     __table_args__ = (
         UniqueConstraint("image_id", "number"),
         # at most one active version per image
-        Index(
-            "uq_image_versions_one_active",
-            "image_id",
-            unique=True,
-            sqlite_where=text("is_active"),
-            postgresql_where=text("is_active"),
-        ),
+        PartialIndex("uq_image_versions_one_active", "image_id", where="is_active"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -181,13 +197,7 @@ class Machine(Versioned, Base):
 
     __table_args__ = (
         # at most one maintenance machine per image: its writeback becomes the image's next version
-        Index(
-            "uq_machines_one_maintenance_per_image",
-            "image_id",
-            unique=True,
-            sqlite_where=text("writeback_policy = 'maintenance'"),
-            postgresql_where=text("writeback_policy = 'maintenance'"),
-        ),
+        PartialIndex("uq_machines_one_maintenance_per_image", "image_id", where="writeback_policy = 'maintenance'"),
     )
     __mapper_args__ = {"version_id_col": Versioned.row_version}
 
@@ -218,13 +228,7 @@ class Boot(Base):
     __tablename__ = "boots"
     __table_args__ = (
         # one current boot per machine, enforced by the database (two boot requests racing)
-        Index(
-            "uq_boots_one_current",
-            "machine_id",
-            unique=True,
-            sqlite_where=text("state IN ('requested', 'preparing', 'ready')"),
-            postgresql_where=text("state IN ('requested', 'preparing', 'ready')"),
-        ),
+        PartialIndex("uq_boots_one_current", "machine_id", where="state IN ('requested', 'preparing', 'ready')"),
         Index("ix_boots_server_state", "server", "state"),
         Index("ix_boots_machine_requested", "machine_id", "requested_at"),
     )
