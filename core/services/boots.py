@@ -14,7 +14,7 @@ import asyncio
 import time
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, NamedTuple
+from typing import Any
 
 from pydantic import Field, TypeAdapter
 from sqlalchemy import func, select
@@ -196,40 +196,11 @@ async def boot_history(core: Core, actor: Actor, machine: str | None = None, lim
         return _boot_views(await session.execute(query))
 
 
-class BootRecord(NamedTuple):
-    """A boot in a machine's history as ``machine_details`` reads it: a BootView's fields (but
-    ``logged_in``) in a plain tuple made straight from the row, in _boot_query's column order.
-    1,000 of them are made in 0.3 ms; as validated views, 3.5 ms."""
-
-    id: int
-    machine: str
-    mac: str
-    origin: str
-    state: str
-    policy: str
-    requested_at: datetime
-    requested_by: str | None
-    client_address: str | None
-    prepared_at: datetime | None
-    prepare_ms: int | None
-    login_at: datetime | None
-    login_address: str | None
-    logout_at: datetime | None
-    ended_at: datetime | None
-    end_reason: str | None
-    error: str | None
-    target_iqn: str | None
-    image: str | None
-    image_version: int | None
-    game_image: str | None
-    game_version: int | None
-
-
 class MachineDetails(View):
     """A machine with its boot history (newest first): what its details view shows."""
 
     machine: MachineView
-    boots: list[BootRecord]
+    boots: list[BootView]
     boots_total: int  # in the history; ``boots`` holds the newest ``limit`` of them
 
 
@@ -244,10 +215,7 @@ async def machine_details(core: Core, actor: Actor, name: str, limit: int = 1000
         # one row more than asked: counted only when there are more; executed on the session's
         # connection, as plain rows (the ORM's row processing cost 1.5 ms per 1,000 boots)
         query = _boot_query().where(Boot.machine_id == machine.id).order_by(Boot.id.desc()).limit(limit + 1)
-        result = await (await session.connection()).execute(query)
-        if tuple(result.keys()) != BootRecord._fields:
-            raise RuntimeError(f"boot history columns {tuple(result.keys())} are not BootRecord's")
-        history = list(map(BootRecord._make, result))
+        history = _boot_views(await (await session.connection()).execute(query))
         total = len(history)
         if total > limit:
             del history[limit:]
