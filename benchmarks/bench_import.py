@@ -15,8 +15,10 @@ holes between them. Each round times, in turn:
   command pays; and the same import with GGNET_PASSWORD instead of the token (a bcrypt check at
   the production cost, as a script without `ggnet login` pays it).
 
-The file system is synced (syncfs) before each timed step so that no step pays for another's
-dirty pages; the source stays in the page cache for all of them. Figures are the median of
+The file system is synced (syncfs) and left quiet for 2 s before each timed step so that no step
+pays for another's dirty pages, and the steps' order rotates from round to round (each round starts
+one step later), so that none always follows the same one; the source stays in the page cache
+for all of them. Figures are the median of
 the rounds (min in brackets); ratios are ggnet / anchor. --code runs another checkout's ggnet
 (e.g. /work/main, for a before/after comparison). SQLite, in a scratch data directory.
 """
@@ -32,10 +34,12 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 MiB = 1 << 20
 GiB = 1 << 30
+SETTLE = 2.0  # seconds of quiet before each timed step, after the file system is synced
 PASSWORD = "bench-pass-1"
 
 
@@ -141,34 +145,52 @@ async def main() -> None:
             "CLI, password": [],
         }
         out = root / "anchor.out"
-        for n in range(args.rounds):
-            syncfs(root)
-            times["qemu-img convert + sync"].append(
-                timed_commands(
-                    [["qemu-img", "convert", "-f", "qcow2", "-O", "raw", str(source), str(out)], ["sync", str(out)]],
-                    out,
-                )
-            )
-            syncfs(root)
-            times["cp + sync"].append(timed_commands([["cp", str(source), str(out)], ["sync", str(out)]], out))
-            syncfs(root)
+
+        async def anchor_convert(n: int) -> float:
+            qemu = ["qemu-img", "convert", "-f", "qcow2", "-O", "raw", str(source), str(out)]
+            return timed_commands([qemu, ["sync", str(out)]], out)
+
+        async def anchor_copy(n: int) -> float:
+            return timed_commands([["cp", str(source), str(out)], ["sync", str(out)]], out)
+
+        async def service(n: int) -> float:
             start = time.perf_counter()
             await images.import_image(core, SYSTEM, source, name=f"service{n}")
-            times["service"].append(time.perf_counter() - start)
+            took = time.perf_counter() - start
             await images.remove_image(core, SYSTEM, f"service{n}")
-            syncfs(root)
-            start = time.perf_counter()
-            cli(code, ["image", "import", str(source), "--name", f"cli{n}"], env)
-            times["CLI"].append(time.perf_counter() - start)
-            await images.remove_image(core, SYSTEM, f"cli{n}")
+            return took
+
+        def command(name: str, command_env: dict[str, str]) -> Callable[[int], Awaitable[float]]:
+            async def run(n: int) -> float:
+                start = time.perf_counter()
+                cli(code, ["image", "import", str(source), "--name", f"{name}{n}"], command_env)
+                took = time.perf_counter() - start
+                await images.remove_image(core, SYSTEM, f"{name}{n}")
+                return took
+
+            return run
+
+        async def fixed_cost(n: int) -> float:
             start = time.perf_counter()
             cli(code, ["image", "list"], env)  # start-up, imports, login: what every command pays
-            times["CLI fixed cost"].append(time.perf_counter() - start)
-            syncfs(root)
-            start = time.perf_counter()
-            cli(code, ["image", "import", str(source), "--name", f"pw{n}"], password_env)
-            times["CLI, password"].append(time.perf_counter() - start)
-            await images.remove_image(core, SYSTEM, f"pw{n}")
+            return time.perf_counter() - start
+
+        steps: dict[str, Callable[[int], Awaitable[float]]] = {
+            "qemu-img convert + sync": anchor_convert,
+            "cp + sync": anchor_copy,
+            "service": service,
+            "CLI": command("cli", env),
+            "CLI fixed cost": fixed_cost,
+            "CLI, password": command("pw", password_env),
+        }
+        order = list(steps)
+        for n in range(args.rounds):
+            # each round starts one step later: no step always follows the same one (on a virtual
+            # disk, a write right after another step's gigabyte was written and deleted can be slower)
+            for name in order[n % len(order) :] + order[: n % len(order)]:
+                syncfs(root)
+                time.sleep(SETTLE)
+                times[name].append(await steps[name](n))
             print(f"round {n + 1}: " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in times.items()), flush=True)
         await core.close()
         anchor = statistics.median(times["qemu-img convert + sync"])
