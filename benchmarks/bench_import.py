@@ -15,8 +15,8 @@ holes between them. Each round times, in turn:
   command pays; and the same import with GGNET_PASSWORD instead of the token (a bcrypt check at
   the production cost, as a script without `ggnet login` pays it).
 
-The file system is synced (syncfs) and left quiet for 2 s before each timed step so that no step
-pays for another's dirty pages, and the steps' order rotates from round to round (each round starts
+The file system is synced (syncfs) before each timed step so that no step pays for another's
+dirty pages, and the steps' order rotates from round to round (each round starts
 one step later), so that none always follows the same one; the source stays in the page cache
 for all of them. Figures are the median of
 the rounds (min in brackets); ratios are ggnet / anchor. --code runs another checkout's ggnet
@@ -39,7 +39,6 @@ from pathlib import Path
 
 MiB = 1 << 20
 GiB = 1 << 30
-SETTLE = 2.0  # seconds of quiet before each timed step, after the file system is synced
 PASSWORD = "bench-pass-1"
 
 
@@ -189,7 +188,6 @@ async def main() -> None:
             # disk, a write right after another step's gigabyte was written and deleted can be slower)
             for name in order[n % len(order) :] + order[: n % len(order)]:
                 syncfs(root)
-                time.sleep(SETTLE)
                 times[name].append(await steps[name](n))
             print(f"round {n + 1}: " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in times.items()), flush=True)
         await core.close()
