@@ -62,6 +62,16 @@ async def choose(pilot, selector: str, value: str) -> None:
 T0 = datetime(2026, 3, 14, 8, 0, tzinfo=UTC)
 
 
+async def details_of_the_first_machine(pilot, rows: int):
+    """Log in, go to Machines and open the first machine's details, once its ``rows`` boots show."""
+    app = pilot.app
+    await logged_in(pilot)
+    await go(pilot, "2", "MachinesScreen")
+    await pilot.press("enter")
+    await wait_for(pilot, lambda: screen_name(app) == "MachineDetailsScreen" and app.screen.table.row_count == rows)
+    return app.screen
+
+
 async def record_boots(core, admin, machine: str, count: int, **last: object) -> None:
     """Boots as the engine records them (ended ones, then the latest with ``last``'s fields)."""
     view = await machines.get_machine(core, admin, machine)
@@ -129,10 +139,7 @@ async def test_details_show_the_boot_history_disk_and_io_rates(fast_settings, tm
     app = make_app(core)
     app.clock = lambda: datetime.now(UTC)
     async with app.run_test(size=(120, 40)) as pilot:
-        await logged_in(pilot)
-        await go(pilot, "2", "MachinesScreen")
-        await pilot.press("enter")
-        await wait_for(pilot, lambda: screen_name(app) == "MachineDetailsScreen" and app.screen.table.row_count == 3)
+        await details_of_the_first_machine(pilot, rows=3)
         screen = app.screen
         summary = str(screen.query_one("#summary", Static).render())
         assert "failed: 12 MiB free, 10240 MiB reserved" in summary
@@ -186,10 +193,7 @@ async def test_one_details_screen_serves_every_machine_and_goes_at_logout(fast_s
     await record_boots(core, admin, "pc01", 3)
     app = make_app(core)
     async with app.run_test(size=(120, 40)) as pilot:
-        await logged_in(pilot)
-        await go(pilot, "2", "MachinesScreen")
-        await pilot.press("enter")
-        await wait_for(pilot, lambda: screen_name(app) == "MachineDetailsScreen" and app.screen.table.row_count == 3)
+        await details_of_the_first_machine(pilot, rows=3)
         first = app.screen
         stale = await first.fetch()  # as a read of pc01 that ends after the screen turned to pc02
         await pilot.press("escape")
@@ -202,10 +206,7 @@ async def test_one_details_screen_serves_every_machine_and_goes_at_logout(fast_s
         assert first.machine.name == "pc02" and first.table.row_count == 0
 
         await app.log_out("Logged out.")
-        await logged_in(pilot)
-        await go(pilot, "2", "MachinesScreen")
-        await pilot.press("enter")
-        await wait_for(pilot, lambda: screen_name(app) == "MachineDetailsScreen" and app.screen.table.row_count == 3)
+        await details_of_the_first_machine(pilot, rows=3)
         assert app.screen is not first and not first.is_attached
 
 
@@ -220,10 +221,7 @@ async def test_another_machines_details_open_at_its_newest_boot(fast_settings, t
     await record_boots(core, admin, "pc02", 5, client_address="10.0.0.99", login_address="10.0.0.99")
     app = make_app(core)
     async with app.run_test(size=(120, 40)) as pilot:
-        await logged_in(pilot)
-        await go(pilot, "2", "MachinesScreen")
-        await pilot.press("enter")
-        await wait_for(pilot, lambda: screen_name(app) == "MachineDetailsScreen" and app.screen.table.row_count == 80)
+        await details_of_the_first_machine(pilot, rows=80)
         screen = app.screen
         await pilot.press("end")  # the oldest boot, scrolled far down
         await wait_for(pilot, lambda: screen.table.cursor_row == 79 and screen.table.scroll_y > 0)
